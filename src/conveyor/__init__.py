@@ -1,0 +1,38 @@
+"""Conveyor: background jobs for Python, from embedded SQLite to Redis and PostgreSQL."""
+
+from conveyor.app import Conveyor
+from conveyor.context import JobContext, current_job
+from conveyor.errors import (
+    BackendUnavailable,
+    ConfigError,
+    ConveyorError,
+    Fail,
+    JobFailed,
+    JobNotFound,
+    PayloadTooLarge,
+    Retry,
+    SerializationError,
+)
+from conveyor.job import Job, JobState
+from conveyor.task import Signature, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "Conveyor",
+    "ConveyorError",
+    "Fail",
+    "Job",
+    "JobContext",
+    "JobFailed",
+    "JobNotFound",
+    "JobState",
+    "PayloadTooLarge",
+    "Retry",
+    "SerializationError",
+    "Signature",
+    "Task",
+    "current_job",
+]

@@ -1,0 +1,276 @@
+"""`Conveyor`: the application object that tasks, producers and workers share."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from conveyor.backends import Backend, open_backend
+from conveyor.backends.base import JobQuery, NewJob
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge
+from conveyor.job import Job, JobRecord, JobState
+from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
+from conveyor.settings import Settings
+from conveyor.task import JobOptions, Signature, Task, parse_options
+
+if TYPE_CHECKING:
+    from conveyor.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Conveyor:
+    """One application: its engine, its tasks and its settings.
+
+    `Conveyor()` reads CONVEYOR_URL (default sqlite:///conveyor.db); nothing
+    connects until the first enqueue, read or worker start.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str | None = None,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+        **settings: Any,
+    ) -> None:
+        self.settings = Settings.load({"url": url, "prefix": prefix, **settings})
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self.clock = clock or SYSTEM_CLOCK
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        from conveyor.backends import redact_url
+
+        return f"<Conveyor {redact_url(self.settings.url)} prefix={self.settings.prefix}>"
+
+    def __enter__(self) -> Conveyor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> Backend:
+        """The engine, opened on first use."""
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = open_backend(
+                        self.settings.url, prefix=self.settings.prefix, clock=self.clock
+                    )
+        return self._backend
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings (url, prefix, ...) before the engine is opened."""
+        if self._backend is not None and {"url", "prefix"} & set(settings):
+            raise ConfigError("url and prefix cannot change once the engine is open")
+        self.settings = self.settings.with_(**settings)
+
+    def close(self) -> None:
+        """Close the engine's connections."""
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    # -- tasks -------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+    ) -> Callable[[Callable[P, Any]], Task[P, Any]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+    ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
+        """Register a sync or async function as a task: `@app.task` or `@app.task(...)`."""
+        defaults = parse_options(queue=queue, retries=retries, timeout=timeout, priority=priority)
+
+        def register(function: Callable[P, Any]) -> Task[P, Any]:
+            if not callable(function):
+                raise TypeError(f"@app.task needs a function, got {function!r}")
+            task_name = name or f"{function.__module__}.{function.__qualname__}"
+            registered = self._tasks.get(task_name)
+            if registered is not None and _code_of(registered.fn) != _code_of(function):
+                raise ConfigError(f"task name {task_name!r} is already registered to another function")
+            task: Task[P, Any] = Task(self, task_name, function, defaults)
+            self._tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """Registered tasks by name."""
+        return dict(self._tasks)
+
+    def ref(self, name: str) -> Task[..., Any]:
+        """The task called `name`: the registered one, or a code-less stand-in to enqueue by name."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"task name must be a non-empty string, got {name!r}")
+        return self._tasks.get(name) or Task(self, name, None, JobOptions())
+
+    def enqueue(self, name: str, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue a task by name; the producer needs no task code."""
+        return self.ref(name).enqueue(*args, **kwargs)
+
+    async def aenqueue(self, name: str, *args: Any, **kwargs: Any) -> Job[Any]:
+        """`enqueue` by name from async code."""
+        return await asyncio.to_thread(self.enqueue, name, *args, **kwargs)
+
+    def submit(self, calls: Sequence[Signature], defaults: JobOptions) -> list[Job[Any]]:
+        """Store calls as jobs in one engine round trip; the common path of every enqueue."""
+        now = self.clock.now()
+        resolved: dict[tuple[str, int], _Resolved] = {}  # bulk calls share a few option sets
+        news = []
+        for call in calls:
+            key = (call.task, id(call.options))
+            opts = resolved.get(key)
+            if opts is None:
+                opts = resolved[key] = self._resolve(call, defaults, now)
+            payload = encode_call(self.serializer, call.task, call.args, call.kwargs)
+            self._check_size(call.task, payload)
+            news.append(NewJob(call.task, opts.queue, payload, opts.priority, opts.retries + 1,
+                               opts.retries, opts.timeout, opts.run_at, opts.unique_key, opts.meta))  # fmt: skip
+        stored = self.backend.enqueue(news)
+        found = [s.id for s in stored if not s.created]
+        existing = dict(zip(found, self.backend.get(found), strict=True)) if found else {}
+        jobs: list[Job[Any]] = []
+        for new, where in zip(news, stored, strict=True):
+            record = existing.get(where.id) if not where.created else None
+            jobs.append(Job(self, record or functools.partial(_record_of, new, where.id, now)))
+        return jobs
+
+    def _resolve(self, call: Signature, defaults: JobOptions, now: float) -> _Resolved:
+        registered = self._tasks.get(call.task)
+        base = registered.defaults if registered is not None else defaults
+        opts = base.merged(call.options)
+        retries = self.settings.retries if opts.retries is None else opts.retries
+        return _Resolved(
+            queue=opts.queue or "default", priority=opts.priority or 0, retries=retries,
+            timeout=opts.timeout, run_at=now + opts.delay if opts.delay else opts.run_at,
+            unique_key=opts.unique_key, meta=dict(opts.meta),
+        )  # fmt: skip
+
+    def _check_size(self, task: str, payload: str) -> None:
+        limit = self.settings.max_payload_bytes
+        # A str of n chars is at most 4n bytes in UTF-8: skip the encode when it cannot be over.
+        if len(payload) * 4 > limit and len(payload.encode()) > limit:
+            raise PayloadTooLarge(
+                f"arguments of task {task!r} encode to {len(payload.encode())} bytes; the limit "
+                f"is {limit} (max_payload_bytes / CONVEYOR_MAX_PAYLOAD_BYTES)"
+            )
+
+    def decode_payload(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
+        """A stored payload as (args, kwargs)."""
+        return decode_call(self.serializer, payload)
+
+    # -- reading and operating ---------------------------------------------
+    def get_job(self, job_id: str) -> Job[Any]:
+        """The job with this id; JobNotFound if there is none."""
+        record = self.backend.get([str(job_id)])[0]
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return Job(self, record)
+
+    def jobs(
+        self,
+        queue: str | None = None,
+        state: JobState | str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job[Any]]:
+        """Jobs matching the filters, newest first."""
+        query = JobQuery(queue=queue, state=_state(state), task=task, limit=_count("limit", limit),
+                         offset=_count("offset", offset, minimum=0))  # fmt: skip
+        return [Job(self, record) for record in self.backend.list_jobs(query)]
+
+    def stats(self) -> dict[str, Any]:
+        """Jobs per queue and state, totals per state, and live workers."""
+        counts = self.backend.counts()
+        queues = {q: {s.value: per.get(s, 0) for s in JobState} for q, per in sorted(counts.items())}
+        totals = {s.value: sum(per.get(s.value, 0) for per in queues.values()) for s in JobState}
+        workers = self.backend.workers()
+        return {"queues": queues, "totals": totals, "workers": len(workers)}
+
+    def worker(self, **settings: Any) -> Worker:
+        """A worker for this app; keyword arguments override settings (queues, concurrency...)."""
+        from conveyor.worker import Worker
+
+        return Worker(self, self.settings.with_(**settings))
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """Enqueue options with every default applied."""
+
+    queue: str
+    priority: int
+    retries: int
+    timeout: float | None
+    run_at: float | None
+    unique_key: str | None
+    meta: dict[str, Any]
+
+
+def _code_of(fn: Callable[..., Any] | None) -> object:
+    return getattr(fn, "__code__", fn)
+
+
+def _state(state: JobState | str | None) -> JobState | None:
+    if state is None or isinstance(state, JobState):
+        return state
+    try:
+        return JobState(state)
+    except ValueError:
+        valid = ", ".join(s.value for s in JobState)
+        raise ConfigError(f"unknown job state {state!r}; valid states: {valid}") from None
+
+
+def _count(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _record_of(new: NewJob, job_id: str, now: float) -> JobRecord:
+    run_at = now if new.run_at is None else new.run_at
+    return JobRecord(
+        id=job_id, task=new.task, queue=new.queue,
+        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED, payload=new.payload,
+        priority=new.priority, max_attempts=new.max_attempts, retries=new.retries,
+        timeout=new.timeout, run_at=run_at, enqueued_at=now, unique_key=new.unique_key,
+        meta=new.meta,
+    )  # fmt: skip

@@ -1,0 +1,43 @@
+"""Storage engines behind one protocol; `open_backend(url)` picks one by URL scheme."""
+
+from __future__ import annotations
+
+from conveyor.backends.base import Backend
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import ConfigError
+
+
+def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK) -> Backend:
+    """Open the engine a URL names: sqlite:///file.db or memory://."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        from conveyor.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(url, prefix=prefix, clock=clock)
+    if scheme == "memory":
+        from conveyor.backends.memory import MemoryBackend
+
+        return MemoryBackend(url, prefix=prefix, clock=clock)
+    if scheme in {"redis", "rediss", "redis+sentinel", "redis+cluster", "postgresql", "postgres"}:
+        raise ConfigError(
+            f"the {scheme}:// engine is not available in this version of Conveyor; "
+            "use sqlite:///conveyor.db or memory://"
+        )
+    raise ConfigError(
+        f"unsupported engine URL {redact_url(url)!r}: expected sqlite:///path.db or memory://"
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and error messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    if ":" in credentials:
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+__all__ = ["Backend", "open_backend", "redact_url"]

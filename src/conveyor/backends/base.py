@@ -1,0 +1,233 @@
+"""The backend protocol: the narrow waist between Conveyor and a storage engine.
+
+Every operation is atomic in its engine and batch-first (a single job is a
+batch of one). Every state change on a claimed job is fenced by its lease
+token: a worker that lost a job's lease gets `Fence.LEASE_LOST`, never a
+silent overwrite. No engine object (connection, cursor, client) crosses here.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.job import JobRecord, JobState, LogEntry
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job to store; `payload` is already serialized."""
+
+    task: str
+    queue: str
+    payload: str
+    priority: int = 0
+    max_attempts: int = 1
+    retries: int = 0
+    timeout: float | None = None
+    run_at: float | None = None
+    unique_key: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Enqueued(NamedTuple):
+    """Where a NewJob ended up: `created` is False when a unique key matched a live job."""
+
+    id: str
+    created: bool
+
+
+class OutcomeKind(StrEnum):
+    """How an attempt ended, from the worker's side."""
+
+    COMPLETED = "completed"
+    RETRY = "retry"
+    DEAD = "dead"
+    RELEASED = "released"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one attempt, to be persisted by `finish`."""
+
+    job_id: str
+    token: str
+    kind: OutcomeKind
+    result: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    retry_at: float | None = None
+    worker: str | None = None
+    progress: float | None = None
+    logs: list[LogEntry] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Renewal:
+    """A lease to extend, with progress and log lines written since the last renewal."""
+
+    job_id: str
+    token: str
+    progress: float | None = None
+    logs: list[LogEntry] = field(default_factory=list)
+
+
+class Fence(StrEnum):
+    """Answer to a fenced write: applied, or refused because the lease is gone."""
+
+    OK = "ok"
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Filters for listing jobs; newest first."""
+
+    queue: str | None = None
+    state: JobState | None = None
+    task: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A worker's self-report, refreshed with every maintenance pass."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started_at: float
+    last_seen: float = 0.0
+    active: int = 0
+    processed: int = 0
+
+
+class Backend(ABC):
+    """One storage engine; thread-safe; every method may raise BackendUnavailable."""
+
+    url: str
+    prefix: str
+    clock: Clock = SYSTEM_CLOCK
+
+    # -- producing ---------------------------------------------------------
+    @abstractmethod
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Store jobs atomically, in order; a live job's unique key returns that job."""
+
+    # -- working -----------------------------------------------------------
+    @abstractmethod
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[JobRecord]:
+        """Lease up to `limit` ready jobs, due scheduled ones included.
+
+        Queues are taken in the order given (the first is drained first); within a
+        queue, higher priority first, then enqueue order. Each job's attempt is
+        incremented and it carries a fresh `lease_token`.
+        """
+
+    @abstractmethod
+    def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
+        """Push lease deadlines forward and store progress and logs; one Fence per renewal."""
+
+    @abstractmethod
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        """Persist attempt outcomes, releasing their leases; one Fence per outcome."""
+
+    @abstractmethod
+    def recover_expired(self) -> list[str]:
+        """Requeue (or kill, when out of attempts) jobs whose lease has expired."""
+
+    @abstractmethod
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until work may be ready on `queues` (or a scheduled job falls due).
+
+        Returns False on timeout. Spurious wake-ups are allowed; missed ones are not.
+        """
+
+    # -- reading -----------------------------------------------------------
+    @abstractmethod
+    def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        """The records of `ids`, None for each unknown id."""
+
+    @abstractmethod
+    def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        """Jobs matching `query`, newest first."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, dict[JobState, int]]:
+        """Number of jobs per queue and state."""
+
+    @abstractmethod
+    def logs(self, job_id: str) -> list[LogEntry]:
+        """A job's log lines, oldest first."""
+
+    # -- operating ---------------------------------------------------------
+    @abstractmethod
+    def cancel(self, ids: Sequence[str]) -> list[bool]:
+        """Cancel unfinished jobs; True for each one this call cancelled."""
+
+    @abstractmethod
+    def retry(self, ids: Sequence[str]) -> list[bool]:
+        """Requeue dead or cancelled jobs with a fresh retry budget; True if requeued."""
+
+    @abstractmethod
+    def purge(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] = (),
+        older_than: float | None = None,
+    ) -> int:
+        """Delete finished jobs (and their logs); returns how many were deleted."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete jobs whatever their state; returns how many existed."""
+
+    @abstractmethod
+    def report_worker(self, info: WorkerInfo | None, *, remove: str | None = None) -> None:
+        """Record a worker's heartbeat, or remove a worker that stopped."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Workers seen recently, newest heartbeat first."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise BackendUnavailable if the engine cannot be reached."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the backend is unusable afterwards."""
+
+    # -- provided ----------------------------------------------------------
+    def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
+        """The job's record once it is finished, or as it is at `deadline` (monotonic).
+
+        Engines with notifications override this; the default polls with a
+        backoff from 2 ms to 100 ms, so short jobs answer fast and long waits stay cheap.
+        """
+        pause = 0.002
+        while True:
+            record = self.get([job_id])[0]
+            if record is None or record.state in _TERMINAL:
+                return record
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return record
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+_TERMINAL = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})

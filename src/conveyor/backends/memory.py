@@ -1,0 +1,373 @@
+"""The in-process engine: a real implementation for tests and experiments, not a mock.
+
+State lives in dicts and heaps under one lock; a condition variable wakes
+workers and result waiters, so nothing polls. Heaps are cleaned lazily: an
+entry whose job has since changed state is skipped when it reaches the top.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+
+from conveyor.backends.base import (
+    Backend,
+    Enqueued,
+    Fence,
+    JobQuery,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Renewal,
+    WorkerInfo,
+)
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.job import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
+    TERMINAL_STATES,
+    UNFINISHED_STATES,
+    AttemptRecord,
+    JobRecord,
+    JobState,
+    LogEntry,
+)
+
+LEASE_EXPIRED = "LeaseExpired: the worker holding this job stopped renewing its lease"
+
+
+class MemoryBackend(Backend):
+    """All state in this process; several threads and event loops may share it."""
+
+    def __init__(self, url: str = "memory://", prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK):
+        self.url, self.prefix, self.clock = url, prefix, clock
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: dict[str, JobRecord] = {}
+        self._ready: dict[str, list[tuple[int, int, str]]] = {}
+        self._scheduled: list[tuple[float, int, str]] = []
+        self._active: set[str] = set()
+        self._unique: dict[str, str] = {}
+        self._logs: dict[str, list[LogEntry]] = {}
+        self._workers: dict[str, WorkerInfo] = {}
+        self._next_id = 1
+
+    # -- producing ---------------------------------------------------------
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        with self._cond:
+            now = self.clock.now()
+            out = [self._insert(new, now) for new in jobs]
+            self._cond.notify_all()
+        return out
+
+    def _insert(self, new: NewJob, now: float) -> Enqueued:
+        if new.unique_key is not None and new.unique_key in self._unique:
+            return Enqueued(self._unique[new.unique_key], created=False)
+        job_id = str(self._next_id)
+        self._next_id += 1
+        run_at = now if new.run_at is None else new.run_at
+        state = JobState.SCHEDULED if run_at > now else JobState.QUEUED
+        record = JobRecord(
+            id=job_id, task=new.task, queue=new.queue, state=state, payload=new.payload,
+            priority=new.priority, max_attempts=new.max_attempts, retries=new.retries,
+            timeout=new.timeout, run_at=run_at, enqueued_at=now, unique_key=new.unique_key,
+            meta=dict(new.meta),
+        )  # fmt: skip
+        self._jobs[job_id] = record
+        if new.unique_key is not None:
+            self._unique[new.unique_key] = job_id
+        self._place(record)
+        return Enqueued(job_id, created=True)
+
+    def _place(self, record: JobRecord) -> None:
+        """Index a record by its (new) state."""
+        if record.state is JobState.QUEUED:
+            heap = self._ready.setdefault(record.queue, [])
+            heapq.heappush(heap, (-record.priority, int(record.id), record.id))
+        elif record.state is JobState.SCHEDULED:
+            heapq.heappush(self._scheduled, (record.run_at, int(record.id), record.id))
+        elif record.state is JobState.ACTIVE:
+            self._active.add(record.id)
+        if record.state is not JobState.ACTIVE:
+            self._active.discard(record.id)
+        if record.state in TERMINAL_STATES and record.unique_key is not None:
+            if self._unique.get(record.unique_key) == record.id:
+                del self._unique[record.unique_key]
+
+    # -- working -----------------------------------------------------------
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[JobRecord]:
+        with self._cond:
+            now = self.clock.now()
+            self._promote_due(now)
+            token = secrets.token_hex(8)
+            claimed: list[JobRecord] = []
+            for queue in queues:
+                heap = self._ready.get(queue)
+                while heap and len(claimed) < limit:
+                    record = self._jobs.get(heapq.heappop(heap)[2])
+                    if record is None or record.state is not JobState.QUEUED:
+                        continue  # stale heap entry
+                    record.state = JobState.ACTIVE
+                    record.attempt += 1
+                    record.started_at = now
+                    record.lease_owner, record.lease_token = worker_id, token
+                    record.lease_expires = now + lease_seconds
+                    self._active.add(record.id)
+                    claimed.append(copy.deepcopy(record))
+            return claimed
+
+    def _promote_due(self, now: float) -> int:
+        promoted = 0
+        while self._scheduled and self._scheduled[0][0] <= now:
+            record = self._jobs.get(heapq.heappop(self._scheduled)[2])
+            if record is not None and record.state is JobState.SCHEDULED and record.run_at <= now:
+                record.state = JobState.QUEUED
+                self._place(record)
+                promoted += 1
+        return promoted
+
+    def _owned(self, job_id: str, token: str) -> JobRecord | None:
+        record = self._jobs.get(job_id)
+        if record is None or record.state is not JobState.ACTIVE or record.lease_token != token:
+            return None
+        return record
+
+    def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
+        with self._cond:
+            expires = self.clock.now() + lease_seconds
+            fences = []
+            for renewal in renewals:
+                record = self._owned(renewal.job_id, renewal.token)
+                if record is None:
+                    fences.append(Fence.LEASE_LOST)
+                    continue
+                record.lease_expires = expires
+                self._note(record, renewal.progress, renewal.logs)
+                fences.append(Fence.OK)
+            return fences
+
+    def _note(self, record: JobRecord, progress: float | None, logs: list[LogEntry]) -> None:
+        if progress is not None:
+            record.progress = progress
+        if logs:
+            self._logs.setdefault(record.id, []).extend(logs)
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        with self._cond:
+            now = self.clock.now()
+            fences = [self._finish_one(outcome, now) for outcome in outcomes]
+            self._cond.notify_all()
+            return fences
+
+    def _finish_one(self, outcome: Outcome, now: float) -> Fence:
+        record = self._owned(outcome.job_id, outcome.token)
+        if record is None:
+            return Fence.LEASE_LOST
+        self._note(record, outcome.progress, outcome.logs)
+        record.lease_owner = record.lease_token = None
+        record.lease_expires = None
+        kind = outcome.kind
+        if kind is OutcomeKind.COMPLETED:
+            record.state, record.result, record.finished_at = JobState.COMPLETED, outcome.result, now
+        elif kind is OutcomeKind.RELEASED:
+            record.state, record.attempt = JobState.QUEUED, record.attempt - 1
+        else:
+            record.error = outcome.error
+            record.attempts.append(
+                AttemptRecord(
+                    attempt=record.attempt, error=outcome.error or "", traceback=outcome.traceback,
+                    started_at=record.started_at, finished_at=now, worker=outcome.worker,
+                )  # fmt: skip
+            )
+            if kind is OutcomeKind.RETRY:
+                record.state, record.run_at = JobState.SCHEDULED, outcome.retry_at or now
+            else:
+                record.state, record.finished_at = JobState.DEAD, now
+        self._place(record)
+        return Fence.OK
+
+    def recover_expired(self) -> list[str]:
+        with self._cond:
+            now = self.clock.now()
+            expired = [
+                self._jobs[i] for i in self._active if (self._jobs[i].lease_expires or 0) < now
+            ]
+            for record in expired:
+                record.attempts.append(
+                    AttemptRecord(
+                        attempt=record.attempt, error=LEASE_EXPIRED, traceback=None,
+                        started_at=record.started_at, finished_at=now, worker=record.lease_owner,
+                    )  # fmt: skip
+                )
+                record.error = LEASE_EXPIRED
+                record.lease_owner = record.lease_token = None
+                record.lease_expires = None
+                if record.attempt < record.max_attempts:
+                    record.state = JobState.QUEUED
+                else:
+                    record.state, record.finished_at = JobState.DEAD, now
+                self._place(record)
+            if expired:
+                self._cond.notify_all()
+            return [r.id for r in expired]
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._has_ready(queues):
+                    return True
+                left = deadline - time.monotonic()
+                if self._scheduled:
+                    left = min(left, max(0.0, self._scheduled[0][0] - self.clock.now()))
+                if left <= 0:
+                    return self._has_ready(queues)
+                self._cond.wait(left)
+
+    def _has_ready(self, queues: Sequence[str]) -> bool:
+        if self._scheduled and self._scheduled[0][0] <= self.clock.now():
+            return True
+        for queue in queues:
+            heap = self._ready.get(queue)
+            while heap:
+                record = self._jobs.get(heap[0][2])
+                if record is not None and record.state is JobState.QUEUED:
+                    return True
+                heapq.heappop(heap)
+        return False
+
+    def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
+        with self._cond:
+            while True:
+                record = self._jobs.get(job_id)
+                if record is None or record.state in TERMINAL_STATES:
+                    return copy.deepcopy(record)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return copy.deepcopy(record)
+                self._cond.wait(left)
+
+    # -- reading -----------------------------------------------------------
+    def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        with self._cond:
+            return [copy.deepcopy(self._jobs.get(i)) for i in ids]
+
+    def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        with self._cond:
+            matches = [
+                r
+                for r in reversed(self._jobs.values())
+                if (query.queue is None or r.queue == query.queue)
+                and (query.state is None or r.state == query.state)
+                and (query.task is None or r.task == query.task)
+            ]
+            return copy.deepcopy(matches[query.offset : query.offset + query.limit])
+
+    def counts(self) -> dict[str, dict[JobState, int]]:
+        with self._cond:
+            out: dict[str, dict[JobState, int]] = {}
+            for r in self._jobs.values():
+                per_queue = out.setdefault(r.queue, {})
+                per_queue[r.state] = per_queue.get(r.state, 0) + 1
+            return out
+
+    def logs(self, job_id: str) -> list[LogEntry]:
+        with self._cond:
+            return list(self._logs.get(job_id, []))
+
+    # -- operating ---------------------------------------------------------
+    def cancel(self, ids: Sequence[str]) -> list[bool]:
+        with self._cond:
+            now = self.clock.now()
+            done = []
+            for job_id in ids:
+                record = self._jobs.get(job_id)
+                if record is None or record.state not in CANCELLABLE_STATES:
+                    done.append(False)
+                    continue
+                record.state, record.finished_at = JobState.CANCELLED, now
+                record.lease_owner = record.lease_token = None
+                record.lease_expires = None
+                self._place(record)
+                done.append(True)
+            self._cond.notify_all()
+            return done
+
+    def retry(self, ids: Sequence[str]) -> list[bool]:
+        with self._cond:
+            now = self.clock.now()
+            done = []
+            for job_id in ids:
+                record = self._jobs.get(job_id)
+                key = None if record is None else record.unique_key
+                if record is None or record.state not in RETRYABLE_STATES or (
+                    key is not None and key in self._unique
+                ):
+                    done.append(False)
+                    continue
+                record.state, record.run_at, record.finished_at = JobState.QUEUED, now, None
+                record.max_attempts = record.attempt + record.retries + 1
+                if key is not None:
+                    self._unique[key] = record.id
+                self._place(record)
+                done.append(True)
+            self._cond.notify_all()
+            return done
+
+    def purge(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] = (),
+        older_than: float | None = None,
+    ) -> int:
+        wanted = set(states or TERMINAL_STATES) & TERMINAL_STATES
+        with self._cond:
+            doomed = [
+                r.id
+                for r in self._jobs.values()
+                if r.state in wanted
+                and (queue is None or r.queue == queue)
+                and (older_than is None or (r.finished_at or 0) < older_than)
+            ]
+            return self._drop(doomed)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self._cond:
+            return self._drop([i for i in ids if i in self._jobs])
+
+    def _drop(self, ids: Sequence[str]) -> int:
+        for job_id in ids:
+            record = self._jobs.pop(job_id)
+            self._logs.pop(job_id, None)
+            self._active.discard(job_id)
+            if record.unique_key is not None and self._unique.get(record.unique_key) == job_id:
+                del self._unique[record.unique_key]
+        self._cond.notify_all()
+        return len(ids)
+
+    def report_worker(self, info: WorkerInfo | None, *, remove: str | None = None) -> None:
+        with self._cond:
+            if info is not None:
+                info.last_seen = self.clock.now()
+                self._workers[info.id] = copy.copy(info)
+            if remove is not None:
+                self._workers.pop(remove, None)
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._cond:
+            return sorted(self._workers.values(), key=lambda w: -w.last_seen)
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+assert UNFINISHED_STATES  # re-exported for readers of this module's invariants

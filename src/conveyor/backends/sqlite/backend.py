@@ -1,0 +1,498 @@
+"""Embedded SQLite engine: WAL, one connection per thread, `BEGIN IMMEDIATE` for writes.
+
+Several processes on one machine may share the file; SQLite serialises their
+writes, and every multi-statement change runs in one immediate transaction so a
+claim or a finish is atomic. SQLite cannot notify other processes, so a waiting
+worker watches `PRAGMA data_version` (about 5 us a read) every 2 ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from conveyor.backends._sql import load_migrations, load_queries, split_statements
+from conveyor.backends.base import (
+    Backend,
+    Enqueued,
+    Fence,
+    JobQuery,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Renewal,
+    WorkerInfo,
+)
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.job import AttemptRecord, JobRecord, JobState, LogEntry
+
+_PACKAGE = "conveyor.backends.sqlite"
+_ROWS_PER_INSERT = 80  # 12 parameters a row: 960 per statement, far below SQLite's 32,766
+_POLL_SECONDS = 0.002  # data_version poll: ~0.3% of a core while idle, <=2 ms wake-up
+_BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for another process's transaction
+_WORKER_SEEN_SECONDS = 60.0
+LEASE_EXPIRED = "LeaseExpired: the worker holding this job stopped renewing its lease"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _guarded(method: Callable[P, T]) -> Callable[P, T]:
+    """Turn sqlite3's operational errors into BackendUnavailable naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            backend = args[0]
+            assert isinstance(backend, SQLiteBackend)
+            raise BackendUnavailable(f"SQLite database {backend.path}: {exc}") from exc
+
+    return wrapper
+
+
+def parse_sqlite_url(url: str) -> str:
+    """The file path in `sqlite:///relative.db` or `sqlite:////absolute.db`."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigError(f"not a SQLite URL: {url!r}")
+    path = unquote(parts.netloc + parts.path)
+    if path.startswith("/") and not parts.netloc:
+        path = path[1:]  # sqlite:///a.db is relative, sqlite:////tmp/a.db absolute
+    if not path or path == ":memory:":
+        raise ConfigError(
+            f"SQLite URL {url!r} names no file; use sqlite:///conveyor.db, "
+            "or memory:// for an in-process engine"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"SQLite URL {url!r}: folder {folder!r} does not exist")
+    return path
+
+
+class SQLiteBackend(Backend):
+    """Jobs in one SQLite file, shared by every thread and process that opens it."""
+
+    def __init__(self, url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK):
+        self.url, self.prefix, self.clock = url, prefix, clock
+        self.path = parse_sqlite_url(url)
+        self._q = {
+            name: sql.replace("{p}", prefix) for name, sql in load_queries(_PACKAGE).items()
+        }
+        self._q = {name: sql.replace("{columns}", self._q["columns"]) for name, sql in self._q.items()}
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        self._migrate()
+
+    # -- connections -------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise BackendUnavailable(f"SQLite backend for {self.path} is closed")
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        # NORMAL is durable across an application crash in WAL mode; only an OS crash or
+        # power loss can drop the last commits. FULL would fsync every enqueue (~10x slower).
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA cache_size = -16000")  # 16 MB page cache per connection
+        # Checkpoint every ~40 MB of WAL instead of 4 MB: each checkpoint fsyncs, and at
+        # 1,000 pages they cost single enqueues ~20% (11.5k/s -> 14.8k/s measured).
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: takes the write lock up front, so it never deadlocks."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        if mode != "wal":
+            raise BackendUnavailable(f"SQLite database {self.path} refused WAL mode ({mode})")
+        table = f"{self.prefix}_migrations"
+        with self._write():
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+            applied = {row[0] for row in conn.execute(f"SELECT version FROM {table}")}
+            for version, name, script in load_migrations(_PACKAGE):
+                if version in applied:
+                    continue
+                for statement in split_statements(script.replace("{p}", self.prefix)):
+                    conn.execute(statement)
+                conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?)", (version, name, time.time()))
+
+    def schema_version(self) -> int:
+        """The highest migration applied to this database."""
+        row = self._conn().execute(f"SELECT max(version) FROM {self.prefix}_migrations").fetchone()
+        return int(row[0] or 0)
+
+    # -- producing ---------------------------------------------------------
+    @_guarded
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        now = self.clock.now()
+        rows = [self._row(job, now) for job in jobs]
+        if len(rows) == 1 and rows[0][10] is None:
+            # A single plain job is one autocommit INSERT: no BEGIN/COMMIT round trips.
+            cursor = self._conn().execute(self._q["insert"] + _values(1), rows[0])
+            return [Enqueued(str(cursor.lastrowid), True)]
+        out: list[Enqueued] = []
+        with self._write() as conn:
+            start = 0
+            while start < len(rows):
+                if rows[start][10] is not None:
+                    out.append(self._insert_unique(conn, rows[start]))
+                    start += 1
+                    continue
+                end = start
+                while end < len(rows) and end - start < _ROWS_PER_INSERT and rows[end][10] is None:
+                    end += 1
+                out.extend(self._insert_plain(conn, rows[start:end]))
+                start = end
+        return out
+
+    def _row(self, job: NewJob, now: float) -> tuple[Any, ...]:
+        run_at = now if job.run_at is None else job.run_at
+        state = "scheduled" if run_at > now else "queued"
+        meta = json.dumps(job.meta, separators=(",", ":")) if job.meta else None
+        return (
+            job.task, job.queue, state, job.payload, job.priority, job.max_attempts,
+            job.retries, job.timeout, run_at, now, job.unique_key, meta,
+        )  # fmt: skip
+
+    def _insert_plain(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Enqueued]:
+        params = [value for row in rows for value in row]
+        cursor = conn.execute(self._q["insert"] + _values(len(rows)), params)
+        # AUTOINCREMENT inside our write lock hands out consecutive ids.
+        last = int(cursor.lastrowid or 0)
+        return [Enqueued(str(i), True) for i in range(last - len(rows) + 1, last + 1)]
+
+    def _insert_unique(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> Enqueued:
+        inserted = conn.execute(self._q["insert_unique"], row).fetchone()
+        if inserted is not None:
+            return Enqueued(str(inserted[0]), True)
+        existing = conn.execute(self._q["find_unique"], (row[10],)).fetchone()
+        return Enqueued(str(existing[0]), False)
+
+    # -- working -----------------------------------------------------------
+    @_guarded
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[JobRecord]:
+        now = self.clock.now()
+        params = {"now": now, "worker": worker_id, "token": secrets.token_hex(8),
+                  "expires": now + lease_seconds}  # fmt: skip
+        claimed: list[JobRecord] = []
+        with self._write() as conn:
+            for queue in queues:
+                if len(claimed) >= limit:
+                    break
+                conn.execute(self._q["promote_due"], {"queue": queue, "now": now})
+                rows = conn.execute(
+                    self._q["claim"], {**params, "queue": queue, "limit": limit - len(claimed)}
+                ).fetchall()
+                # RETURNING gives no order guarantee: restore priority, then FIFO.
+                rows.sort(key=lambda r: (-r[5], r[0]))
+                claimed.extend(_record(row) for row in rows)
+        return claimed
+
+    @_guarded
+    def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
+        if not renewals:
+            return []
+        expires = self.clock.now() + lease_seconds
+        with self._write() as conn:
+            fences = []
+            for r in renewals:
+                cursor = conn.execute(
+                    self._q["extend_lease"],
+                    {"expires": expires, "progress": r.progress, "id": r.job_id, "token": r.token},
+                )
+                fences.append(Fence.OK if cursor.rowcount == 1 else Fence.LEASE_LOST)
+                if cursor.rowcount == 1:
+                    self._save_logs(conn, r.job_id, r.logs)
+        return fences
+
+    def _save_logs(self, conn: sqlite3.Connection, job_id: str, logs: list[LogEntry]) -> None:
+        if logs:
+            conn.executemany(
+                self._q["insert_log"],
+                [(int(job_id), e.at, e.message, _dumps_or_none(e.fields)) for e in logs],
+            )
+
+    @_guarded
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        if not outcomes:
+            return []
+        now = self.clock.now()
+        with self._write() as conn:
+            if self._complete_all(conn, outcomes, now):
+                return [Fence.OK] * len(outcomes)
+            fences = []
+            for outcome in outcomes:
+                cursor = conn.execute(*self._finish_statement(outcome, now))
+                fences.append(Fence.OK if cursor.rowcount == 1 else Fence.LEASE_LOST)
+                if cursor.rowcount == 1:
+                    self._save_logs(conn, outcome.job_id, outcome.logs)
+        return fences
+
+    def _complete_all(self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> bool:
+        """Fast path: a batch of plain completions in one executemany (half the time of a
+        statement per row). Rolls back to a savepoint and says False if any lease was lost."""
+        if any(o.kind is not OutcomeKind.COMPLETED or o.logs for o in outcomes):
+            return False
+        conn.execute("SAVEPOINT complete_all")
+        cursor = conn.executemany(
+            self._q["complete"],
+            [{"id": int(o.job_id), "token": o.token, "progress": o.progress, "result": o.result,
+              "now": now} for o in outcomes],  # fmt: skip
+        )
+        if cursor.rowcount == len(outcomes):
+            conn.execute("RELEASE complete_all")
+            return True
+        conn.execute("ROLLBACK TO complete_all")
+        conn.execute("RELEASE complete_all")
+        return False
+
+    def _finish_statement(self, o: Outcome, now: float) -> tuple[str, dict[str, Any]]:
+        fence = {"id": int(o.job_id), "token": o.token, "progress": o.progress}
+        if o.kind is OutcomeKind.COMPLETED:
+            return self._q["complete"], {**fence, "result": o.result, "now": now}
+        if o.kind is OutcomeKind.RELEASED:
+            return self._q["release"], fence
+        history = json.dumps(
+            {"attempt": None, "error": o.error, "traceback": o.traceback, "started_at": None,
+             "finished_at": now, "worker": o.worker}  # fmt: skip
+        )
+        params = {**fence, "error": o.error, "history": history, "now": now}
+        if o.kind is OutcomeKind.RETRY:
+            return self._q["fail_retry"], {**params, "run_at": o.retry_at or now}
+        return self._q["fail_final"], params
+
+    @_guarded
+    def recover_expired(self) -> list[str]:
+        params = {"now": self.clock.now(), "error": LEASE_EXPIRED}
+        with self._write() as conn:
+            requeued = conn.execute(self._q["expire_requeue"], params).fetchall()
+            killed = conn.execute(self._q["expire_kill"], params).fetchall()
+        return [str(row[0]) for row in requeued + killed]
+
+    @_guarded
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        conn = self._conn()
+        deadline = time.monotonic() + timeout
+        due_at = float("inf")  # when the next scheduled job on these queues falls due
+        for queue in queues:
+            due = conn.execute(self._q["next_due"], (queue,)).fetchone()[0]
+            if due is not None:
+                due_at = min(due_at, time.monotonic() + max(0.0, due - self.clock.now()))
+        # data_version changes whenever another connection commits; we compare with the
+        # value seen when this thread last returned, so a commit made while the caller
+        # was claiming is never missed.
+        seen = getattr(self._local, "seen_version", None)
+        while True:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != seen:
+                self._local.seen_version = version
+                return True
+            now = time.monotonic()
+            if now >= due_at:
+                return True
+            if now >= deadline:
+                return False
+            time.sleep(min(_POLL_SECONDS, deadline - now, due_at - now))
+
+    # -- reading -----------------------------------------------------------
+    @_guarded
+    def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        conn = self._conn()
+        out: list[JobRecord | None] = []
+        for job_id in ids:
+            row = conn.execute(self._q["get"], (_int_id(job_id),)).fetchone()
+            out.append(None if row is None else _record(row))
+        return out
+
+    @_guarded
+    def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        params = {
+            "queue": query.queue, "state": None if query.state is None else query.state.value,
+            "task": query.task, "limit": query.limit, "offset": query.offset,
+        }  # fmt: skip
+        return [_record(row) for row in self._conn().execute(self._q["list"], params)]
+
+    @_guarded
+    def counts(self) -> dict[str, dict[JobState, int]]:
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, state, count in self._conn().execute(self._q["counts"]):
+            out.setdefault(queue, {})[JobState(state)] = count
+        return out
+
+    @_guarded
+    def logs(self, job_id: str) -> list[LogEntry]:
+        rows = self._conn().execute(self._q["logs"], (_int_id(job_id),))
+        return [LogEntry(at, message, json.loads(fields) if fields else {}) for at, message, fields in rows]
+
+    # -- operating ---------------------------------------------------------
+    @_guarded
+    def cancel(self, ids: Sequence[str]) -> list[bool]:
+        now = self.clock.now()
+        with self._write() as conn:
+            return [
+                conn.execute(self._q["cancel"], {"id": _int_id(i), "now": now}).rowcount == 1
+                for i in ids
+            ]
+
+    @_guarded
+    def retry(self, ids: Sequence[str]) -> list[bool]:
+        now = self.clock.now()
+        done = []
+        with self._write() as conn:
+            for job_id in ids:
+                try:
+                    cursor = conn.execute(self._q["retry"], {"id": _int_id(job_id), "now": now})
+                except sqlite3.IntegrityError:
+                    done.append(False)  # a live job already holds this job's unique key
+                    continue
+                done.append(cursor.rowcount == 1)
+        return done
+
+    @_guarded
+    def purge(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] = (),
+        older_than: float | None = None,
+    ) -> int:
+        wanted = [s for s in (states or _TERMINAL) if s in _TERMINAL]
+        deleted = 0
+        with self._write() as conn:
+            for state in wanted:
+                params = {"state": state.value, "queue": queue, "older_than": older_than}
+                ids = [(row[0],) for row in conn.execute(self._q["purge"], params).fetchall()]
+                conn.executemany(self._q["delete_logs"], ids)
+                deleted += len(ids)
+        return deleted
+
+    @_guarded
+    def delete(self, ids: Sequence[str]) -> int:
+        deleted = 0
+        with self._write() as conn:
+            for job_id in ids:
+                if conn.execute(self._q["delete"], (_int_id(job_id),)).fetchone() is not None:
+                    conn.execute(self._q["delete_logs"], (_int_id(job_id),))
+                    deleted += 1
+        return deleted
+
+    @_guarded
+    def report_worker(self, info: WorkerInfo | None, *, remove: str | None = None) -> None:
+        now = self.clock.now()
+        with self._write() as conn:
+            if info is not None:
+                conn.execute(
+                    self._q["report_worker"],
+                    (info.id, info.host, info.pid, ",".join(info.queues), info.concurrency,
+                     info.started_at, now, info.active, info.processed),  # fmt: skip
+                )
+            if remove is not None:
+                conn.execute(self._q["remove_worker"], (remove,))
+            conn.execute(self._q["forget_workers"], (now - 3600,))
+
+    @_guarded
+    def workers(self) -> list[WorkerInfo]:
+        rows = self._conn().execute(self._q["workers"], (self.clock.now() - _WORKER_SEEN_SECONDS,))
+        return [
+            WorkerInfo(id=r[0], host=r[1], pid=r[2], queues=tuple(r[3].split(",")),
+                       concurrency=r[4], started_at=r[5], last_seen=r[6], active=r[7],
+                       processed=r[8])  # fmt: skip
+            for r in rows
+        ]
+
+    @_guarded
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+_TERMINAL = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+
+
+@functools.cache
+def _values(rows: int) -> str:
+    return ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+
+
+def _int_id(job_id: str) -> int:
+    """Ids are decimal strings on SQLite; anything else matches no job."""
+    try:
+        return int(job_id)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _dumps_or_none(value: dict[str, Any]) -> str | None:
+    return json.dumps(value, default=str, separators=(",", ":")) if value else None
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    """A JobRecord from a row in `columns` order."""
+    attempts = []
+    if row[21]:
+        for i, item in enumerate(json.loads(row[21]), start=1):
+            attempts.append(
+                AttemptRecord(
+                    attempt=item.get("attempt") or i, error=item.get("error") or "",
+                    traceback=item.get("traceback"), started_at=item.get("started_at"),
+                    finished_at=item.get("finished_at") or 0.0, worker=item.get("worker"),
+                )  # fmt: skip
+            )
+    return JobRecord(
+        id=str(row[0]), task=row[1], queue=row[2], state=JobState(row[3]), payload=row[4],
+        priority=row[5], attempt=row[6], max_attempts=row[7], retries=row[8], timeout=row[9],
+        run_at=row[10], enqueued_at=row[11], started_at=row[12], finished_at=row[13],
+        unique_key=row[14], meta=json.loads(row[15]) if row[15] else {}, lease_owner=row[16],
+        lease_token=row[17], lease_expires=row[18], result=row[19], error=row[20],
+        attempts=attempts, progress=row[22],
+    )  # fmt: skip

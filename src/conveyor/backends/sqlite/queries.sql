@@ -1,0 +1,165 @@
+-- Every query the SQLite engine runs, by name. `{p}` is the table prefix and
+-- `{columns}` the column list below, in the order the backend's row reader expects.
+-- Statements that change a claimed job are fenced on (id, lease_token, state = 'active').
+
+-- name: columns
+id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
+enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token,
+lease_expires, result, error, attempts, progress
+
+-- name: insert
+-- The backend appends one "(?, ...)" group per row: one statement for up to 80 rows is
+-- about twice as fast as executemany, which steps the VM once per row.
+INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
+                      run_at, enqueued_at, unique_key, meta)
+VALUES
+
+-- name: insert_unique
+INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
+                      run_at, enqueued_at, unique_key, meta)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: find_unique
+SELECT id FROM {p}_jobs
+WHERE unique_key = ? AND state IN ('scheduled', 'queued', 'active', 'waiting')
+
+-- name: promote_due
+UPDATE {p}_jobs SET state = 'queued'
+WHERE state = 'scheduled' AND queue = :queue AND run_at <= :now
+
+-- name: claim
+UPDATE {p}_jobs
+SET state = 'active', attempt = attempt + 1, started_at = :now,
+    lease_owner = :worker, lease_token = :token, lease_expires = :expires
+WHERE id IN (
+    SELECT id FROM {p}_jobs
+    WHERE state = 'queued' AND queue = :queue
+    ORDER BY priority DESC, id
+    LIMIT :limit
+)
+RETURNING {columns}
+
+-- name: next_due
+SELECT min(run_at) FROM {p}_jobs WHERE state = 'scheduled' AND queue = ?
+
+-- name: extend_lease
+UPDATE {p}_jobs SET lease_expires = :expires, progress = coalesce(:progress, progress)
+WHERE id = :id AND lease_token = :token AND state = 'active'
+
+-- name: complete
+UPDATE {p}_jobs
+SET state = 'completed', result = :result, finished_at = :now,
+    progress = coalesce(:progress, progress),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND lease_token = :token AND state = 'active'
+
+-- name: fail_retry
+UPDATE {p}_jobs
+SET state = 'scheduled', run_at = :run_at, error = :error,
+    attempts = json_insert(coalesce(attempts, '[]'), '$[#]',
+        json_set(:history, '$.attempt', attempt, '$.started_at', started_at)),
+    progress = coalesce(:progress, progress),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND lease_token = :token AND state = 'active'
+
+-- name: fail_final
+UPDATE {p}_jobs
+SET state = 'dead', finished_at = :now, error = :error,
+    attempts = json_insert(coalesce(attempts, '[]'), '$[#]',
+        json_set(:history, '$.attempt', attempt, '$.started_at', started_at)),
+    progress = coalesce(:progress, progress),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND lease_token = :token AND state = 'active'
+
+-- name: release
+-- Shutdown hands the job back untouched: the attempt it had started is not counted.
+UPDATE {p}_jobs
+SET state = 'queued', attempt = attempt - 1,
+    progress = coalesce(:progress, progress),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND lease_token = :token AND state = 'active'
+
+-- name: insert_log
+INSERT INTO {p}_logs (job_id, at, message, fields) VALUES (?, ?, ?, ?)
+
+-- name: expire_requeue
+UPDATE {p}_jobs
+SET state = 'queued', error = :error,
+    attempts = json_insert(coalesce(attempts, '[]'), '$[#]', json_object(
+        'attempt', attempt, 'error', :error, 'traceback', NULL,
+        'started_at', started_at, 'finished_at', :now, 'worker', lease_owner)),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE state = 'active' AND lease_expires < :now AND attempt < max_attempts
+RETURNING id
+
+-- name: expire_kill
+UPDATE {p}_jobs
+SET state = 'dead', finished_at = :now, error = :error,
+    attempts = json_insert(coalesce(attempts, '[]'), '$[#]', json_object(
+        'attempt', attempt, 'error', :error, 'traceback', NULL,
+        'started_at', started_at, 'finished_at', :now, 'worker', lease_owner)),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE state = 'active' AND lease_expires < :now
+RETURNING id
+
+-- name: get
+SELECT {columns} FROM {p}_jobs WHERE id = ?
+
+-- name: list
+SELECT {columns} FROM {p}_jobs
+WHERE (:queue IS NULL OR queue = :queue)
+  AND (:state IS NULL OR state = :state)
+  AND (:task IS NULL OR task = :task)
+ORDER BY id DESC
+LIMIT :limit OFFSET :offset
+
+-- name: counts
+SELECT queue, state, count(*) FROM {p}_jobs GROUP BY queue, state
+
+-- name: logs
+SELECT at, message, fields FROM {p}_logs WHERE job_id = ? ORDER BY rowid
+
+-- name: cancel
+UPDATE {p}_jobs
+SET state = 'cancelled', finished_at = :now,
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND state IN ('scheduled', 'queued', 'active', 'waiting')
+
+-- name: retry
+-- A fresh budget: the task's configured retries again, on top of the attempts spent.
+UPDATE {p}_jobs
+SET state = 'queued', run_at = :now, finished_at = NULL,
+    max_attempts = attempt + retries + 1
+WHERE id = :id AND state IN ('dead', 'cancelled')
+
+-- name: purge
+DELETE FROM {p}_jobs
+WHERE state = :state
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:older_than IS NULL OR finished_at < :older_than)
+RETURNING id
+
+-- name: delete
+DELETE FROM {p}_jobs WHERE id = ? RETURNING id
+
+-- name: delete_logs
+DELETE FROM {p}_logs WHERE job_id = ?
+
+-- name: report_worker
+INSERT INTO {p}_workers (id, host, pid, queues, concurrency, started_at, last_seen, active,
+                         processed)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    last_seen = excluded.last_seen, active = excluded.active, processed = excluded.processed
+
+-- name: remove_worker
+DELETE FROM {p}_workers WHERE id = ?
+
+-- name: forget_workers
+DELETE FROM {p}_workers WHERE last_seen < ?
+
+-- name: workers
+SELECT id, host, pid, queues, concurrency, started_at, last_seen, active, processed
+FROM {p}_workers WHERE last_seen >= ? ORDER BY last_seen DESC

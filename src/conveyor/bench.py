@@ -1,0 +1,216 @@
+"""`conveyor bench`: throughput and latency of an engine, measured the way users run it.
+
+Drain scenarios start real worker processes (`conveyor worker --burst`) and
+compute throughput from the engine's own timestamps (first start to last
+finish), so interpreter start-up is not counted. Latency is enqueue-to-start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.app import Conveyor
+from conveyor.backends.base import JobQuery
+from conveyor.job import JobRecord, JobState
+
+SCENARIOS = ("enqueue", "bulk", "drain", "drain_sync", "latency", "io")
+_BULK_JOBS = 100_000
+_BULK_BATCH = 1_000
+_LATENCY_SAMPLES = 300
+_LATENCY_GAP = 0.01  # 100 jobs/s: "low load"
+_IO_JOBS, _IO_SLEEP, _IO_CONCURRENCY = 2_000, 0.05, 100
+_PREFIX = "bench"
+
+
+@dataclass
+class Result:
+    """One row of the benchmark table."""
+
+    scenario: str
+    jobs: int
+    seconds: float
+    jobs_per_second: float
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    note: str = ""
+
+
+def run_bench(
+    *,
+    url: str | None,
+    jobs: int,
+    processes: int,
+    concurrency: int,
+    scenarios: list[str] | None,
+    json_path: str | None,
+    console: Console,
+) -> list[Result]:
+    """Run the chosen scenarios and print (and optionally save) the results."""
+    unknown = set(scenarios or ()) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"error: unknown scenario {sorted(unknown)[0]!r}; choose from {', '.join(SCENARIOS)}")
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
+        url = url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
+        app = Conveyor(url, prefix=_PREFIX)
+        bench = _Bench(app, url, jobs, concurrency, console)
+        results = []
+        for name in scenarios or SCENARIOS:
+            console.print(f"[dim]running {name}...[/]")
+            results.append(bench.run(name))
+            if name.startswith("drain") and processes > 1:
+                results.append(bench.run(name, processes=processes))
+        app.close()
+    _print(results, url, console)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as out:
+            json.dump({"url": url, "results": [asdict(r) for r in results]}, out, indent=2)
+    return results
+
+
+class _Bench:
+    def __init__(self, app: Conveyor, url: str, jobs: int, concurrency: int, console: Console) -> None:
+        self.app, self.url, self.jobs, self.concurrency, self.console = app, url, jobs, concurrency, console
+        self.in_process = url.startswith("memory://")
+        self.round = 0
+
+    def run(self, name: str, processes: int = 1) -> Result:
+        self.round += 1
+        queue = f"{name}-{self.round}"
+        runner: Callable[..., Result] = getattr(self, f"_{name}")
+        return runner(queue, processes) if name.startswith("drain") else runner(queue)
+
+    def _enqueue(self, queue: str) -> Result:
+        task = self.app.ref("bench.noop").options(queue=queue)
+        n = min(self.jobs, 20_000)
+        start = time.perf_counter()
+        for i in range(n):
+            task.enqueue(i)
+        took = time.perf_counter() - start
+        return Result("enqueue (one at a time)", n, took, n / took)
+
+    def _bulk(self, queue: str) -> Result:
+        task = self.app.ref("bench.noop").options(queue=queue)
+        start = time.perf_counter()
+        for first in range(0, _BULK_JOBS, _BULK_BATCH):
+            task.enqueue_many([(i,) for i in range(first, first + _BULK_BATCH)])
+        took = time.perf_counter() - start
+        return Result(f"enqueue_many (batches of {_BULK_BATCH})", _BULK_JOBS, took, _BULK_JOBS / took)
+
+    def _drain(self, queue: str, processes: int) -> Result:
+        return self._drain_task("bench.noop", "drain no-op async", queue, processes)
+
+    def _drain_sync(self, queue: str, processes: int) -> Result:
+        return self._drain_task("bench.noop_sync", "drain no-op sync", queue, processes)
+
+    def _drain_task(self, task: str, label: str, queue: str, processes: int) -> Result:
+        ref = self.app.ref(task).options(queue=queue)
+        for first in range(0, self.jobs, _BULK_BATCH):
+            ref.enqueue_many([(i,) for i in range(first, min(self.jobs, first + _BULK_BATCH))])
+        self._work(queue, processes, self.concurrency, burst=True)
+        records = self._finished(queue, self.jobs)
+        took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
+        name = f"{label}, {processes} process{'es' if processes > 1 else ''}, c={self.concurrency}"
+        return Result(name, len(records), took, len(records) / took)
+
+    def _io(self, queue: str) -> Result:
+        ref = self.app.ref("bench.sleep").options(queue=queue)
+        ref.enqueue_many([(_IO_SLEEP,)] * _IO_JOBS)
+        self._work(queue, 1, _IO_CONCURRENCY, burst=True)
+        records = self._finished(queue, _IO_JOBS)
+        took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
+        name = f"io-bound: {_IO_JOBS} x sleep {_IO_SLEEP * 1000:.0f} ms, c={_IO_CONCURRENCY}"
+        return Result(name, len(records), took, len(records) / took, note="ideal 2,000/s")
+
+    def _latency(self, queue: str) -> Result:
+        ref = self.app.ref("bench.noop").options(queue=queue)
+        stop = self._start_worker(queue, 1, self.concurrency)
+        try:
+            ref.enqueue(-1).result(timeout=30)  # the worker is up and warm
+            handles = []
+            for i in range(_LATENCY_SAMPLES):
+                handles.append(ref.enqueue(i))
+                time.sleep(_LATENCY_GAP)  # pacing the load, not synchronising
+            for handle in handles:
+                handle.result(timeout=30)
+        finally:
+            stop()
+        records = self._finished(queue, _LATENCY_SAMPLES + 1)[1:]
+        lat = sorted(((r.started_at or 0) - r.enqueued_at) * 1000 for r in records)
+        q = statistics.quantiles(lat, n=100)
+        took = _LATENCY_SAMPLES * _LATENCY_GAP
+        return Result("latency enqueue->start, 100 jobs/s", len(lat), took, len(lat) / took,
+                      p50_ms=q[49], p95_ms=q[94], p99_ms=q[98])  # fmt: skip
+
+    # -- workers ------------------------------------------------------------
+    def _work(self, queue: str, processes: int, concurrency: int, *, burst: bool) -> None:
+        if self.in_process:
+            self.app.worker(queues=[queue], concurrency=concurrency).run(burst=burst, handle_signals=False)
+            return
+        command = [*self._command(queue, concurrency), "--burst"]
+        if processes > 1:
+            command.append(f"--processes={processes}")
+        subprocess.run(command, check=True, env=self._env(), timeout=600)
+
+    def _start_worker(self, queue: str, processes: int, concurrency: int) -> Callable[[], None]:
+        if self.in_process:
+            import threading
+
+            worker = self.app.worker(queues=[queue], concurrency=concurrency)
+            thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+            thread.start()
+
+            def stop_thread() -> None:
+                worker.stop()
+                thread.join(timeout=30)
+
+            return stop_thread
+        child = subprocess.Popen(self._command(queue, concurrency), env=self._env())
+
+        def stop_process() -> None:
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=30)
+
+        return stop_process
+
+    def _command(self, queue: str, concurrency: int) -> list[str]:
+        return [sys.executable, "-m", "conveyor", "--log-level=WARNING", "worker", "conveyor.benchapp:app",
+                f"--queues={queue}", f"--concurrency={concurrency}"]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "CONVEYOR_URL": self.url, "CONVEYOR_PREFIX": _PREFIX}
+
+    def _finished(self, queue: str, expected: int) -> list[JobRecord]:
+        query = JobQuery(queue=queue, state=JobState.COMPLETED, limit=expected + 1)
+        records = sorted(self.app.backend.list_jobs(query), key=lambda r: r.enqueued_at)
+        if len(records) != expected:
+            raise RuntimeError(f"bench queue {queue}: {len(records)} of {expected} jobs completed")
+        return records
+
+
+def _print(results: list[Result], url: str, console: Console) -> None:
+    table = Table(title=f"conveyor bench on {url.split('://')[0]} ({os.cpu_count()} cores)")
+    for column in ("scenario", "jobs", "seconds", "jobs/s", "p50 ms", "p95 ms", "p99 ms", "note"):
+        table.add_column(column, justify="left" if column in ("scenario", "note") else "right")
+    for r in results:
+        table.add_row(r.scenario, f"{r.jobs:,}", f"{r.seconds:.2f}", f"{r.jobs_per_second:,.0f}",
+                      *(f"{v:.2f}" if v is not None else "" for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
+                      r.note)  # fmt: skip
+    console.print(table)
+
+
+__all__ = ["SCENARIOS", "Result", "run_bench"]
+_ = Any

@@ -1,0 +1,171 @@
+"""Every setting in one frozen dataclass: keyword argument, CLI flag or CONVEYOR_* variable."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from conveyor.errors import ConfigError
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Resolved configuration; build it with `Settings.load(...)`."""
+
+    url: str = DEFAULT_URL
+    prefix: str = "conveyor"
+    concurrency: int = 10
+    queues: tuple[str, ...] = ("default",)
+    processes: int = 1
+    # arq's default; a job that runs longer than this is failed (and retried if it may).
+    job_timeout: float | None = 300.0
+    retries: int = 3
+    # Base of the exponential backoff: attempt n waits about base * 2**(n-1) seconds.
+    retry_backoff: float = 2.0
+    retry_backoff_max: float = 3600.0
+    lease_timeout: float = 30.0
+    heartbeat_interval: float | None = None
+    shutdown_grace: float = 30.0
+    max_payload_bytes: int = 1_048_576
+    log_level: str = "INFO"
+    health_port: int | None = None
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Seconds between lease renewals: a third of the lease unless set."""
+        return self.heartbeat_interval or self.lease_timeout / 3
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then CONVEYOR_* variables, then non-None `overrides`; all validated."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"CONVEYOR_{f.name.upper()}"
+            if name in env and env[name] != "":
+                values[f.name] = _parse(f.name, env[name], source=name)
+        for key, value in (overrides or {}).items():
+            if key not in _PARSERS:
+                known = ", ".join(sorted(_PARSERS))
+                raise ConfigError(f"unknown setting {key!r}; known settings: {known}")
+            if value is not None:
+                values[key] = _parse(key, value, source=key)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied and validated."""
+        parsed = {k: _parse(k, v, source=k) for k, v in changes.items() if v is not None}
+        return replace(self, **parsed)
+
+
+def validate_queue(name: object) -> str:
+    """A queue name: 1-100 of letters, digits, `_ . : -`."""
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+        raise ConfigError(
+            f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '.', ':' or '-'"
+        )
+    return name
+
+
+def _parse(name: str, value: Any, *, source: str) -> Any:
+    try:
+        return _PARSERS[name](value)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: invalid value {value!r}") from None
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1 or isinstance(value, bool):
+        raise ConfigError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: Any) -> int:
+    number = int(value)
+    if number < 0 or isinstance(value, bool):
+        raise ConfigError(f"must be an integer >= 0, got {value!r}")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ConfigError(f"must be a number > 0, got {value!r}")
+    return number
+
+
+def _optional_seconds(value: Any) -> float | None:
+    if value in ("", "none", "None", 0, "0"):
+        return None
+    return _positive_float(value)
+
+
+def _queues(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(validate_queue(str(q).strip()) for q in items if str(q).strip())
+    if not names:
+        raise ConfigError("needs at least one queue name")
+    return names
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX.match(value):
+        raise ConfigError(
+            f"invalid prefix {value!r}: start with a letter or '_', then up to 40 "
+            "letters, digits or '_'"
+        )
+    return value
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(f"invalid URL {value!r}: expected e.g. sqlite:///conveyor.db")
+    return value
+
+
+def _log_level(value: Any) -> str:
+    level = str(value).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def _port(value: Any) -> int | None:
+    if value in (None, "", 0, "0"):
+        return None
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ConfigError(f"must be a TCP port 1-65535, got {value!r}")
+    return port
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "url": _url,
+    "prefix": _prefix,
+    "concurrency": _positive_int,
+    "queues": _queues,
+    "processes": _positive_int,
+    "job_timeout": _optional_seconds,
+    "retries": _non_negative_int,
+    "retry_backoff": _positive_float,
+    "retry_backoff_max": _positive_float,
+    "lease_timeout": _positive_float,
+    "heartbeat_interval": _optional_seconds,
+    "shutdown_grace": _positive_float,
+    "max_payload_bytes": _positive_int,
+    "log_level": _log_level,
+    "health_port": _port,
+}

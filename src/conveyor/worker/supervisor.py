@@ -1,0 +1,79 @@
+"""`--processes N`: one command runs N worker processes and keeps them running.
+
+Signals are forwarded to every child (a second SIGINT/SIGTERM too, so children
+stop at once); a child that dies while we are not stopping is restarted, with a
+backoff from 1 s to 30 s when it keeps dying young.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger("conveyor.supervisor")
+_YOUNG = 5.0  # a child that exits sooner than this after starting counts as crash-looping
+
+
+class Supervisor:
+    """Runs `processes` copies of `argv` (a `conveyor worker` command line)."""
+
+    def __init__(self, argv: Sequence[str], processes: int) -> None:
+        self.argv = list(argv)
+        self.processes = processes
+        self.children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+        self.stopping = False
+        self.failures = 0
+
+    def _spawn(self) -> None:
+        child = subprocess.Popen(self.argv)
+        self.children[child.pid] = (child, time.monotonic())
+        log.info("started worker process %d", child.pid)
+
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for child, _ in self.children.values():
+            try:
+                child.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        """Start the children, supervise them until all have exited; returns the exit code."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._forward)
+        for _ in range(self.processes):
+            self._spawn()
+        delay = 1.0
+        while self.children:
+            pid, status = os.wait()  # blocks; signals run their handler and the wait resumes
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue
+            child, started = entry
+            code = os.waitstatus_to_exitcode(status)
+            child.returncode = code
+            if self.stopping or code == 0:
+                self.failures += code != 0  # 0: a clean exit (e.g. --burst found no work)
+                continue
+            log.error("worker process %d exited with %d; restarting", pid, code)
+            delay = min(30.0, delay * 2) if time.monotonic() - started < _YOUNG else 1.0
+            self._sleep_unless_stopping(delay)
+            if not self.stopping:
+                self._spawn()
+        return 1 if self.failures else 0
+
+    def _sleep_unless_stopping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def child_argv(args: Sequence[str]) -> list[str]:
+    """The command line that runs one worker process with the same options."""
+    return [sys.executable, "-m", "conveyor", *args]

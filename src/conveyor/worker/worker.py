@@ -1,0 +1,394 @@
+"""The worker: a few supervised asyncio tasks around one engine.
+
+- the pump persists finished attempts and claims new jobs, both in one hop to the
+  engine thread, never claiming more than its free slots (a prefetched job would
+  wait behind a slow one while another worker sits idle);
+- each claimed job runs in its own asyncio task (async tasks on the loop, sync
+  tasks in a thread pool);
+- the lease keeper renews every running job's lease in one call per interval,
+  from its own thread, so a busy event loop or a long sync task cannot starve it;
+- maintenance recovers other workers' expired leases and reports this worker.
+
+If a side task dies, the worker stops loudly rather than run without leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from conveyor.backends.base import Fence, Outcome, OutcomeKind, Renewal, WorkerInfo
+from conveyor.context import JobContext, bind
+from conveyor.errors import BackendUnavailable
+from conveyor.job import JobRecord
+from conveyor.settings import Settings
+from conveyor.worker.executor import Running, released, run_attempt
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
+_IDLE_WAIT = 0.5  # longest single engine wait: bounds shutdown and notices dead connections
+_MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
+
+
+class Worker:
+    """Runs an app's jobs from its queues; `run()` blocks until stopped."""
+
+    def __init__(self, app: Conveyor, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.queues = settings.queues
+        self.concurrency = settings.concurrency
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.processed = 0
+        self.started_at = time.time()
+        self._running: dict[str, Running] = {}
+        self._outcomes: list[Outcome] = []
+        self._used = 0
+        self._stopping = False
+        self._hard = False
+        self._burst = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._beat: asyncio.Event | None = None
+        self._waiting: asyncio.Future[bool] | None = None
+        self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
+        self.started = threading.Event()  # set once the worker can be stopped
+
+    # -- lifecycle ---------------------------------------------------------
+    def run(self, *, burst: bool = False, handle_signals: bool = True) -> int:
+        """Run until stopped (or, with burst, until no job is ready); returns an exit code."""
+        return asyncio.run(self.arun(burst=burst, handle_signals=handle_signals))
+
+    def stop(self, *, hard: bool = False) -> None:
+        """Stop claiming; running jobs finish within the grace period (hard: released now).
+
+        Safe to call from any thread.
+        """
+        loop = self._loop
+        if loop is None:
+            self._stop_early = hard or bool(self._stop_early)
+            return
+        if loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._begin_stop, hard)
+        except RuntimeError:
+            pass  # the loop closed between the check and the call: already stopped
+
+    def _begin_stop(self, hard: bool) -> None:
+        self._stopping = True
+        self._hard = self._hard or hard
+        assert self._stop is not None and self._wake is not None
+        self._stop.set()
+        self._wake.set()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            log.warning("%s again: releasing %d running job(s) and exiting now", name, len(self._running))
+            self._begin_stop(hard=True)
+            return
+        log.info(
+            "%s: finishing %d running job(s) within %gs; send it again to stop at once",
+            name, len(self._running), self.settings.shutdown_grace,
+        )  # fmt: skip
+        self._begin_stop(hard=False)
+
+    async def arun(self, *, burst: bool = False, handle_signals: bool = False) -> int:
+        """The worker's main coroutine; returns 0 after a clean stop, 1 after a crash."""
+        self._loop = asyncio.get_running_loop()
+        self._wake, self._stop, self._beat = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._burst = burst
+        self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
+        self._side = concurrent.futures.ThreadPoolExecutor(1, "conveyor-lease")
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
+        if handle_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        if self._stop_early is not None:
+            self._begin_stop(self._stop_early)
+        self.started.set()
+        try:
+            await self._call(self._db, self.app.backend.report_worker, self._info())
+            log.info(
+                "worker %s started: queues %s, concurrency %d, engine %s",
+                self.id, ",".join(self.queues), self.concurrency, self.app.backend.url.split("://")[0],
+            )  # fmt: skip
+            return await self._supervise()
+        finally:
+            if handle_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    self._loop.remove_signal_handler(signum)
+            # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
+            # can close its connections safely; task threads are the user's and may hang.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for executor in (self._db, self._side, self._waiter):
+                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def _supervise(self) -> int:
+        assert self._stop is not None
+        pump = asyncio.create_task(self._pump(), name="conveyor-pump")
+        side = [
+            asyncio.create_task(self._keep_leases(), name="conveyor-leases"),
+            asyncio.create_task(self._maintain(), name="conveyor-maintenance"),
+        ]
+        stopper = asyncio.create_task(self._shutdown_when_asked(), name="conveyor-shutdown")
+        done, _ = await asyncio.wait([pump, *side], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        for task in crashed:
+            log.critical("worker task %s died; stopping", task.get_name(), exc_info=task.exception())
+        if crashed and not pump.done():
+            self._begin_stop(hard=True)
+            await asyncio.wait([pump], timeout=self.settings.shutdown_grace)
+        for task in [*side, stopper, pump]:
+            task.cancel()
+        await asyncio.gather(*side, stopper, pump, return_exceptions=True)
+        await self._farewell()
+        return 1 if crashed else 0
+
+    async def _shutdown_when_asked(self) -> None:
+        assert self._stop is not None and self._wake is not None
+        await self._stop.wait()
+        if not self._hard and self._running:
+            deadline = time.monotonic() + self.settings.shutdown_grace
+            while self._running and not self._hard and time.monotonic() < deadline:
+                self._wake.clear()
+                await _wait_event(self._wake, deadline - time.monotonic())
+        if self._running:
+            log.warning("releasing %d job(s) still running so other workers can take them", len(self._running))
+            for job in list(self._running.values()):
+                self._release(job)
+
+    async def _farewell(self) -> None:
+        try:
+            await self._call(self._db, self.app.backend.report_worker, None, remove=self.id)
+        except BackendUnavailable as exc:
+            log.warning("could not unregister worker: %s", exc)
+        log.info("worker %s stopped after %d job(s)", self.id, self.processed)
+
+    # -- the pump ----------------------------------------------------------
+    async def _pump(self) -> None:
+        assert self._wake is not None
+        backoff = 0.0
+        while True:
+            self._wake.clear()
+            outcomes, self._outcomes = self._outcomes, []
+            want = 0 if self._stopping else self.concurrency - self._used
+            if not outcomes and want == 0:
+                if self._stopping and not self._running:
+                    return
+                await self._wake.wait()
+                continue
+            try:
+                claimed = await self._call(self._db, self._exchange, outcomes, want)
+                backoff = 0.0
+            except BackendUnavailable as exc:
+                if self._hard and self._stopping:
+                    log.error("engine unreachable at hard stop; %d result(s) not stored, those jobs "
+                              "run again once their lease expires: %s", len(outcomes), exc)  # fmt: skip
+                    self._running.clear()
+                    return
+                self._outcomes[:0] = outcomes  # kept and retried, never dropped
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.1)
+                log.error("engine error, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                continue
+            for record in claimed:
+                self._start(record)
+            if self._outcomes or self._stopping or (want and len(claimed) == want):
+                continue  # more to flush, or the queue may hold more: go round at once
+            if not claimed and not self._running and self._burst:
+                self._begin_stop(hard=False)
+                continue
+            if want > len(claimed):
+                await self._wait_for_work()
+            else:
+                await self._wake.wait()
+
+    def _exchange(self, outcomes: list[Outcome], want: int) -> list[JobRecord]:
+        """Runs in the engine thread: persist outcomes, then claim up to `want` jobs."""
+        backend = self.app.backend
+        if outcomes:
+            fences = backend.finish(outcomes)
+            for outcome, fence in zip(outcomes, fences, strict=True):
+                if fence is Fence.LEASE_LOST:
+                    log.warning(
+                        "job %s: result discarded, its lease was lost (another worker may have run it, "
+                        "or it was cancelled)", outcome.job_id,
+                    )  # fmt: skip
+        if not want:
+            return []
+        try:
+            return backend.claim(self.id, self.queues, want, self.settings.lease_timeout)
+        except BackendUnavailable:
+            if outcomes:
+                return []  # the outcomes are stored; the claim is simply tried next round
+            raise
+
+    async def _wait_for_work(self) -> None:
+        """Block in the waiter thread until the engine signals work, or a job of ours ends."""
+        assert self._loop is not None and self._wake is not None
+        if self._waiting is None:
+            self._waiting = self._loop.run_in_executor(
+                self._waiter, self.app.backend.wait_for_work, self.queues, _IDLE_WAIT
+            )
+        woken = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait([self._waiting, woken], return_when=asyncio.FIRST_COMPLETED)
+        woken.cancel()
+        if self._waiting.done():
+            waiting, self._waiting = self._waiting, None
+            error = waiting.exception()
+            if isinstance(error, BackendUnavailable):
+                log.error("engine error while waiting for work: %s", error)
+                await _wait_event(self._wake, _IDLE_WAIT)
+            elif error is not None:
+                raise error
+
+    # -- running jobs ------------------------------------------------------
+    def _start(self, record: JobRecord) -> None:
+        assert self._loop is not None
+        job = Running(record, JobContext(record, self._request_beat))
+        self._running[record.id] = job
+        self._used += 1
+        context = contextvars.copy_context()
+        context.run(bind, job.context)
+        job.runner = self._loop.create_task(self._execute(job), context=context)
+
+    async def _execute(self, job: Running) -> None:
+        try:
+            outcome = await run_attempt(self.app, self.settings, job, self._pool, self.id)
+        except asyncio.CancelledError:
+            outcome = None  # released by shutdown
+        finally:
+            self._free_slot_when_done(job)
+        if outcome is not None and self._running.get(job.id) is job:
+            self._hand_over(job, outcome)
+
+    def _hand_over(self, job: Running, outcome: Outcome) -> None:
+        assert self._wake is not None
+        del self._running[job.id]
+        self._outcomes.append(outcome)
+        self.processed += 1
+        if outcome.kind is OutcomeKind.DEAD:
+            log.error("job %s (%s) is dead: %s", job.id, job.record.task, outcome.error)
+        elif outcome.kind is OutcomeKind.RETRY:
+            log.warning("job %s (%s) attempt %d failed, will retry: %s",
+                        job.id, job.record.task, job.record.attempt, outcome.error)  # fmt: skip
+        self._wake.set()
+
+    def _release(self, job: Running) -> None:
+        job.context.mark_cancelled()
+        self._hand_over(job, released(job, self.id))
+        if job.runner is not None and not job.runner.done():
+            job.runner.cancel()
+
+    def _free_slot_when_done(self, job: Running) -> None:
+        """A slot is free once the job's code has returned; a timed-out thread keeps it."""
+        assert self._loop is not None
+        thread = job.thread
+        if thread is None or thread.done():
+            self._free_slot()
+            return
+        loop = self._loop
+        thread.add_done_callback(lambda _: _call_soon(loop, self._free_slot))
+
+    def _free_slot(self) -> None:
+        assert self._wake is not None
+        self._used -= 1
+        self._wake.set()
+
+    def _request_beat(self) -> None:
+        loop, beat = self._loop, self._beat
+        if loop is not None and beat is not None:
+            _call_soon(loop, beat.set)
+
+    # -- side tasks --------------------------------------------------------
+    async def _keep_leases(self) -> None:
+        assert self._beat is not None
+        while True:
+            await _wait_event(self._beat, self.settings.heartbeat_every)
+            self._beat.clear()
+            jobs = list(self._running.values())
+            if jobs:
+                await self._renew(jobs)
+
+    async def _renew(self, jobs: list[Running]) -> None:
+        renewals = [Renewal(j.id, j.token, *j.context.drain()) for j in jobs]
+        backend = self.app.backend
+        try:
+            fences = await self._call(self._side, backend.extend_leases, renewals, self.settings.lease_timeout)
+        except BackendUnavailable as exc:
+            log.error("could not renew %d lease(s): %s", len(jobs), exc)
+            return
+        for job, fence in zip(jobs, fences, strict=True):
+            if fence is Fence.LEASE_LOST and self._running.get(job.id) is job:
+                log.warning("job %s: lease lost (cancelled, or expired and taken over)", job.id)
+                job.context.mark_cancelled()
+
+    async def _maintain(self) -> None:
+        assert self._stop is not None
+        # A quarter of the lease (at most 5 s): a dead worker's jobs restart within
+        # lease + interval. Jitter keeps many workers from sweeping in lockstep.
+        interval = min(5.0, self.settings.lease_timeout / 4)
+        backend = self.app.backend
+        while not self._stopping:
+            try:
+                recovered = await self._call(self._side, backend.recover_expired)
+                if recovered:
+                    log.warning("recovered %d job(s) whose lease expired: %s", len(recovered), ", ".join(recovered[:10]))
+                    self._request_wake()
+                await self._call(self._side, backend.report_worker, self._info())
+            except BackendUnavailable as exc:
+                log.error("maintenance failed: %s", exc)
+            await _wait_event(self._stop, interval * random.uniform(0.8, 1.2))
+
+    def _request_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _info(self) -> WorkerInfo:
+        host, pid = socket.gethostname(), os.getpid()
+        return WorkerInfo(
+            id=self.id, host=host, pid=pid, queues=self.queues, concurrency=self.concurrency,
+            started_at=self.started_at, active=len(self._running), processed=self.processed,
+        )  # fmt: skip
+
+    async def _call(self, executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        assert self._loop is not None
+        if kwargs:
+            return await self._loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
+        return await self._loop.run_in_executor(executor, fn, *args)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait for `event` at most `timeout` seconds."""
+    if timeout <= 0:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:
+        pass  # loop already closed: the worker has stopped

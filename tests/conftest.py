@@ -1,0 +1,100 @@
+"""Shared fixtures: every contract test runs once per engine in ENGINES."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.backends import open_backend
+from conveyor.backends.base import Backend
+from conveyor.clock import Clock, FakeClock
+from conveyor.worker import Worker
+
+# Engines the contract suite runs against. Redis and PostgreSQL join this list.
+ENGINES = ["memory", "sqlite"]
+
+
+def engine_url(engine: str, tmp_path: Path) -> str:
+    if engine == "memory":
+        return "memory://"
+    if engine == "sqlite":
+        return f"sqlite:///{tmp_path / 'conveyor.db'}"
+    raise AssertionError(engine)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def url(engine: str, tmp_path: Path) -> str:
+    return engine_url(engine, tmp_path)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_backend(url: str) -> Iterator[Callable[[Clock], Backend]]:
+    opened: list[Backend] = []
+
+    def make(clock: Clock) -> Backend:
+        backend = open_backend(url, prefix="t", clock=clock)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend: Callable[[Clock], Backend], clock: FakeClock) -> Backend:
+    return make_backend(clock)
+
+
+@pytest.fixture
+def app(url: str) -> Iterator[Conveyor]:
+    application = Conveyor(url, prefix="t", retry_backoff=0.01, retry_backoff_max=0.05)
+    yield application
+    application.close()
+
+
+@contextmanager
+def running(app: Conveyor, **settings: Any) -> Iterator[Worker]:
+    """A worker on a background thread for the duration of the block."""
+    worker = app.worker(**settings)
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(worker.run(handle_signals=False)), name="test-worker"
+    )
+    thread.start()
+    assert worker.started.wait(10), "worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "worker did not stop"
+        assert result == [0]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, message: str = "") -> None:
+    """Poll `check` until it is true or `timeout` passes (a deadline, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message or "condition not met in time")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
