@@ -149,10 +149,12 @@ class Worker:
             asyncio.create_task(self._maintain(), name="conveyor-maintenance"),
         ]
         stopper = asyncio.create_task(self._shutdown_when_asked(), name="conveyor-shutdown")
+        # Side tasks never return; if one does (it raised), the worker must not go on.
         done, _ = await asyncio.wait([pump, *side], return_when=asyncio.FIRST_COMPLETED)
-        crashed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        crashed = [t for t in done if t.cancelled() or t.exception() is not None or t is not pump]
         for task in crashed:
-            log.critical("worker task %s died; stopping", task.get_name(), exc_info=task.exception())
+            error = None if task.cancelled() else task.exception()
+            log.critical("worker task %s died; stopping", task.get_name(), exc_info=error)
         if crashed and not pump.done():
             self._begin_stop(hard=True)
             await asyncio.wait([pump], timeout=self.settings.shutdown_grace)
@@ -347,7 +349,7 @@ class Worker:
         # lease + interval. Jitter keeps many workers from sweeping in lockstep.
         interval = min(5.0, self.settings.lease_timeout / 4)
         backend = self.app.backend
-        while not self._stopping:
+        while True:  # runs until the supervisor cancels it, after the pump has flushed
             try:
                 recovered = await self._call(self._side, backend.recover_expired)
                 if recovered:
@@ -356,7 +358,7 @@ class Worker:
                 await self._call(self._side, backend.report_worker, self._info())
             except BackendUnavailable as exc:
                 log.error("maintenance failed: %s", exc)
-            await _wait_event(self._stop, interval * random.uniform(0.8, 1.2))
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
     def _request_wake(self) -> None:
         if self._wake is not None:

@@ -1,0 +1,437 @@
+"""The public contract (DESIGN.md), end to end with a real worker, on every engine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from conveyor import (
+    ConfigError,
+    Conveyor,
+    Fail,
+    JobFailed,
+    JobNotFound,
+    JobState,
+    PayloadTooLarge,
+    Retry,
+    SerializationError,
+    current_job,
+)
+from conveyor.backends.base import NewJob
+from tests.conftest import eventually, running
+
+
+def test_async_and_sync_tasks_return_results(app: Conveyor) -> None:
+    @app.task
+    async def add(a: int, b: int) -> int:
+        await asyncio.sleep(0)
+        return a + b
+
+    @app.task
+    def shout(word: str) -> str:
+        return word.upper()
+
+    with running(app):
+        assert add.enqueue(2, 3).result(timeout=10) == 5
+        assert shout.enqueue(word="hi").result(timeout=10) == "HI"
+    assert add.name == f"{__name__}.add" or add.name.endswith(".add")
+
+
+def test_aenqueue_and_aresult(app: Conveyor) -> None:
+    @app.task
+    async def double(x: int) -> int:
+        return x * 2
+
+    async def produce() -> int:
+        job = await double.aenqueue(21)
+        value: int = await job.aresult(timeout=10)
+        return value
+
+    with running(app):
+        assert asyncio.run(produce()) == 42
+
+
+def test_enqueue_by_name_needs_no_task_code(app: Conveyor, url: str) -> None:
+    @app.task(name="billing.charge")
+    def charge(amount: int) -> str:
+        return f"charged {amount}"
+
+    job = app.enqueue("billing.charge", 42)
+    assert job.task == "billing.charge"
+    with running(app):
+        assert job.result(timeout=10) == "charged 42"
+
+
+def test_job_attributes_and_refresh(app: Conveyor) -> None:
+    @app.task(queue="media", retries=5)
+    def work(x: int) -> int:
+        return x
+
+    job = work.options(priority=10, meta={"brief_id": "7"}).enqueue(1)
+    assert (job.queue, job.priority, job.state, job.attempt, job.meta) == ("media", 10, JobState.QUEUED, 0, {"brief_id": "7"})
+    assert job.max_attempts == 6 and job.error is None and job.args == [1] and job.kwargs == {}
+    assert app.get_job(job.id).id == job.id
+    with running(app, queues=["media"]):
+        job.result(timeout=10)
+    assert job.refresh().state is JobState.COMPLETED and job.attempt == 1
+
+
+def test_priority_runs_higher_first_then_in_order(app: Conveyor) -> None:
+    order: list[str] = []
+
+    @app.task
+    def record(name: str) -> None:
+        order.append(name)
+
+    record.enqueue("low-1")
+    record.options(priority=10).enqueue("high")
+    record.enqueue("low-2")
+    record.options(priority=5).enqueue("mid")
+    with running(app, concurrency=1):
+        eventually(lambda: len(order) == 4)
+    assert order == ["high", "mid", "low-1", "low-2"]
+
+
+def test_delayed_job_runs_after_its_delay(app: Conveyor) -> None:
+    @app.task
+    def stamp() -> float:
+        return time.time()
+
+    before = time.time()
+    job = stamp.options(delay=0.3).enqueue()
+    assert job.state is JobState.SCHEDULED
+    with running(app):
+        assert job.result(timeout=10) >= before + 0.3
+
+
+def test_run_at_takes_an_aware_datetime(app: Conveyor) -> None:
+    @app.task
+    def noop() -> None:
+        return None
+
+    job = noop.options(run_at=datetime.now(UTC) + timedelta(hours=1)).enqueue()
+    assert job.state is JobState.SCHEDULED
+    with pytest.raises(ConfigError, match="timezone-aware"):
+        noop.options(run_at=datetime.now())
+
+
+def test_failures_retry_with_backoff_then_succeed(app: Conveyor) -> None:
+    @app.task(retries=3)
+    def flaky() -> int:
+        if current_job().attempt < 3:
+            raise ConnectionError("upstream timed out")
+        return current_job().attempt
+
+    job = flaky.enqueue()
+    with running(app):
+        assert job.result(timeout=10) == 3
+    job.refresh()
+    assert [a.error for a in job.attempts] == ["ConnectionError: upstream timed out"] * 2
+    assert all("upstream timed out" in (a.traceback or "") for a in job.attempts)
+    assert "executor.py" not in (job.attempts[0].traceback or "")  # the task's frames only
+
+
+def test_retries_spent_make_the_job_dead_with_every_attempt(app: Conveyor) -> None:
+    @app.task(retries=2)
+    def broken() -> None:
+        raise ValueError("bad input")
+
+    job = broken.enqueue()
+    with running(app), pytest.raises(JobFailed, match="ValueError: bad input") as caught:
+        job.result(timeout=10)
+    assert caught.value.error == "ValueError: bad input"
+    job.refresh()
+    assert job.state is JobState.DEAD and job.attempt == 3 and len(job.attempts) == 3
+
+
+def test_fail_goes_straight_to_dead(app: Conveyor) -> None:
+    @app.task(retries=5)
+    def refuse() -> None:
+        raise Fail("customer closed their account")
+
+    job = refuse.enqueue()
+    with running(app), pytest.raises(JobFailed):
+        job.result(timeout=10)
+    assert job.state is JobState.DEAD and job.attempt == 1
+    assert job.error == "Fail: customer closed their account"
+
+
+def test_retry_with_a_delay(app: Conveyor) -> None:
+    @app.task(retries=1)
+    def later() -> str:
+        if current_job().attempt == 1:
+            raise Retry(delay=0.2)
+        return "done"
+
+    job = later.enqueue()
+    with running(app):
+        assert job.result(timeout=10) == "done"
+    assert job.attempts[0].error.startswith("Retry")
+    assert (job.started_at or 0) - job.attempts[0].finished_at >= 0.15
+
+
+def test_async_timeout_fails_the_attempt(app: Conveyor) -> None:
+    @app.task(timeout=0.2, retries=0)
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    job = slow.enqueue()
+    with running(app), pytest.raises(JobFailed, match="timeout of 0.2s"):
+        job.result(timeout=10)
+
+
+def test_sync_timeout_fails_the_attempt_and_flags_the_context(app: Conveyor) -> None:
+    stop = threading.Event()
+    seen: list[bool] = []
+
+    @app.task(timeout=0.2, retries=0)
+    def slow() -> None:
+        stop.wait(5)
+        seen.append(current_job().cancelled)
+
+    job = slow.options().enqueue()
+    with running(app):
+        with pytest.raises(JobFailed, match="TimeoutError"):
+            job.result(timeout=10)
+        stop.set()
+        eventually(lambda: seen == [True])
+
+
+def test_per_job_timeout_overrides_the_task(app: Conveyor) -> None:
+    @app.task(timeout=30, retries=0)
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    job = slow.options(timeout=0.1).enqueue()
+    with running(app), pytest.raises(JobFailed, match="timeout of 0.1s"):
+        job.result(timeout=10)
+
+
+def test_current_job_logs_progress_and_ids(app: Conveyor) -> None:
+    @app.task
+    async def transcribe(url: str) -> dict[str, Any]:
+        job = current_job()
+        job.log("downloading", url=url)
+        job.progress(0.5)
+        job.heartbeat()
+        return {"id": job.id, "attempt": job.attempt, "queue": job.queue}
+
+    handle = transcribe.enqueue("s3://bucket/a.mp3")
+    with running(app):
+        value = handle.result(timeout=10)
+    assert value == {"id": handle.id, "attempt": 1, "queue": "default"}
+    assert [(e.message, e.fields) for e in handle.logs()] == [("downloading", {"url": "s3://bucket/a.mp3"})]
+    assert handle.refresh().progress == 0.5
+
+
+def test_current_job_outside_a_task_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="outside a running Conveyor task"):
+        current_job()
+
+
+def test_progress_outside_zero_to_one_is_refused(app: Conveyor) -> None:
+    @app.task(retries=0)
+    def bad() -> None:
+        current_job().progress(7)
+
+    job = bad.enqueue()
+    with running(app), pytest.raises(JobFailed, match="between 0.0 and 1.0"):
+        job.result(timeout=10)
+
+
+def test_enqueue_many_is_one_batch_in_order(app: Conveyor) -> None:
+    @app.task
+    def render(brief_id: str) -> str:
+        return brief_id
+
+    jobs = render.enqueue_many([("1",), ("2",), {"brief_id": "3"}, render.s("4")])
+    assert [j.args or j.kwargs for j in jobs] == [["1"], ["2"], {"brief_id": "3"}, ["4"]]
+    bound = render.options(queue="bulk", priority=3).enqueue_many([("5",)])
+    assert (bound[0].queue, bound[0].priority) == ("bulk", 3)
+    with running(app):
+        assert [j.result(timeout=10) for j in jobs] == ["1", "2", "3", "4"]
+
+
+def test_unique_key_returns_the_unfinished_job(app: Conveyor) -> None:
+    @app.task
+    def render(brief_id: str) -> str:
+        return brief_id
+
+    first = render.options(unique_key="brief-7").enqueue("7")
+    second = render.options(unique_key="brief-7").enqueue("7")
+    assert first.id == second.id
+    with running(app):
+        first.result(timeout=10)
+    third = render.options(unique_key="brief-7").enqueue("7")
+    assert third.id != first.id
+
+
+def test_cancel_and_retry_from_the_handle(app: Conveyor) -> None:
+    @app.task
+    def noop() -> str:
+        return "ran"
+
+    job = noop.enqueue()
+    assert job.cancel() and job.state is JobState.CANCELLED
+    assert not job.cancel()
+    with pytest.raises(JobFailed, match="cancelled"):
+        job.result(timeout=1)
+    assert job.retry() and job.state is JobState.QUEUED
+    with running(app):
+        assert job.result(timeout=10) == "ran"
+
+
+def test_result_times_out_with_timeout_error(app: Conveyor) -> None:
+    @app.task
+    def noop() -> None:
+        return None
+
+    with pytest.raises(TimeoutError, match="did not finish within 0.05s"):
+        noop.enqueue().result(timeout=0.05)
+
+
+def test_jobs_and_stats(app: Conveyor) -> None:
+    @app.task
+    def noop() -> None:
+        return None
+
+    a = noop.enqueue()
+    noop.options(queue="other").enqueue()
+    a.cancel()
+    assert [j.id for j in app.jobs(state="cancelled")] == [a.id]
+    assert len(app.jobs(queue="other")) == 1
+    stats = app.stats()
+    assert stats["queues"]["default"]["cancelled"] == 1
+    assert stats["queues"]["other"]["queued"] == 1
+    assert stats["totals"]["queued"] == 1
+    with pytest.raises(ConfigError, match="unknown job state 'finished'"):
+        app.jobs(state="finished")
+    with pytest.raises(JobNotFound):
+        app.get_job("99999")
+
+
+# -- bad input -------------------------------------------------------------
+def test_unknown_task_goes_dead_and_the_worker_keeps_going(app: Conveyor) -> None:
+    @app.task
+    def fine() -> str:
+        return "ok"
+
+    ghost = app.enqueue("nobody.registered", 1)
+    after = fine.enqueue()
+    with running(app):
+        assert after.result(timeout=10) == "ok"
+        with pytest.raises(JobFailed, match="UnknownTask: no task named 'nobody.registered'"):
+            ghost.result(timeout=10)
+    assert ghost.attempt == 1
+
+
+def test_payload_that_does_not_decode_goes_dead(app: Conveyor) -> None:
+    @app.task
+    def fine() -> str:
+        return "ok"
+
+    [stored] = app.backend.enqueue([NewJob(task=fine.name, queue="default", payload="{not json", max_attempts=3)])
+    with running(app):
+        with pytest.raises(JobFailed, match="PayloadError: payload does not decode"):
+            app.get_job(stored.id).result(timeout=10)
+        assert fine.enqueue().result(timeout=10) == "ok"
+
+
+def test_arguments_that_do_not_fit_go_dead(app: Conveyor) -> None:
+    @app.task(retries=3)
+    def needs_two(a: int, b: int) -> int:
+        return a + b
+
+    job = needs_two.enqueue(1)  # type: ignore[call-arg]
+    with running(app), pytest.raises(JobFailed, match=r"ArgumentError: arguments do not fit .*needs_two\(\)"):
+        job.result(timeout=10)
+    assert job.attempt == 1  # never retried: it cannot ever run
+
+
+def test_unserializable_arguments_are_refused_and_nothing_is_stored(app: Conveyor) -> None:
+    @app.task
+    def takes(x: object) -> None:
+        return None
+
+    with pytest.raises(SerializationError, match="arguments of task .*takes.* not JSON serializable"):
+        takes.enqueue(object())
+    with pytest.raises(SerializationError):
+        takes.enqueue_many([(1,), (object(),)])
+    assert app.jobs() == []
+
+
+def test_payload_over_the_limit_is_refused(url: str) -> None:
+    app = Conveyor(url, prefix="t", max_payload_bytes=1000)
+
+    @app.task
+    def big(blob: str) -> None:
+        return None
+
+    with pytest.raises(PayloadTooLarge, match="encode to .* bytes; the limit is 1000"):
+        big.enqueue("x" * 2000)
+    assert app.jobs() == []
+    app.close()
+
+
+def test_unserializable_result_goes_dead(app: Conveyor) -> None:
+    @app.task(retries=2)
+    def returns_set() -> set[int]:
+        return {1}
+
+    job = returns_set.enqueue()
+    with running(app), pytest.raises(JobFailed, match="SerializationError: result of"):
+        job.result(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priorty": 1}, "unknown option 'priorty'"),
+        ({"priority": "high"}, "'priority' must be an integer"),
+        ({"delay": -1}, "'delay' must be a number of seconds >= 0"),
+        ({"timeout": 0}, "'timeout' must be a number of seconds > 0"),
+        ({"retries": -1}, "'retries' must be an integer >= 0"),
+        ({"queue": "bad queue!"}, "invalid queue name"),
+        ({"meta": "x"}, "'meta' must be a dict"),
+        ({"unique_key": ""}, "'unique_key' must be a non-empty string"),
+        ({"delay": 1, "run_at": 5.0}, "either delay or run_at"),
+    ],
+)
+def test_bad_options_are_named(app: Conveyor, options: dict[str, Any], message: str) -> None:
+    @app.task
+    def noop() -> None:
+        return None
+
+    with pytest.raises(ConfigError, match=message):
+        noop.options(**options)
+
+
+def test_a_task_name_registered_twice_is_refused(app: Conveyor) -> None:
+    app.task(name="dup")(lambda: 1)
+    with pytest.raises(ConfigError, match="already registered"):
+        app.task(name="dup")(lambda: 2)
+
+
+def test_concurrency_is_never_exceeded(app: Conveyor) -> None:
+    lock = threading.Lock()
+    now_running, peak = [0], [0]
+
+    @app.task
+    async def busy() -> None:
+        with lock:
+            now_running[0] += 1
+            peak[0] = max(peak[0], now_running[0])
+        await asyncio.sleep(0.01)
+        with lock:
+            now_running[0] -= 1
+
+    jobs = busy.enqueue_many([()] * 60)
+    with running(app, concurrency=4):
+        for job in jobs:
+            job.result(timeout=20)
+    assert peak[0] == 4

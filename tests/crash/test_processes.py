@@ -1,0 +1,117 @@
+"""Real worker processes: SIGKILL, SIGTERM and --processes, on engines shared across processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor, JobState
+from tests.conftest import eventually
+from tests.crash.crashapp import record, slow
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.crash
+PROCESS_ENGINES = ["sqlite"]  # engines several processes can share; Redis and PostgreSQL join
+
+
+@pytest.fixture(params=PROCESS_ENGINES)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+@pytest.fixture
+def crash_app(shared_url: str) -> Iterator[Conveyor]:
+    from tests.crash import crashapp
+
+    crashapp.app.close()
+    crashapp.app.configure(url=shared_url, prefix="crash")
+    yield crashapp.app
+    crashapp.app.close()
+
+
+def start_worker(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CONVEYOR_URL": url, "CONVEYOR_PREFIX": "crash",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    command = [sys.executable, "-m", "conveyor", "--log-level=INFO", "worker",
+               "tests.crash.crashapp:app", *args]  # fmt: skip
+    if log is None:
+        return subprocess.Popen(command, env=env, cwd=ROOT)
+    with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env=env, cwd=ROOT, stderr=stderr)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_sigkilled_workers_job_runs_again_on_another_worker(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    job = slow.enqueue(str(marker), 60)
+    first = start_worker(shared_url, "--lease-timeout=1.5", "--concurrency=1")
+    try:
+        eventually(lambda: len(lines(marker)) == 1, timeout=20, message="job never started")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+    second = start_worker(shared_url, "--lease-timeout=1.5", "--concurrency=1")
+    try:
+        result = job.result(timeout=30)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0
+    assert result == {"pid": second.pid, "attempt": 2}
+    assert job.attempts[0].error.startswith("LeaseExpired")
+    assert job.state is JobState.COMPLETED
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    job = slow.enqueue(str(marker), 1.0)
+    worker = start_worker(shared_url, "--concurrency=2")
+    try:
+        eventually(lambda: len(lines(marker)) == 1, timeout=20, message="job never started")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    finally:
+        worker.kill()
+    assert job.refresh().state is JobState.COMPLETED
+    assert job.attempt == 1
+
+
+def test_a_second_sigterm_releases_the_job_at_once(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    job = slow.enqueue(str(marker), 60)
+    log = tmp_path / "worker.log"
+    worker = start_worker(shared_url, "--concurrency=1", "--shutdown-grace=60", log=log)
+    try:
+        eventually(lambda: len(lines(marker)) == 1, timeout=20, message="job never started")
+        worker.send_signal(signal.SIGTERM)
+        # Two quick SIGTERMs coalesce into one: send the second once the first was handled.
+        eventually(lambda: "send it again to stop at once" in log.read_text(), timeout=10)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    finally:
+        worker.kill()
+    job.refresh()
+    assert job.state is JobState.QUEUED and job.attempt == 0  # released, attempt given back
+
+
+def test_three_processes_run_each_of_2000_jobs_exactly_once(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    jobs = record.enqueue_many([(str(runs), i) for i in range(2000)])
+    worker = start_worker(shared_url, "--processes=3", "--concurrency=20", "--burst")
+    try:
+        assert worker.wait(timeout=120) == 0
+    finally:
+        worker.kill()
+    seen = [line.split() for line in lines(runs)]
+    assert sorted(job_id for job_id, _ in seen) == sorted(j.id for j in jobs)
+    assert len({pid for _, pid in seen}) >= 2, "expected more than one process to take jobs"
+    assert crash_app.stats()["totals"]["completed"] == 2000
