@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from conveyor.backends import Backend, open_backend
@@ -161,8 +161,20 @@ class Conveyor:
                 opts = resolved[key] = self._resolve(call, defaults, now)
             payload = encode_call(self.serializer, call.task, call.args, call.kwargs)
             self._check_size(call.task, payload)
-            news.append(NewJob(call.task, opts.queue, payload, opts.priority, opts.retries + 1,
-                               opts.retries, opts.timeout, opts.run_at, opts.unique_key, opts.meta))  # fmt: skip
+            news.append(
+                NewJob(
+                    call.task,
+                    opts.queue,
+                    payload,
+                    opts.priority,
+                    opts.retries + 1,
+                    opts.retries,
+                    opts.timeout,
+                    opts.run_at,
+                    opts.unique_key,
+                    opts.meta,
+                )
+            )
         stored = self.backend.enqueue(news)
         found = [s.id for s in stored if not s.created]
         existing = dict(zip(found, self.backend.get(found), strict=True)) if found else {}
@@ -178,10 +190,14 @@ class Conveyor:
         opts = base.merged(call.options)
         retries = self.settings.retries if opts.retries is None else opts.retries
         return _Resolved(
-            queue=opts.queue or "default", priority=opts.priority or 0, retries=retries,
-            timeout=opts.timeout, run_at=now + opts.delay if opts.delay else opts.run_at,
-            unique_key=opts.unique_key, meta=dict(opts.meta),
-        )  # fmt: skip
+            queue=opts.queue or "default",
+            priority=opts.priority or 0,
+            retries=retries,
+            timeout=opts.timeout,
+            run_at=now + opts.delay if opts.delay else opts.run_at,
+            unique_key=opts.unique_key,
+            meta=dict(opts.meta),
+        )
 
     def _check_size(self, task: str, payload: str) -> None:
         limit = self.settings.max_payload_bytes
@@ -213,8 +229,13 @@ class Conveyor:
         offset: int = 0,
     ) -> list[Job[Any]]:
         """Jobs matching the filters, newest first."""
-        query = JobQuery(queue=queue, state=_state(state), task=task, limit=_count("limit", limit),
-                         offset=_count("offset", offset, minimum=0))  # fmt: skip
+        query = JobQuery(
+            queue=queue,
+            state=_state(state),
+            task=task,
+            limit=_count("limit", limit),
+            offset=_count("offset", offset, minimum=0),
+        )
         return [Job(self, record) for record in self.backend.list_jobs(query)]
 
     def stats(self) -> dict[str, Any]:
@@ -268,9 +289,17 @@ def _count(name: str, value: int, minimum: int = 1) -> int:
 def _record_of(new: NewJob, job_id: str, now: float) -> JobRecord:
     run_at = now if new.run_at is None else new.run_at
     return JobRecord(
-        id=job_id, task=new.task, queue=new.queue,
-        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED, payload=new.payload,
-        priority=new.priority, max_attempts=new.max_attempts, retries=new.retries,
-        timeout=new.timeout, run_at=run_at, enqueued_at=now, unique_key=new.unique_key,
+        id=job_id,
+        task=new.task,
+        queue=new.queue,
+        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+        payload=new.payload,
+        priority=new.priority,
+        max_attempts=new.max_attempts,
+        retries=new.retries,
+        timeout=new.timeout,
+        run_at=run_at,
+        enqueued_at=now,
+        unique_key=new.unique_key,
         meta=new.meta,
-    )  # fmt: skip
+    )

@@ -62,7 +62,9 @@ def run_bench(
     """Run the chosen scenarios and print (and optionally save) the results."""
     unknown = set(scenarios or ()) - set(SCENARIOS)
     if unknown:
-        raise SystemExit(f"error: unknown scenario {sorted(unknown)[0]!r}; choose from {', '.join(SCENARIOS)}")
+        raise SystemExit(
+            f"error: unknown scenario {sorted(unknown)[0]!r}; choose from {', '.join(SCENARIOS)}"
+        )
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
         url = url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
         app = Conveyor(url, prefix=_PREFIX)
@@ -83,7 +85,13 @@ def run_bench(
 
 class _Bench:
     def __init__(self, app: Conveyor, url: str, jobs: int, concurrency: int, console: Console) -> None:
-        self.app, self.url, self.jobs, self.concurrency, self.console = app, url, jobs, concurrency, console
+        self.app, self.url, self.jobs, self.concurrency, self.console = (
+            app,
+            url,
+            jobs,
+            concurrency,
+            console,
+        )
         self.in_process = url.startswith("memory://")
         self.round = 0
 
@@ -152,8 +160,15 @@ class _Bench:
         lat = sorted(((r.started_at or 0) - r.enqueued_at) * 1000 for r in records)
         q = statistics.quantiles(lat, n=100)
         took = _LATENCY_SAMPLES * _LATENCY_GAP
-        return Result("latency enqueue->start, 100 jobs/s", len(lat), took, len(lat) / took,
-                      p50_ms=q[49], p95_ms=q[94], p99_ms=q[98])  # fmt: skip
+        return Result(
+            "latency enqueue->start, 100 jobs/s",
+            len(lat),
+            took,
+            len(lat) / took,
+            p50_ms=q[49],
+            p95_ms=q[94],
+            p99_ms=q[98],
+        )
 
     # -- workers ------------------------------------------------------------
     def _work(self, queue: str, processes: int, concurrency: int, *, burst: bool) -> None:
@@ -187,8 +202,16 @@ class _Bench:
         return stop_process
 
     def _command(self, queue: str, concurrency: int) -> list[str]:
-        return [sys.executable, "-m", "conveyor", "--log-level=WARNING", "worker", "conveyor.benchapp:app",
-                f"--queues={queue}", f"--concurrency={concurrency}"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "--log-level=WARNING",
+            "worker",
+            "conveyor.benchapp:app",
+            f"--queues={queue}",
+            f"--concurrency={concurrency}",
+        ]
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, "CONVEYOR_URL": self.url, "CONVEYOR_PREFIX": _PREFIX}
@@ -202,13 +225,18 @@ class _Bench:
 
 
 def _print(results: list[Result], url: str, console: Console) -> None:
-    table = Table(title=f"conveyor bench on {url.split('://')[0]} ({os.cpu_count()} cores)")
+    table = Table(title=f"conveyor bench on {url.split('://', maxsplit=1)[0]} ({os.cpu_count()} cores)")
     for column in ("scenario", "jobs", "seconds", "jobs/s", "p50 ms", "p95 ms", "p99 ms", "note"):
         table.add_column(column, justify="left" if column in ("scenario", "note") else "right")
     for r in results:
-        table.add_row(r.scenario, f"{r.jobs:,}", f"{r.seconds:.2f}", f"{r.jobs_per_second:,.0f}",
-                      *(f"{v:.2f}" if v is not None else "" for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
-                      r.note)  # fmt: skip
+        table.add_row(
+            r.scenario,
+            f"{r.jobs:,}",
+            f"{r.seconds:.2f}",
+            f"{r.jobs_per_second:,.0f}",
+            *(f"{v:.2f}" if v is not None else "" for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
+            r.note,
+        )
     console.print(table)
 
 

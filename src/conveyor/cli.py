@@ -34,7 +34,9 @@ def load_app(spec: str) -> Conveyor:
     """Import `module:attribute` (the current directory is importable) and return the app."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise click.BadParameter(f"{spec!r} must look like module:attribute, e.g. myapp:app", param_hint="APP")
+        raise click.BadParameter(
+            f"{spec!r} must look like module:attribute, e.g. myapp:app", param_hint="APP"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -43,8 +45,9 @@ def load_app(spec: str) -> Conveyor:
         if exc.name and module_name.startswith(exc.name):
             raise click.BadParameter(
                 f"cannot import module {module_name!r} (run from the folder that holds it, "
-                "or put it on PYTHONPATH)", param_hint="APP",
-            ) from None  # fmt: skip
+                "or put it on PYTHONPATH)",
+                param_hint="APP",
+            ) from None
         raise click.ClickException(f"importing {module_name!r} failed: {exc}") from None
     except Exception as exc:
         raise click.ClickException(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
@@ -106,12 +109,24 @@ def _setup_logging(level: str) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--url", envvar="CONVEYOR_URL", help="Engine URL (sqlite:///conveyor.db, memory://).")
 @click.option("--prefix", envvar="CONVEYOR_PREFIX", help="Namespace for everything stored.")
-@click.option("--app", "app_spec", envvar="CONVEYOR_APP", help="module:attribute of the app, for URL and tasks.")
-@click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default="INFO",
-              type=click.Choice(LOG_LEVELS, case_sensitive=False), show_default=True)  # fmt: skip
+@click.option(
+    "--app",
+    "app_spec",
+    envvar="CONVEYOR_APP",
+    help="module:attribute of the app, for URL and tasks.",
+)
+@click.option(
+    "--log-level",
+    envvar="CONVEYOR_LOG_LEVEL",
+    default="INFO",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    show_default=True,
+)
 @click.version_option(package_name="conveyor")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, prefix: str | None, app_spec: str | None, log_level: str) -> None:
+def cli(
+    ctx: click.Context, url: str | None, prefix: str | None, app_spec: str | None, log_level: str
+) -> None:
     """Conveyor: background jobs for Python."""
     ctx.obj = {"url": url, "prefix": prefix, "app": app_spec, "log_level": log_level.upper()}
     _setup_logging(log_level.upper())
@@ -120,7 +135,9 @@ def cli(ctx: click.Context, url: str | None, prefix: str | None, app_spec: str |
 @cli.command()
 @click.argument("app_spec", metavar="APP")
 @click.option("-q", "--queues", envvar="CONVEYOR_QUEUES", help="Comma-separated, first drained first.")
-@click.option("-c", "--concurrency", envvar="CONVEYOR_CONCURRENCY", type=int, help="Jobs at once per process.")
+@click.option(
+    "-c", "--concurrency", envvar="CONVEYOR_CONCURRENCY", type=int, help="Jobs at once per process."
+)
 @click.option("-p", "--processes", envvar="CONVEYOR_PROCESSES", type=int, default=1, show_default=True)
 @click.option("--burst", is_flag=True, help="Exit once no job is ready.")
 @click.option("--job-timeout", envvar="CONVEYOR_JOB_TIMEOUT", type=float, help="Default seconds per attempt.")
@@ -128,10 +145,14 @@ def cli(ctx: click.Context, url: str | None, prefix: str | None, app_spec: str |
 @click.option("--retry-backoff", envvar="CONVEYOR_RETRY_BACKOFF", type=float, help="Backoff base, seconds.")
 @click.option("--lease-timeout", envvar="CONVEYOR_LEASE_TIMEOUT", type=float, help="Seconds a lease lasts.")
 @click.option("--heartbeat-interval", envvar="CONVEYOR_HEARTBEAT_INTERVAL", type=float)
-@click.option("--shutdown-grace", envvar="CONVEYOR_SHUTDOWN_GRACE", type=float,
-              help="Seconds running jobs get to finish on SIGTERM.")  # fmt: skip
+@click.option(
+    "--shutdown-grace",
+    envvar="CONVEYOR_SHUTDOWN_GRACE",
+    type=float,
+    help="Seconds running jobs get to finish on SIGTERM.",
+)
 @click.pass_context
-def worker(ctx: click.Context, app_spec: str, processes: int, burst: bool, **options: Any) -> None:
+def worker(ctx: click.Context, /, app_spec: str, processes: int, burst: bool, **options: Any) -> None:
     """Run jobs of APP (module:attribute) from its queues."""
     app = _app(ctx, app_spec)
     settings = {k: v for k, v in options.items() if v is not None}
@@ -164,7 +185,7 @@ def worker(ctx: click.Context, app_spec: str, processes: int, burst: bool, **opt
 @click.argument("app_spec", metavar="APP")
 @click.argument("task")
 @click.argument("args", nargs=-1)
-@click.option("--kwargs", "kwargs_json", help='Keyword arguments as a JSON object, e.g. \'{"n": 2}\'.')
+@click.option("--kwargs", "kwargs_json", help="Keyword arguments as a JSON object, e.g. '{\"n\": 2}'.")
 @click.option("--queue")
 @click.option("--priority", type=int)
 @click.option("--delay", help="Run after this long: 30, 30s, 5m, 2h.")
@@ -175,9 +196,17 @@ def worker(ctx: click.Context, app_spec: str, processes: int, burst: bool, **opt
 @click.option("--wait", type=float, help="Wait this many seconds for the result and print it.")
 @click.pass_context
 def enqueue(
-    ctx: click.Context, app_spec: str, task: str, args: Sequence[str], kwargs_json: str | None,
-    delay: str | None, meta_json: str | None, wait: float | None, **options: Any,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    /,
+    app_spec: str,
+    task: str,
+    args: Sequence[str],
+    kwargs_json: str | None,
+    delay: str | None,
+    meta_json: str | None,
+    wait: float | None,
+    **options: Any,
+) -> None:
     """Enqueue TASK of APP; each ARG is read as JSON when it parses, else as text."""
     app = _app(ctx, app_spec)
     kwargs = _json_object(kwargs_json, "--kwargs")
@@ -221,7 +250,14 @@ def status(ctx: click.Context) -> None:
         for column in ("id", "queues", "concurrency", "active", "processed", "last seen"):
             wt.add_column(column)
         for w in workers:
-            wt.add_row(w.id, ",".join(w.queues), str(w.concurrency), str(w.active), str(w.processed), _ago(w.last_seen))
+            wt.add_row(
+                w.id,
+                ",".join(w.queues),
+                str(w.concurrency),
+                str(w.active),
+                str(w.processed),
+                _ago(w.last_seen),
+            )
         console.print(wt)
     else:
         console.print("no workers seen in the last minute")
@@ -236,8 +272,16 @@ def status(ctx: click.Context) -> None:
 @click.option("--offset", type=click.IntRange(0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
-def jobs(ctx: click.Context, job_id: str | None, queue: str | None, state: str | None, task: str | None,
-         limit: int, offset: int, as_json: bool) -> None:  # fmt: skip
+def jobs(
+    ctx: click.Context,
+    job_id: str | None,
+    queue: str | None,
+    state: str | None,
+    task: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
     """List jobs (newest first), or show JOB_ID's whole story."""
     app = _app(ctx)
     if job_id is not None:
@@ -252,20 +296,41 @@ def jobs(ctx: click.Context, job_id: str | None, queue: str | None, state: str |
         table.add_column(column)
     for j in found:
         error = (j.error or "")[:60]
-        table.add_row(j.id, j.task, j.queue, j.state.value, f"{j.attempt}/{j.max_attempts}", _ago(j.enqueued_at), error)
+        table.add_row(
+            j.id,
+            j.task,
+            j.queue,
+            j.state.value,
+            f"{j.attempt}/{j.max_attempts}",
+            _ago(j.enqueued_at),
+            error,
+        )
     console.print(table)
 
 
 def _job_dict(job: Job[Any]) -> dict[str, Any]:
     r = job.record
     return {
-        "id": r.id, "task": r.task, "queue": r.queue, "state": r.state.value, "priority": r.priority,
-        "attempt": r.attempt, "max_attempts": r.max_attempts, "args": job.args, "kwargs": job.kwargs,
-        "meta": r.meta, "unique_key": r.unique_key, "enqueued_at": r.enqueued_at, "run_at": r.run_at,
-        "started_at": r.started_at, "finished_at": r.finished_at, "progress": r.progress,
-        "result": json.loads(r.result) if r.result else None, "error": r.error,
+        "id": r.id,
+        "task": r.task,
+        "queue": r.queue,
+        "state": r.state.value,
+        "priority": r.priority,
+        "attempt": r.attempt,
+        "max_attempts": r.max_attempts,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "meta": r.meta,
+        "unique_key": r.unique_key,
+        "enqueued_at": r.enqueued_at,
+        "run_at": r.run_at,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "progress": r.progress,
+        "result": json.loads(r.result) if r.result else None,
+        "error": r.error,
         "attempts": [vars_of(a) for a in r.attempts],
-    }  # fmt: skip
+    }
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
@@ -289,7 +354,8 @@ def _show_job(job: Job[Any], as_json: bool) -> None:
     if job.state is JobState.COMPLETED:
         console.print(f"  {'result':13} {json.dumps(data['result'])}")
     for attempt in job.attempts:
-        console.print(f"[bold red]attempt {attempt.attempt} failed[/] {_ago(attempt.finished_at)} on {attempt.worker}: {attempt.error}")
+        when, where = _ago(attempt.finished_at), attempt.worker
+        console.print(f"[bold red]attempt {attempt.attempt} failed[/] {when} on {where}: {attempt.error}")
         if attempt.traceback:
             console.print(attempt.traceback.rstrip(), markup=False, highlight=False)
     for entry in data["logs"]:
@@ -313,7 +379,9 @@ def retry(ctx: click.Context, job_ids: Sequence[str], all_dead: bool, queue: str
     done = app.backend.retry(ids)
     for job_id, ok in zip(ids, done, strict=True):
         if not ok:
-            console.print(f"job {job_id}: not retried (unknown, not dead/cancelled, or its unique key is taken)")
+            console.print(
+                f"job {job_id}: not retried (unknown, not dead/cancelled, or its unique key is taken)"
+            )
     console.print(f"requeued {sum(done)} of {len(ids)} job(s)")
     if not any(done):
         raise SystemExit(1)
@@ -336,12 +404,19 @@ def cancel(ctx: click.Context, job_ids: Sequence[str]) -> None:
 
 @cli.command()
 @click.option("--queue")
-@click.option("--state", "states", multiple=True, type=click.Choice(["completed", "dead", "cancelled"]),
-              help="Repeatable; default: all three.")  # fmt: skip
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["completed", "dead", "cancelled"]),
+    help="Repeatable; default: all three.",
+)
 @click.option("--older-than", help="Only jobs finished longer ago than this: 90s, 15m, 2h, 7d.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
-def purge(ctx: click.Context, queue: str | None, states: Sequence[str], older_than: str | None, yes: bool) -> None:
+def purge(
+    ctx: click.Context, queue: str | None, states: Sequence[str], older_than: str | None, yes: bool
+) -> None:
     """Delete finished jobs and their logs."""
     app = _app(ctx)
     cutoff = time.time() - _duration(older_than) if older_than else None
@@ -376,19 +451,37 @@ def demo(briefs: int, demo_url: str | None) -> None:
 @cli.command()
 @click.option("--url", "bench_url", help="Engine URL (default: a fresh SQLite file in a temp folder).")
 @click.option("--jobs", "n_jobs", type=click.IntRange(100), default=20_000, show_default=True)
-@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Also drain with this many worker processes.")  # fmt: skip
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Also drain with this many worker processes.",
+)
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--only", help="Comma-separated scenarios: enqueue,bulk,drain,drain_sync,latency,io.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results to this file.")
-def bench(bench_url: str | None, n_jobs: int, processes: int, concurrency: int, only: str | None,
-          json_path: str | None) -> None:  # fmt: skip
+def bench(
+    bench_url: str | None,
+    n_jobs: int,
+    processes: int,
+    concurrency: int,
+    only: str | None,
+    json_path: str | None,
+) -> None:
     """Measure enqueue, drain, latency and io-bound throughput on an engine."""
     from conveyor.bench import run_bench
 
     scenarios = [s.strip() for s in only.split(",")] if only else None
-    run_bench(url=bench_url, jobs=n_jobs, processes=processes, concurrency=concurrency,
-              scenarios=scenarios, json_path=json_path, console=console)  # fmt: skip
+    run_bench(
+        url=bench_url,
+        jobs=n_jobs,
+        processes=processes,
+        concurrency=concurrency,
+        scenarios=scenarios,
+        json_path=json_path,
+        console=console,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,8 +26,14 @@ from conveyor.job import Job, JobState
 
 MEDIA = ("video", "image", "audio")
 NEXT_STEP = {"video": "media.transcode", "image": "media.resize", "audio": "media.transcribe"}
-STEPS = ("media.analyze", "media.prep_assets", "media.transcode", "media.resize",
-         "media.transcribe", "media.render")  # fmt: skip
+STEPS = (
+    "media.analyze",
+    "media.prep_assets",
+    "media.transcode",
+    "media.resize",
+    "media.transcribe",
+    "media.render",
+)
 DOOMED = 7  # brief-07's render fails on every attempt and ends dead
 
 
@@ -97,8 +103,10 @@ def run_demo(*, briefs: int, url: str | None, console: Console) -> None:
     for i, brief in enumerate(names):
         media = MEDIA[i % len(MEDIA)]
         analyze.options(meta={"brief": brief, "media": media}).enqueue(brief, media)
-    console.print(f"[bold]Conveyor demo[/]: {briefs} briefs through analysis -> asset prep -> "
-                  f"transcode/resize/transcribe -> render, on {url}")  # fmt: skip
+    console.print(
+        f"[bold]Conveyor demo[/]: {briefs} briefs through analysis -> asset prep -> "
+        f"transcode/resize/transcribe -> render, on {url}"
+    )
     worker = app.worker(queues=["media"], concurrency=8)
     thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
     thread.start()
@@ -134,8 +142,13 @@ def _all_done(names: list[str], jobs: list[Job[Any]]) -> bool:
     )
 
 
-_COLOURS = {JobState.COMPLETED: "green", JobState.DEAD: "red", JobState.ACTIVE: "cyan",
-            JobState.SCHEDULED: "yellow", JobState.QUEUED: "white"}  # fmt: skip
+_COLOURS = {
+    JobState.COMPLETED: "green",
+    JobState.DEAD: "red",
+    JobState.ACTIVE: "cyan",
+    JobState.SCHEDULED: "yellow",
+    JobState.QUEUED: "white",
+}
 
 
 def _view(names: list[str], jobs: list[Job[Any]], elapsed: float) -> Group:
@@ -150,8 +163,14 @@ def _view(names: list[str], jobs: list[Job[Any]], elapsed: float) -> Group:
             continue
         colour = _COLOURS.get(job.state, "white")
         bar = "#" * int((job.progress or 0) * 10)
-        table.add_row(brief, str(job.meta.get("media")), job.task.split(".")[1], f"[{colour}]{job.state.value}[/]",
-                      f"{job.attempt}/{job.max_attempts}", f"{bar:<10}")  # fmt: skip
+        table.add_row(
+            brief,
+            str(job.meta.get("media")),
+            job.task.split(".")[1],
+            f"[{colour}]{job.state.value}[/]",
+            f"{job.attempt}/{job.max_attempts}",
+            f"{bar:<10}",
+        )
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.state.value] = counts.get(job.state.value, 0) + 1
@@ -169,16 +188,21 @@ def _summary(app: Conveyor, names: list[str], elapsed: float, url: str, console:
         if not mine:
             continue
         runs = [(j.finished_at or 0) - (j.started_at or 0) for j in mine if j.state is JobState.COMPLETED]
-        table.add_row(step.split(".")[1], str(len(mine)),
-                      str(sum(j.state is JobState.COMPLETED for j in mine)),
-                      str(sum(len(j.attempts) for j in mine)),
-                      str(sum(j.state is JobState.DEAD for j in mine)),
-                      f"{sum(runs) / len(runs):.2f}" if runs else "-")  # fmt: skip
+        table.add_row(
+            step.split(".")[1],
+            str(len(mine)),
+            str(sum(j.state is JobState.COMPLETED for j in mine)),
+            str(sum(len(j.attempts) for j in mine)),
+            str(sum(j.state is JobState.DEAD for j in mine)),
+            f"{sum(runs) / len(runs):.2f}" if runs else "-",
+        )
     console.print(table)
     dead = [j for j in jobs if j.state is JobState.DEAD]
     for job in dead:
-        console.print(f"[red]dead[/]: job {job.id} {job.task}({', '.join(map(str, job.args))}) after "
-                      f"{job.attempt} attempts: {job.error}")  # fmt: skip
+        console.print(
+            f"[red]dead[/]: job {job.id} {job.task}({', '.join(map(str, job.args))}) after "
+            f"{job.attempt} attempts: {job.error}"
+        )
     console.print("\nExplore what happened:")
     console.print(f"  conveyor --url {url} --prefix demo status")
     console.print(f"  conveyor --url {url} --prefix demo jobs --state dead")

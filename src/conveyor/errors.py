@@ -41,7 +41,7 @@ class JobFailed(ConveyorError):
         self.error = job.error
 
 
-class Retry(Exception):  # noqa: N818 - the name is the public contract
+class Retry(Exception):
     """Raised inside a task: try this job again after `delay` seconds (default: backoff)."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
@@ -51,7 +51,7 @@ class Retry(Exception):  # noqa: N818 - the name is the public contract
         self.delay = delay
 
 
-class Fail(Exception):  # noqa: N818 - the name is the public contract
+class Fail(Exception):
     """Raised inside a task: the job goes straight to `dead`, whatever retries remain."""
 
     def __init__(self, reason: str = "failed") -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor.errors import JobFailed
@@ -284,15 +284,12 @@ class Job(Generic[R]):
         self._record = record
         if record.state not in TERMINAL_STATES:
             raise TimeoutError(
-                f"job {self.id} ({self.task}) did not finish within {timeout}s; "
-                f"it is {record.state.value}"
+                f"job {self.id} ({self.task}) did not finish within {timeout}s; it is {record.state.value}"
             )
         if record.state is JobState.COMPLETED:
             value: R = self._app.serializer.loads(record.result or "null")
             return value
-        raise JobFailed(
-            self, f"job {self.id} ({self.task}) ended {record.state.value}: {record.error}"
-        )
+        raise JobFailed(self, f"job {self.id} ({self.task}) ended {record.state.value}: {record.error}")
 
     async def aresult(self, timeout: float | None = None) -> R:
         """`result()` for async code: waits in a thread, not on the event loop."""

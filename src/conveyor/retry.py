@@ -11,5 +11,5 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     Equal jitter: half the exponential delay is fixed, half random, so retries
     spread out (no thundering herd) yet never come back near-instantly.
     """
-    exponential = min(cap, base * 2 ** max(0, attempt - 1))
+    exponential: float = min(cap, base * 2.0 ** max(0, attempt - 1))
     return exponential / 2 + (rng or random).uniform(0, exponential / 2)

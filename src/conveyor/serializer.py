@@ -33,9 +33,7 @@ class JSONSerializer:
         return self._decoder.decode(text)
 
 
-def encode_call(
-    serializer: Serializer, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> str:
+def encode_call(serializer: Serializer, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     """Encode one call's arguments, naming the task in the error when they cannot be stored."""
     try:
         return serializer.dumps([args, kwargs])

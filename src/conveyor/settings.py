@@ -71,9 +71,7 @@ class Settings:
 def validate_queue(name: object) -> str:
     """A queue name: 1-100 of letters, digits, `_ . : -`."""
     if not isinstance(name, str) or not _QUEUE_NAME.match(name):
-        raise ConfigError(
-            f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '.', ':' or '-'"
-        )
+        raise ConfigError(f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '.', ':' or '-'")
     return name
 
 
@@ -124,8 +122,7 @@ def _queues(value: Any) -> tuple[str, ...]:
 def _prefix(value: Any) -> str:
     if not isinstance(value, str) or not _PREFIX.match(value):
         raise ConfigError(
-            f"invalid prefix {value!r}: start with a letter or '_', then up to 40 "
-            "letters, digits or '_'"
+            f"invalid prefix {value!r}: start with a letter or '_', then up to 40 letters, digits or '_'"
         )
     return value
 

@@ -41,12 +41,15 @@ class JobOptions:
         if self is EMPTY_OPTIONS:
             return other
         return JobOptions(
-            queue=_pick(other.queue, self.queue), priority=_pick(other.priority, self.priority),
-            delay=_pick(other.delay, self.delay), run_at=_pick(other.run_at, self.run_at),
+            queue=_pick(other.queue, self.queue),
+            priority=_pick(other.priority, self.priority),
+            delay=_pick(other.delay, self.delay),
+            run_at=_pick(other.run_at, self.run_at),
             unique_key=_pick(other.unique_key, self.unique_key),
-            retries=_pick(other.retries, self.retries), timeout=_pick(other.timeout, self.timeout),
+            retries=_pick(other.retries, self.retries),
+            timeout=_pick(other.timeout, self.timeout),
             meta={**self.meta, **other.meta},
-        )  # fmt: skip
+        )
 
 
 T = TypeVar("T")
@@ -65,9 +68,7 @@ def parse_options(**options: Any) -> JobOptions:
     """Validate enqueue options; unknown names and bad values raise ConfigError naming them."""
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
-        raise ConfigError(
-            f"unknown option {sorted(unknown)[0]!r}; valid options: {', '.join(OPTION_NAMES)}"
-        )
+        raise ConfigError(f"unknown option {sorted(unknown)[0]!r}; valid options: {', '.join(OPTION_NAMES)}")
     parsed: dict[str, Any] = {}
     for name, value in options.items():
         if value is not None:

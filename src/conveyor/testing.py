@@ -1,9 +1,9 @@
 """Helpers for testing code that uses Conveyor, on the real memory engine.
 
-    app = Conveyor("memory://")
-    signup(...)                       # your code enqueues
-    assert_enqueued(app, send_welcome, args=["ada@example.com"])
-    drain(app)                        # runs every ready job in this process
+app = Conveyor("memory://")
+signup(...)                       # your code enqueues
+assert_enqueued(app, send_welcome, args=["ada@example.com"])
+drain(app)                        # runs every ready job in this process
 """
 
 from __future__ import annotations
@@ -72,6 +72,6 @@ def assert_enqueued(
 
 def run_job(job: Job[Any], *, timeout: float = 30.0) -> Any:
     """Run jobs on this job's queue until it finishes; return its result or raise JobFailed."""
-    app = job._app  # noqa: SLF001 - the handle knows its app
+    app = job._app
     drain(app, [job.queue])
     return job.result(timeout=timeout)

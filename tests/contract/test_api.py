@@ -73,7 +73,13 @@ def test_job_attributes_and_refresh(app: Conveyor) -> None:
         return x
 
     job = work.options(priority=10, meta={"brief_id": "7"}).enqueue(1)
-    assert (job.queue, job.priority, job.state, job.attempt, job.meta) == ("media", 10, JobState.QUEUED, 0, {"brief_id": "7"})
+    assert (job.queue, job.priority, job.state, job.attempt, job.meta) == (
+        "media",
+        10,
+        JobState.QUEUED,
+        0,
+        {"brief_id": "7"},
+    )
     assert job.max_attempts == 6 and job.error is None and job.args == [1] and job.kwargs == {}
     assert app.get_job(job.id).id == job.id
     with running(app, queues=["media"]):
@@ -281,7 +287,8 @@ def test_cancel_and_retry_from_the_handle(app: Conveyor) -> None:
     assert not job.cancel()
     with pytest.raises(JobFailed, match="cancelled"):
         job.result(timeout=1)
-    assert job.retry() and job.state is JobState.QUEUED
+    assert job.retry()
+    assert job.refresh().state is JobState.QUEUED
     with running(app):
         assert job.result(timeout=10) == "ran"
 
@@ -335,7 +342,9 @@ def test_payload_that_does_not_decode_goes_dead(app: Conveyor) -> None:
     def fine() -> str:
         return "ok"
 
-    [stored] = app.backend.enqueue([NewJob(task=fine.name, queue="default", payload="{not json", max_attempts=3)])
+    [stored] = app.backend.enqueue(
+        [NewJob(task=fine.name, queue="default", payload="{not json", max_attempts=3)]
+    )
     with running(app):
         with pytest.raises(JobFailed, match="PayloadError: payload does not decode"):
             app.get_job(stored.id).result(timeout=10)
@@ -348,7 +357,10 @@ def test_arguments_that_do_not_fit_go_dead(app: Conveyor) -> None:
         return a + b
 
     job = needs_two.enqueue(1)  # type: ignore[call-arg]
-    with running(app), pytest.raises(JobFailed, match=r"ArgumentError: arguments do not fit .*needs_two\(\)"):
+    with (
+        running(app),
+        pytest.raises(JobFailed, match=r"ArgumentError: arguments do not fit .*needs_two\(\)"),
+    ):
         job.result(timeout=10)
     assert job.attempt == 1  # never retried: it cannot ever run
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -22,9 +23,16 @@ from conveyor.clock import Clock, FakeClock
 from conveyor.job import JobRecord, JobState, LogEntry
 
 
-def new(queue: str = "default", priority: int = 0, **kw: object) -> NewJob:
-    return NewJob(task="t.work", queue=queue, payload="[[],{}]", priority=priority,
-                  max_attempts=int(kw.pop("max_attempts", 3)), retries=2, **kw)  # type: ignore[arg-type]
+def new(queue: str = "default", priority: int = 0, **kw: Any) -> NewJob:
+    return NewJob(
+        task="t.work",
+        queue=queue,
+        payload="[[],{}]",
+        priority=priority,
+        max_attempts=int(kw.pop("max_attempts", 3)),
+        retries=2,
+        **kw,
+    )
 
 
 def claim_one(backend: Backend, queue: str = "default", lease: float = 30) -> JobRecord:
@@ -61,7 +69,9 @@ def test_bulk_enqueue_of_many_jobs_keeps_order(backend: Backend) -> None:
 
 
 def test_claim_takes_higher_priority_first_then_fifo(backend: Backend) -> None:
-    low1, high, low2, mid = backend.enqueue([new(priority=0), new(priority=10), new(priority=0), new(priority=5)])
+    low1, high, low2, mid = backend.enqueue(
+        [new(priority=0), new(priority=10), new(priority=0), new(priority=5)]
+    )
     claimed = backend.claim("w1", ["default"], 10, 30)
     assert [c.id for c in claimed] == [high.id, mid.id, low1.id, low2.id]
 
@@ -173,7 +183,10 @@ def test_extend_leases_pushes_the_deadline_and_saves_progress(backend: Backend, 
     clock.advance(8)
     logs = [LogEntry(at=clock.now(), message="halfway", fields={"n": 1})]
     renewal = Renewal(job.id, job.lease_token or "", progress=0.5, logs=logs)
-    assert backend.extend_leases([renewal, Renewal(job.id, "stale")], 10) == [Fence.OK, Fence.LEASE_LOST]
+    assert backend.extend_leases([renewal, Renewal(job.id, "stale")], 10) == [
+        Fence.OK,
+        Fence.LEASE_LOST,
+    ]
     clock.advance(8)
     assert backend.recover_expired() == []
     record = backend.get([job.id])[0]
@@ -213,7 +226,12 @@ def test_unique_key_returns_the_live_job(backend: Backend) -> None:
 def test_cancel_unfinished_jobs_only(backend: Backend) -> None:
     queued, scheduled, active = backend.enqueue([new(), new(run_at=time.time() * 2), new(queue="q2")])
     job = claim_one(backend, queue="q2")
-    assert backend.cancel([queued.id, scheduled.id, active.id, "999999"]) == [True, True, True, False]
+    assert backend.cancel([queued.id, scheduled.id, active.id, "999999"]) == [
+        True,
+        True,
+        True,
+        False,
+    ]
     assert backend.cancel([queued.id]) == [False]
     assert state_of(backend, active.id) is JobState.CANCELLED
     assert backend.finish([done(job, result="1")]) == [Fence.LEASE_LOST]

@@ -22,8 +22,18 @@ def _claimed(backend: Backend, clock: FakeClock, max_attempts: int = 2) -> JobRe
 
 
 def _finish(backend: Backend, job: JobRecord, kind: OutcomeKind, clock: FakeClock) -> str:
-    backend.finish([Outcome(job.id, job.lease_token or "", kind, result="1", error="E: x",
-                            retry_at=clock.now() + 5)])  # fmt: skip
+    backend.finish(
+        [
+            Outcome(
+                job.id,
+                job.lease_token or "",
+                kind,
+                result="1",
+                error="E: x",
+                retry_at=clock.now() + 5,
+            )
+        ]
+    )
     return job.id
 
 
@@ -63,8 +73,12 @@ def _fire(backend: Backend, clock: FakeClock, t: Transition) -> str:
         job_id = _in_state(backend, clock, JobState.QUEUED)
         assert backend.claim("w", ["default"], 1, 10)[0].id == job_id
         return job_id
-    kinds = {e.COMPLETE: OutcomeKind.COMPLETED, e.FAIL_RETRY: OutcomeKind.RETRY,
-             e.FAIL_FINAL: OutcomeKind.DEAD, e.RELEASE: OutcomeKind.RELEASED}  # fmt: skip
+    kinds = {
+        e.COMPLETE: OutcomeKind.COMPLETED,
+        e.FAIL_RETRY: OutcomeKind.RETRY,
+        e.FAIL_FINAL: OutcomeKind.DEAD,
+        e.RELEASE: OutcomeKind.RELEASED,
+    }
     if t.event in kinds:
         return _finish(backend, _claimed(backend, clock), kinds[t.event], clock)
     if t.event in (e.LEASE_EXPIRED_RETRY, e.LEASE_EXPIRED_FINAL):

@@ -36,10 +36,21 @@ def crash_app(shared_url: str) -> Iterator[Conveyor]:
 
 
 def start_worker(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CONVEYOR_URL": url, "CONVEYOR_PREFIX": "crash",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
-    command = [sys.executable, "-m", "conveyor", "--log-level=INFO", "worker",
-               "tests.crash.crashapp:app", *args]  # fmt: skip
+    env = {
+        **os.environ,
+        "CONVEYOR_URL": url,
+        "CONVEYOR_PREFIX": "crash",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "conveyor",
+        "--log-level=INFO",
+        "worker",
+        "tests.crash.crashapp:app",
+        *args,
+    ]
     if log is None:
         return subprocess.Popen(command, env=env, cwd=ROOT)
     with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
@@ -50,7 +61,9 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_sigkilled_workers_job_runs_again_on_another_worker(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+def test_sigkilled_workers_job_runs_again_on_another_worker(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
     marker = tmp_path / "started"
     job = slow.enqueue(str(marker), 60)
     first = start_worker(shared_url, "--lease-timeout=1.5", "--concurrency=1")
@@ -71,7 +84,9 @@ def test_sigkilled_workers_job_runs_again_on_another_worker(crash_app: Conveyor,
     assert job.state is JobState.COMPLETED
 
 
-def test_sigterm_lets_the_running_job_finish_and_exits_zero(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
     marker = tmp_path / "started"
     job = slow.enqueue(str(marker), 1.0)
     worker = start_worker(shared_url, "--concurrency=2")
@@ -85,7 +100,9 @@ def test_sigterm_lets_the_running_job_finish_and_exits_zero(crash_app: Conveyor,
     assert job.attempt == 1
 
 
-def test_a_second_sigterm_releases_the_job_at_once(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+def test_a_second_sigterm_releases_the_job_at_once(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
     marker = tmp_path / "started"
     job = slow.enqueue(str(marker), 60)
     log = tmp_path / "worker.log"
@@ -103,7 +120,9 @@ def test_a_second_sigterm_releases_the_job_at_once(crash_app: Conveyor, shared_u
     assert job.state is JobState.QUEUED and job.attempt == 0  # released, attempt given back
 
 
-def test_three_processes_run_each_of_2000_jobs_exactly_once(crash_app: Conveyor, shared_url: str, tmp_path: Path) -> None:
+def test_three_processes_run_each_of_2000_jobs_exactly_once(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
     runs = tmp_path / "runs"
     jobs = record.enqueue_many([(str(runs), i) for i in range(2000)])
     worker = start_worker(shared_url, "--processes=3", "--concurrency=20", "--burst")

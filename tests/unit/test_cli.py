@@ -21,10 +21,21 @@ def db(tmp_path: Path) -> str:
 
 
 def conveyor(db: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CONVEYOR_URL": db, "CONVEYOR_PREFIX": "cli", "COLUMNS": "200",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    env = {
+        **os.environ,
+        "CONVEYOR_URL": db,
+        "CONVEYOR_PREFIX": "cli",
+        "COLUMNS": "200",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if ok:
         assert done.returncode == 0, done.stderr
     return done
@@ -73,13 +84,21 @@ def test_retry_all_dead(db: str) -> None:
         (["worker", "no_such_module:app"], "cannot import module 'no_such_module'", 2),
         (["worker", "tests.unit.cliapp:missing"], "has no attribute 'missing'", 2),
         (["worker", "tests.unit.cliapp:not_an_app"], "is a int, not a Conveyor app", 2),
-        (["worker", "tests.unit.cliapp:app", "--concurrency", "0"], "concurrency: must be a positive integer", 1),
+        (
+            ["worker", "tests.unit.cliapp:app", "--concurrency", "0"],
+            "concurrency: must be a positive integer",
+            1,
+        ),
         (["worker", "tests.unit.cliapp:app", "--queues", "a b"], "invalid queue name 'a b'", 1),
         (["--url", "bogus://x", "status"], "unsupported engine URL 'bogus://x'", 1),
         (["jobs", "424242"], "no job with id '424242'", 1),
         (["enqueue", "tests.unit.cliapp:app", "cli.add", "--kwargs", "{bad"], "--kwargs", 2),
         (["enqueue", "tests.unit.cliapp:app", "cli.add", "--delay", "soon"], "not a duration", 2),
-        (["enqueue", "tests.unit.cliapp:app", "cli.add", "--priority", "x"], "'x' is not a valid integer", 2),
+        (
+            ["enqueue", "tests.unit.cliapp:app", "cli.add", "--priority", "x"],
+            "'x' is not a valid integer",
+            2,
+        ),
         (["bench", "--only", "warp"], "unknown scenario 'warp'", 1),
     ],
 )
@@ -91,9 +110,20 @@ def test_bad_input_is_one_clear_line(db: str, args: list[str], message: str, cod
 
 
 def test_settings_come_from_the_environment(db: str, tmp_path: Path) -> None:
-    env = {**os.environ, "CONVEYOR_URL": db, "CONVEYOR_PREFIX": "cli", "CONVEYOR_CONCURRENCY": "nope",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "conveyor", "worker", "tests.unit.cliapp:app", "--burst"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    env = {
+        **os.environ,
+        "CONVEYOR_URL": db,
+        "CONVEYOR_PREFIX": "cli",
+        "CONVEYOR_CONCURRENCY": "nope",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "worker", "tests.unit.cliapp:app", "--burst"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "'nope' is not a valid integer" in done.stderr and "--concurrency" in done.stderr

@@ -13,15 +13,31 @@ from conveyor.settings import Settings
 
 def test_defaults() -> None:
     s = Settings.load(env={})
-    assert (s.url, s.prefix, s.concurrency, s.queues) == ("sqlite:///conveyor.db", "conveyor", 10, ("default",))
+    assert (s.url, s.prefix, s.concurrency, s.queues) == (
+        "sqlite:///conveyor.db",
+        "conveyor",
+        10,
+        ("default",),
+    )
     assert s.lease_timeout == 30 and s.heartbeat_every == 10
 
 
 def test_environment_then_keywords() -> None:
-    env = {"CONVEYOR_URL": "memory://", "CONVEYOR_CONCURRENCY": "50", "CONVEYOR_QUEUES": "high, default",
-           "CONVEYOR_JOB_TIMEOUT": "none", "CONVEYOR_LEASE_TIMEOUT": "12", "CONVEYOR_LOG_LEVEL": "debug"}  # fmt: skip
+    env = {
+        "CONVEYOR_URL": "memory://",
+        "CONVEYOR_CONCURRENCY": "50",
+        "CONVEYOR_QUEUES": "high, default",
+        "CONVEYOR_JOB_TIMEOUT": "none",
+        "CONVEYOR_LEASE_TIMEOUT": "12",
+        "CONVEYOR_LOG_LEVEL": "debug",
+    }
     s = Settings.load({"concurrency": 7}, env=env)
-    assert (s.url, s.concurrency, s.queues, s.job_timeout) == ("memory://", 7, ("high", "default"), None)
+    assert (s.url, s.concurrency, s.queues, s.job_timeout) == (
+        "memory://",
+        7,
+        ("high", "default"),
+        None,
+    )
     assert s.heartbeat_every == 4 and s.log_level == "DEBUG"
 
 

@@ -23,9 +23,7 @@ def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK
             f"the {scheme}:// engine is not available in this version of Conveyor; "
             "use sqlite:///conveyor.db or memory://"
         )
-    raise ConfigError(
-        f"unsupported engine URL {redact_url(url)!r}: expected sqlite:///path.db or memory://"
-    )
+    raise ConfigError(f"unsupported engine URL {redact_url(url)!r}: expected sqlite:///path.db or memory://")
 
 
 def redact_url(url: str) -> str:

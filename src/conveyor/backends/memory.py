@@ -71,11 +71,20 @@ class MemoryBackend(Backend):
         run_at = now if new.run_at is None else new.run_at
         state = JobState.SCHEDULED if run_at > now else JobState.QUEUED
         record = JobRecord(
-            id=job_id, task=new.task, queue=new.queue, state=state, payload=new.payload,
-            priority=new.priority, max_attempts=new.max_attempts, retries=new.retries,
-            timeout=new.timeout, run_at=run_at, enqueued_at=now, unique_key=new.unique_key,
+            id=job_id,
+            task=new.task,
+            queue=new.queue,
+            state=state,
+            payload=new.payload,
+            priority=new.priority,
+            max_attempts=new.max_attempts,
+            retries=new.retries,
+            timeout=new.timeout,
+            run_at=run_at,
+            enqueued_at=now,
+            unique_key=new.unique_key,
             meta=dict(new.meta),
-        )  # fmt: skip
+        )
         self._jobs[job_id] = record
         if new.unique_key is not None:
             self._unique[new.unique_key] = job_id
@@ -93,9 +102,9 @@ class MemoryBackend(Backend):
             self._active.add(record.id)
         if record.state is not JobState.ACTIVE:
             self._active.discard(record.id)
-        if record.state in TERMINAL_STATES and record.unique_key is not None:
-            if self._unique.get(record.unique_key) == record.id:
-                del self._unique[record.unique_key]
+        key = record.unique_key
+        if record.state in TERMINAL_STATES and key is not None and self._unique.get(key) == record.id:
+            del self._unique[key]
 
     # -- working -----------------------------------------------------------
     def claim(
@@ -173,16 +182,24 @@ class MemoryBackend(Backend):
         record.lease_expires = None
         kind = outcome.kind
         if kind is OutcomeKind.COMPLETED:
-            record.state, record.result, record.finished_at = JobState.COMPLETED, outcome.result, now
+            record.state, record.result, record.finished_at = (
+                JobState.COMPLETED,
+                outcome.result,
+                now,
+            )
         elif kind is OutcomeKind.RELEASED:
             record.state, record.attempt = JobState.QUEUED, record.attempt - 1
         else:
             record.error = outcome.error
             record.attempts.append(
                 AttemptRecord(
-                    attempt=record.attempt, error=outcome.error or "", traceback=outcome.traceback,
-                    started_at=record.started_at, finished_at=now, worker=outcome.worker,
-                )  # fmt: skip
+                    attempt=record.attempt,
+                    error=outcome.error or "",
+                    traceback=outcome.traceback,
+                    started_at=record.started_at,
+                    finished_at=now,
+                    worker=outcome.worker,
+                )
             )
             if kind is OutcomeKind.RETRY:
                 record.state, record.run_at = JobState.SCHEDULED, outcome.retry_at or now
@@ -194,15 +211,17 @@ class MemoryBackend(Backend):
     def recover_expired(self) -> list[str]:
         with self._cond:
             now = self.clock.now()
-            expired = [
-                self._jobs[i] for i in self._active if (self._jobs[i].lease_expires or 0) < now
-            ]
+            expired = [self._jobs[i] for i in self._active if (self._jobs[i].lease_expires or 0) < now]
             for record in expired:
                 record.attempts.append(
                     AttemptRecord(
-                        attempt=record.attempt, error=LEASE_EXPIRED, traceback=None,
-                        started_at=record.started_at, finished_at=now, worker=record.lease_owner,
-                    )  # fmt: skip
+                        attempt=record.attempt,
+                        error=LEASE_EXPIRED,
+                        traceback=None,
+                        started_at=record.started_at,
+                        finished_at=now,
+                        worker=record.lease_owner,
+                    )
                 )
                 record.error = LEASE_EXPIRED
                 record.lease_owner = record.lease_token = None
@@ -305,8 +324,10 @@ class MemoryBackend(Backend):
             for job_id in ids:
                 record = self._jobs.get(job_id)
                 key = None if record is None else record.unique_key
-                if record is None or record.state not in RETRYABLE_STATES or (
-                    key is not None and key in self._unique
+                if (
+                    record is None
+                    or record.state not in RETRYABLE_STATES
+                    or (key is not None and key in self._unique)
                 ):
                     done.append(False)
                     continue

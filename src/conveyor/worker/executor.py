@@ -105,7 +105,7 @@ async def run_attempt(
         return failed(app, settings, job, worker_id, late, tb=None)
     except asyncio.CancelledError:
         raise
-    except BaseException as exc:  # noqa: BLE001 - a task's failure, whatever it is, is an outcome
+    except BaseException as exc:
         return failed(app, settings, job, worker_id, exc, tb=user_traceback(exc))
     try:
         result = app.serializer.dumps(value)
@@ -170,9 +170,10 @@ def failed(
     return outcome
 
 
-_INTERNAL = tuple(
-    os.path.dirname(module.__file__ or "") + os.sep for module in (asyncio, concurrent.futures)
-) + (os.path.dirname(__file__) + os.sep,)
+_INTERNAL = (
+    *tuple(os.path.dirname(module.__file__ or "") + os.sep for module in (asyncio, concurrent.futures)),
+    os.path.dirname(__file__) + os.sep,
+)
 
 
 def user_traceback(exc: BaseException) -> str:
@@ -199,6 +200,13 @@ def _outcome(
 ) -> Outcome:
     progress, logs = job.context.drain()
     return Outcome(
-        job_id=job.id, token=job.token, kind=kind, result=result, error=error, traceback=tb,
-        worker=worker_id, progress=progress, logs=logs,
-    )  # fmt: skip
+        job_id=job.id,
+        token=job.token,
+        kind=kind,
+        result=result,
+        error=error,
+        traceback=tb,
+        worker=worker_id,
+        progress=progress,
+        logs=logs,
+    )

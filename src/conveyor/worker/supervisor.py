@@ -7,6 +7,7 @@ backoff from 1 s to 30 s when it keeps dying young.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -38,10 +39,8 @@ class Supervisor:
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
         for child, _ in self.children.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     def run(self) -> int:
         """Start the children, supervise them until all have exited; returns the exit code."""

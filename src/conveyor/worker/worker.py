@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
+import functools
 import logging
 import os
 import random
@@ -85,15 +87,13 @@ class Worker:
             return
         if loop.is_closed():
             return
-        try:
-            loop.call_soon_threadsafe(self._begin_stop, hard)
-        except RuntimeError:
-            pass  # the loop closed between the check and the call: already stopped
+        _call_soon(loop, functools.partial(self._begin_stop, hard))
 
     def _begin_stop(self, hard: bool) -> None:
         self._stopping = True
         self._hard = self._hard or hard
-        assert self._stop is not None and self._wake is not None
+        assert self._stop is not None
+        assert self._wake is not None
         self._stop.set()
         self._wake.set()
 
@@ -105,8 +105,10 @@ class Worker:
             return
         log.info(
             "%s: finishing %d running job(s) within %gs; send it again to stop at once",
-            name, len(self._running), self.settings.shutdown_grace,
-        )  # fmt: skip
+            name,
+            len(self._running),
+            self.settings.shutdown_grace,
+        )
         self._begin_stop(hard=False)
 
     async def arun(self, *, burst: bool = False, handle_signals: bool = False) -> int:
@@ -128,8 +130,11 @@ class Worker:
             await self._call(self._db, self.app.backend.report_worker, self._info())
             log.info(
                 "worker %s started: queues %s, concurrency %d, engine %s",
-                self.id, ",".join(self.queues), self.concurrency, self.app.backend.url.split("://")[0],
-            )  # fmt: skip
+                self.id,
+                ",".join(self.queues),
+                self.concurrency,
+                self.app.backend.url.split("://")[0],
+            )
             return await self._supervise()
         finally:
             if handle_signals:
@@ -165,7 +170,8 @@ class Worker:
         return 1 if crashed else 0
 
     async def _shutdown_when_asked(self) -> None:
-        assert self._stop is not None and self._wake is not None
+        assert self._stop is not None
+        assert self._wake is not None
         await self._stop.wait()
         if not self._hard and self._running:
             deadline = time.monotonic() + self.settings.shutdown_grace
@@ -173,7 +179,10 @@ class Worker:
                 self._wake.clear()
                 await _wait_event(self._wake, deadline - time.monotonic())
         if self._running:
-            log.warning("releasing %d job(s) still running so other workers can take them", len(self._running))
+            log.warning(
+                "releasing %d job(s) still running so other workers can take them",
+                len(self._running),
+            )
             for job in list(self._running.values()):
                 self._release(job)
 
@@ -202,8 +211,12 @@ class Worker:
                 backoff = 0.0
             except BackendUnavailable as exc:
                 if self._hard and self._stopping:
-                    log.error("engine unreachable at hard stop; %d result(s) not stored, those jobs "
-                              "run again once their lease expires: %s", len(outcomes), exc)  # fmt: skip
+                    log.error(
+                        "engine unreachable at hard stop; %d result(s) not stored, those jobs "
+                        "run again once their lease expires: %s",
+                        len(outcomes),
+                        exc,
+                    )
                     self._running.clear()
                     return
                 self._outcomes[:0] = outcomes  # kept and retried, never dropped
@@ -232,8 +245,9 @@ class Worker:
                 if fence is Fence.LEASE_LOST:
                     log.warning(
                         "job %s: result discarded, its lease was lost (another worker may have run it, "
-                        "or it was cancelled)", outcome.job_id,
-                    )  # fmt: skip
+                        "or it was cancelled)",
+                        outcome.job_id,
+                    )
         if not want:
             return []
         try:
@@ -245,13 +259,15 @@ class Worker:
 
     async def _wait_for_work(self) -> None:
         """Block in the waiter thread until the engine signals work, or a job of ours ends."""
-        assert self._loop is not None and self._wake is not None
+        assert self._loop is not None
+        assert self._wake is not None
         if self._waiting is None:
             self._waiting = self._loop.run_in_executor(
                 self._waiter, self.app.backend.wait_for_work, self.queues, _IDLE_WAIT
             )
-        woken = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait([self._waiting, woken], return_when=asyncio.FIRST_COMPLETED)
+        woken: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+        waiting: asyncio.Future[Any] = self._waiting
+        await asyncio.wait([waiting, woken], return_when=asyncio.FIRST_COMPLETED)
         woken.cancel()
         if self._waiting.done():
             waiting, self._waiting = self._waiting, None
@@ -290,8 +306,13 @@ class Worker:
         if outcome.kind is OutcomeKind.DEAD:
             log.error("job %s (%s) is dead: %s", job.id, job.record.task, outcome.error)
         elif outcome.kind is OutcomeKind.RETRY:
-            log.warning("job %s (%s) attempt %d failed, will retry: %s",
-                        job.id, job.record.task, job.record.attempt, outcome.error)  # fmt: skip
+            log.warning(
+                "job %s (%s) attempt %d failed, will retry: %s",
+                job.id,
+                job.record.task,
+                job.record.attempt,
+                outcome.error,
+            )
         self._wake.set()
 
     def _release(self, job: Running) -> None:
@@ -334,7 +355,9 @@ class Worker:
         renewals = [Renewal(j.id, j.token, *j.context.drain()) for j in jobs]
         backend = self.app.backend
         try:
-            fences = await self._call(self._side, backend.extend_leases, renewals, self.settings.lease_timeout)
+            fences = await self._call(
+                self._side, backend.extend_leases, renewals, self.settings.lease_timeout
+            )
         except BackendUnavailable as exc:
             log.error("could not renew %d lease(s): %s", len(jobs), exc)
             return
@@ -353,7 +376,11 @@ class Worker:
             try:
                 recovered = await self._call(self._side, backend.recover_expired)
                 if recovered:
-                    log.warning("recovered %d job(s) whose lease expired: %s", len(recovered), ", ".join(recovered[:10]))
+                    log.warning(
+                        "recovered %d job(s) whose lease expired: %s",
+                        len(recovered),
+                        ", ".join(recovered[:10]),
+                    )
                     self._request_wake()
                 await self._call(self._side, backend.report_worker, self._info())
             except BackendUnavailable as exc:
@@ -367,11 +394,19 @@ class Worker:
     def _info(self) -> WorkerInfo:
         host, pid = socket.gethostname(), os.getpid()
         return WorkerInfo(
-            id=self.id, host=host, pid=pid, queues=self.queues, concurrency=self.concurrency,
-            started_at=self.started_at, active=len(self._running), processed=self.processed,
-        )  # fmt: skip
+            id=self.id,
+            host=host,
+            pid=pid,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            started_at=self.started_at,
+            active=len(self._running),
+            processed=self.processed,
+        )
 
-    async def _call(self, executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(
+        self, executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
         assert self._loop is not None
         if kwargs:
             return await self._loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
@@ -390,7 +425,5 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> None:
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # loop already closed: the worker has stopped
         loop.call_soon_threadsafe(fn)
-    except RuntimeError:
-        pass  # loop already closed: the worker has stopped

@@ -87,9 +87,7 @@ class SQLiteBackend(Backend):
     def __init__(self, url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK):
         self.url, self.prefix, self.clock = url, prefix, clock
         self.path = parse_sqlite_url(url)
-        self._q = {
-            name: sql.replace("{p}", prefix) for name, sql in load_queries(_PACKAGE).items()
-        }
+        self._q = {name: sql.replace("{p}", prefix) for name, sql in load_queries(_PACKAGE).items()}
         self._q = {name: sql.replace("{columns}", self._q["columns"]) for name, sql in self._q.items()}
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -110,7 +108,10 @@ class SQLiteBackend(Backend):
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
             )
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -148,7 +149,8 @@ class SQLiteBackend(Backend):
             raise BackendUnavailable(f"SQLite database {self.path} refused WAL mode ({mode})")
         table = f"{self.prefix}_migrations"
         with self._write():
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+            columns = "version INTEGER PRIMARY KEY, name TEXT, applied_at REAL"
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
             applied = {row[0] for row in conn.execute(f"SELECT version FROM {table}")}
             for version, name, script in load_migrations(_PACKAGE):
                 if version in applied:
@@ -191,9 +193,19 @@ class SQLiteBackend(Backend):
         state = "scheduled" if run_at > now else "queued"
         meta = json.dumps(job.meta, separators=(",", ":")) if job.meta else None
         return (
-            job.task, job.queue, state, job.payload, job.priority, job.max_attempts,
-            job.retries, job.timeout, run_at, now, job.unique_key, meta,
-        )  # fmt: skip
+            job.task,
+            job.queue,
+            state,
+            job.payload,
+            job.priority,
+            job.max_attempts,
+            job.retries,
+            job.timeout,
+            run_at,
+            now,
+            job.unique_key,
+            meta,
+        )
 
     def _insert_plain(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Enqueued]:
         params = [value for row in rows for value in row]
@@ -215,8 +227,12 @@ class SQLiteBackend(Backend):
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[JobRecord]:
         now = self.clock.now()
-        params = {"now": now, "worker": worker_id, "token": secrets.token_hex(8),
-                  "expires": now + lease_seconds}  # fmt: skip
+        params = {
+            "now": now,
+            "worker": worker_id,
+            "token": secrets.token_hex(8),
+            "expires": now + lease_seconds,
+        }
         claimed: list[JobRecord] = []
         with self._write() as conn:
             for queue in queues:
@@ -279,8 +295,16 @@ class SQLiteBackend(Backend):
         conn.execute("SAVEPOINT complete_all")
         cursor = conn.executemany(
             self._q["complete"],
-            [{"id": int(o.job_id), "token": o.token, "progress": o.progress, "result": o.result,
-              "now": now} for o in outcomes],  # fmt: skip
+            [
+                {
+                    "id": int(o.job_id),
+                    "token": o.token,
+                    "progress": o.progress,
+                    "result": o.result,
+                    "now": now,
+                }
+                for o in outcomes
+            ],
         )
         if cursor.rowcount == len(outcomes):
             conn.execute("RELEASE complete_all")
@@ -296,8 +320,14 @@ class SQLiteBackend(Backend):
         if o.kind is OutcomeKind.RELEASED:
             return self._q["release"], fence
         history = json.dumps(
-            {"attempt": None, "error": o.error, "traceback": o.traceback, "started_at": None,
-             "finished_at": now, "worker": o.worker}  # fmt: skip
+            {
+                "attempt": None,
+                "error": o.error,
+                "traceback": o.traceback,
+                "started_at": None,
+                "finished_at": now,
+                "worker": o.worker,
+            }
         )
         params = {**fence, "error": o.error, "history": history, "now": now}
         if o.kind is OutcomeKind.RETRY:
@@ -350,9 +380,12 @@ class SQLiteBackend(Backend):
     @_guarded
     def list_jobs(self, query: JobQuery) -> list[JobRecord]:
         params = {
-            "queue": query.queue, "state": None if query.state is None else query.state.value,
-            "task": query.task, "limit": query.limit, "offset": query.offset,
-        }  # fmt: skip
+            "queue": query.queue,
+            "state": None if query.state is None else query.state.value,
+            "task": query.task,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
         return [_record(row) for row in self._conn().execute(self._q["list"], params)]
 
     @_guarded
@@ -373,8 +406,7 @@ class SQLiteBackend(Backend):
         now = self.clock.now()
         with self._write() as conn:
             return [
-                conn.execute(self._q["cancel"], {"id": _int_id(i), "now": now}).rowcount == 1
-                for i in ids
+                conn.execute(self._q["cancel"], {"id": _int_id(i), "now": now}).rowcount == 1 for i in ids
             ]
 
     @_guarded
@@ -426,8 +458,17 @@ class SQLiteBackend(Backend):
             if info is not None:
                 conn.execute(
                     self._q["report_worker"],
-                    (info.id, info.host, info.pid, ",".join(info.queues), info.concurrency,
-                     info.started_at, now, info.active, info.processed),  # fmt: skip
+                    (
+                        info.id,
+                        info.host,
+                        info.pid,
+                        ",".join(info.queues),
+                        info.concurrency,
+                        info.started_at,
+                        now,
+                        info.active,
+                        info.processed,
+                    ),
                 )
             if remove is not None:
                 conn.execute(self._q["remove_worker"], (remove,))
@@ -437,9 +478,17 @@ class SQLiteBackend(Backend):
     def workers(self) -> list[WorkerInfo]:
         rows = self._conn().execute(self._q["workers"], (self.clock.now() - _WORKER_SEEN_SECONDS,))
         return [
-            WorkerInfo(id=r[0], host=r[1], pid=r[2], queues=tuple(r[3].split(",")),
-                       concurrency=r[4], started_at=r[5], last_seen=r[6], active=r[7],
-                       processed=r[8])  # fmt: skip
+            WorkerInfo(
+                id=r[0],
+                host=r[1],
+                pid=r[2],
+                queues=tuple(r[3].split(",")),
+                concurrency=r[4],
+                started_at=r[5],
+                last_seen=r[6],
+                active=r[7],
+                processed=r[8],
+            )
             for r in rows
         ]
 
@@ -483,16 +532,36 @@ def _record(row: Sequence[Any]) -> JobRecord:
         for i, item in enumerate(json.loads(row[21]), start=1):
             attempts.append(
                 AttemptRecord(
-                    attempt=item.get("attempt") or i, error=item.get("error") or "",
-                    traceback=item.get("traceback"), started_at=item.get("started_at"),
-                    finished_at=item.get("finished_at") or 0.0, worker=item.get("worker"),
-                )  # fmt: skip
+                    attempt=item.get("attempt") or i,
+                    error=item.get("error") or "",
+                    traceback=item.get("traceback"),
+                    started_at=item.get("started_at"),
+                    finished_at=item.get("finished_at") or 0.0,
+                    worker=item.get("worker"),
+                )
             )
     return JobRecord(
-        id=str(row[0]), task=row[1], queue=row[2], state=JobState(row[3]), payload=row[4],
-        priority=row[5], attempt=row[6], max_attempts=row[7], retries=row[8], timeout=row[9],
-        run_at=row[10], enqueued_at=row[11], started_at=row[12], finished_at=row[13],
-        unique_key=row[14], meta=json.loads(row[15]) if row[15] else {}, lease_owner=row[16],
-        lease_token=row[17], lease_expires=row[18], result=row[19], error=row[20],
-        attempts=attempts, progress=row[22],
-    )  # fmt: skip
+        id=str(row[0]),
+        task=row[1],
+        queue=row[2],
+        state=JobState(row[3]),
+        payload=row[4],
+        priority=row[5],
+        attempt=row[6],
+        max_attempts=row[7],
+        retries=row[8],
+        timeout=row[9],
+        run_at=row[10],
+        enqueued_at=row[11],
+        started_at=row[12],
+        finished_at=row[13],
+        unique_key=row[14],
+        meta=json.loads(row[15]) if row[15] else {},
+        lease_owner=row[16],
+        lease_token=row[17],
+        lease_expires=row[18],
+        result=row[19],
+        error=row[20],
+        attempts=attempts,
+        progress=row[22],
+    )
