@@ -196,19 +196,52 @@ class Worker:
     # -- the pump ----------------------------------------------------------
     async def _pump(self) -> None:
         assert self._wake is not None
-        backoff = 0.0
         while True:
             self._wake.clear()
-            outcomes, self._outcomes = self._outcomes, []
             want = 0 if self._stopping else self.concurrency - self._used
-            if not outcomes and want == 0:
+            if not self._outcomes and want == 0:
                 if self._stopping and not self._running:
                     return
                 await self._wake.wait()
                 continue
+            # Claim first and start those jobs, then persist finished attempts: the new
+            # jobs run on the loop while the engine thread stores the old results.
+            claimed = await self._claim(want) if want else []
+            if self._outcomes and not await self._flush():
+                return
+            if self._outcomes or self._stopping or (want and len(claimed) == want):
+                continue  # more to store, or the queue may hold more: go round at once
+            if not claimed and not self._running and self._burst:
+                self._begin_stop(hard=False)
+                continue
+            if want > len(claimed):
+                await self._wait_for_work()
+            else:
+                await self._wake.wait()
+
+    async def _claim(self, want: int) -> list[JobRecord]:
+        backend = self.app.backend
+        try:
+            claimed = await self._call(
+                self._db, backend.claim, self.id, self.queues, want, self.settings.lease_timeout
+            )
+        except BackendUnavailable as exc:
+            log.error("could not claim jobs, retrying in %.1fs: %s", _MAX_BACKOFF, exc)
+            assert self._stop is not None
+            await _wait_event(self._stop, _MAX_BACKOFF)
+            return []
+        for record in claimed:
+            self._start(record)
+        return claimed
+
+    async def _flush(self) -> bool:
+        """Store finished attempts; keeps them (and retries) on engine errors. False: give up."""
+        outcomes, self._outcomes = self._outcomes, []
+        backoff = 0.1
+        while True:
             try:
-                claimed = await self._call(self._db, self._exchange, outcomes, want)
-                backoff = 0.0
+                fences = await self._call(self._db, self.app.backend.finish, outcomes)
+                break
             except BackendUnavailable as exc:
                 if self._hard and self._stopping:
                     log.error(
@@ -218,44 +251,18 @@ class Worker:
                         exc,
                     )
                     self._running.clear()
-                    return
-                self._outcomes[:0] = outcomes  # kept and retried, never dropped
-                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.1)
-                log.error("engine error, retrying in %.1fs: %s", backoff, exc)
+                    return False
+                log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
-                continue
-            for record in claimed:
-                self._start(record)
-            if self._outcomes or self._stopping or (want and len(claimed) == want):
-                continue  # more to flush, or the queue may hold more: go round at once
-            if not claimed and not self._running and self._burst:
-                self._begin_stop(hard=False)
-                continue
-            if want > len(claimed):
-                await self._wait_for_work()
-            else:
-                await self._wake.wait()
-
-    def _exchange(self, outcomes: list[Outcome], want: int) -> list[JobRecord]:
-        """Runs in the engine thread: persist outcomes, then claim up to `want` jobs."""
-        backend = self.app.backend
-        if outcomes:
-            fences = backend.finish(outcomes)
-            for outcome, fence in zip(outcomes, fences, strict=True):
-                if fence is Fence.LEASE_LOST:
-                    log.warning(
-                        "job %s: result discarded, its lease was lost (another worker may have run it, "
-                        "or it was cancelled)",
-                        outcome.job_id,
-                    )
-        if not want:
-            return []
-        try:
-            return backend.claim(self.id, self.queues, want, self.settings.lease_timeout)
-        except BackendUnavailable:
-            if outcomes:
-                return []  # the outcomes are stored; the claim is simply tried next round
-            raise
+                backoff = min(_MAX_BACKOFF, backoff * 2)
+        for outcome, fence in zip(outcomes, fences, strict=True):
+            if fence is Fence.LEASE_LOST:
+                log.warning(
+                    "job %s: result discarded, its lease was lost (cancelled, or expired and "
+                    "taken over by another worker)",
+                    outcome.job_id,
+                )
+        return True
 
     async def _wait_for_work(self) -> None:
         """Block in the waiter thread until the engine signals work, or a job of ours ends."""
