@@ -13,7 +13,7 @@ from conveyor.backends import Backend, open_backend
 from conveyor.backends.base import JobQuery, NewJob
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge
-from conveyor.job import Job, JobRecord, JobState
+from conveyor.job import Job, JobState
 from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
 from conveyor.settings import Settings
 from conveyor.task import JobOptions, Signature, Task, parse_options
@@ -181,7 +181,7 @@ class Conveyor:
         jobs: list[Job[Any]] = []
         for new, where in zip(news, stored, strict=True):
             record = existing.get(where.id) if not where.created else None
-            jobs.append(Job(self, record or functools.partial(_record_of, new, where.id, now)))
+            jobs.append(Job(self, record or functools.partial(new.to_record, where.id, now)))
         return jobs
 
     def _resolve(self, call: Signature, defaults: JobOptions, now: float) -> _Resolved:
@@ -284,22 +284,3 @@ def _count(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _record_of(new: NewJob, job_id: str, now: float) -> JobRecord:
-    run_at = now if new.run_at is None else new.run_at
-    return JobRecord(
-        id=job_id,
-        task=new.task,
-        queue=new.queue,
-        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
-        payload=new.payload,
-        priority=new.priority,
-        max_attempts=new.max_attempts,
-        retries=new.retries,
-        timeout=new.timeout,
-        run_at=run_at,
-        enqueued_at=now,
-        unique_key=new.unique_key,
-        meta=new.meta,
-    )

@@ -20,13 +20,14 @@ def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cli.db'}"
 
 
-def conveyor(db: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def conveyor(db: str, *args: str, ok: bool = True, **variables: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "CONVEYOR_URL": db,
         "CONVEYOR_PREFIX": "cli",
         "COLUMNS": "200",
         "PYTHONPATH": str(ROOT),
+        **variables,
     }
     done = subprocess.run(
         [sys.executable, "-m", "conveyor", *args],
@@ -109,21 +110,7 @@ def test_bad_input_is_one_clear_line(db: str, args: list[str], message: str, cod
     assert "Traceback" not in done.stderr
 
 
-def test_settings_come_from_the_environment(db: str, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "CONVEYOR_URL": db,
-        "CONVEYOR_PREFIX": "cli",
-        "CONVEYOR_CONCURRENCY": "nope",
-        "PYTHONPATH": str(ROOT),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "conveyor", "worker", "tests.unit.cliapp:app", "--burst"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_settings_come_from_the_environment(db: str) -> None:
+    done = conveyor(db, "worker", "tests.unit.cliapp:app", "--burst", ok=False, CONVEYOR_CONCURRENCY="nope")
     assert done.returncode == 2
     assert "'nope' is not a valid integer" in done.stderr and "--concurrency" in done.stderr

@@ -34,6 +34,25 @@ class NewJob:
     unique_key: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def to_record(self, job_id: str, now: float) -> JobRecord:
+        """The record this job has the moment it is stored at `now`."""
+        run_at = now if self.run_at is None else self.run_at
+        return JobRecord(
+            id=job_id,
+            task=self.task,
+            queue=self.queue,
+            state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+            payload=self.payload,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            retries=self.retries,
+            timeout=self.timeout,
+            run_at=run_at,
+            enqueued_at=now,
+            unique_key=self.unique_key,
+            meta=dict(self.meta),
+        )
+
 
 class Enqueued(NamedTuple):
     """Where a NewJob ended up: `created` is False when a unique key matched a live job."""

@@ -68,23 +68,7 @@ class MemoryBackend(Backend):
             return Enqueued(self._unique[new.unique_key], created=False)
         job_id = str(self._next_id)
         self._next_id += 1
-        run_at = now if new.run_at is None else new.run_at
-        state = JobState.SCHEDULED if run_at > now else JobState.QUEUED
-        record = JobRecord(
-            id=job_id,
-            task=new.task,
-            queue=new.queue,
-            state=state,
-            payload=new.payload,
-            priority=new.priority,
-            max_attempts=new.max_attempts,
-            retries=new.retries,
-            timeout=new.timeout,
-            run_at=run_at,
-            enqueued_at=now,
-            unique_key=new.unique_key,
-            meta=dict(new.meta),
-        )
+        record = new.to_record(job_id, now)
         self._jobs[job_id] = record
         if new.unique_key is not None:
             self._unique[new.unique_key] = job_id
