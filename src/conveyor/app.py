@@ -47,6 +47,8 @@ class Conveyor:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._backend: Backend | None = None
         self._lock = threading.Lock()
+        # Holding the options objects keeps their ids from being reused while cached.
+        self._resolutions: dict[tuple[str, int, int], tuple[JobOptions, JobOptions, _Resolved]] = {}
 
     def __repr__(self) -> str:
         from conveyor.backends import redact_url
@@ -75,6 +77,7 @@ class Conveyor:
         if self._backend is not None and {"url", "prefix"} & set(settings):
             raise ConfigError("url and prefix cannot change once the engine is open")
         self.settings = self.settings.with_(**settings)
+        self._resolutions.clear()
 
     def close(self) -> None:
         """Close the engine's connections."""
@@ -126,6 +129,7 @@ class Conveyor:
                 raise ConfigError(f"task name {task_name!r} is already registered to another function")
             task: Task[P, Any] = Task(self, task_name, function, defaults)
             self._tasks[task_name] = task
+            self._resolutions.clear()
             return task
 
         return register(fn) if fn is not None else register
@@ -152,13 +156,9 @@ class Conveyor:
     def submit(self, calls: Sequence[Signature], defaults: JobOptions) -> list[Job[Any]]:
         """Store calls as jobs in one engine round trip; the common path of every enqueue."""
         now = self.clock.now()
-        resolved: dict[tuple[str, int], _Resolved] = {}  # bulk calls share a few option sets
         news = []
         for call in calls:
-            key = (call.task, id(call.options))
-            opts = resolved.get(key)
-            if opts is None:
-                opts = resolved[key] = self._resolve(call, defaults, now)
+            opts = self._resolved(call, defaults, now)
             payload = encode_call(self.serializer, call.task, call.args, call.kwargs)
             self._check_size(call.task, payload)
             news.append(
@@ -183,6 +183,20 @@ class Conveyor:
             record = existing.get(where.id) if not where.created else None
             jobs.append(Job(self, record or functools.partial(new.to_record, where.id, now)))
         return jobs
+
+    def _resolved(self, call: Signature, defaults: JobOptions, now: float) -> _Resolved:
+        """Options with defaults applied, cached per (task, options object): enqueue calls
+        share a handful of option sets, and resolving costs more than encoding the call."""
+        key = (call.task, id(call.options), id(defaults))
+        hit = self._resolutions.get(key)
+        if hit is not None and hit[0] is call.options and hit[1] is defaults:
+            return hit[2]
+        resolved = self._resolve(call, defaults, now)
+        if call.options.delay is None and defaults.delay is None:  # else run_at depends on now
+            if len(self._resolutions) >= 1024:
+                self._resolutions.clear()
+            self._resolutions[key] = (call.options, defaults, resolved)
+        return resolved
 
     def _resolve(self, call: Signature, defaults: JobOptions, now: float) -> _Resolved:
         registered = self._tasks.get(call.task)

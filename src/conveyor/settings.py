@@ -36,7 +36,6 @@ class Settings:
     shutdown_grace: float = 30.0
     max_payload_bytes: int = 1_048_576
     log_level: str = "INFO"
-    health_port: int | None = None
 
     @property
     def heartbeat_every(self) -> float:
@@ -140,15 +139,6 @@ def _log_level(value: Any) -> str:
     return level
 
 
-def _port(value: Any) -> int | None:
-    if value in (None, "", 0, "0"):
-        return None
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ConfigError(f"must be a TCP port 1-65535, got {value!r}")
-    return port
-
-
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "url": _url,
     "prefix": _prefix,
@@ -164,5 +154,4 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "shutdown_grace": _positive_float,
     "max_payload_bytes": _positive_int,
     "log_level": _log_level,
-    "health_port": _port,
 }

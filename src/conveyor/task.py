@@ -36,7 +36,7 @@ class JobOptions:
 
     def merged(self, other: JobOptions) -> JobOptions:
         """These options with every option set in `other` taking precedence."""
-        if other is EMPTY_OPTIONS or other == EMPTY_OPTIONS:
+        if other is EMPTY_OPTIONS:
             return self
         if self is EMPTY_OPTIONS:
             return other

@@ -50,7 +50,6 @@ def test_environment_then_keywords() -> None:
         ({"CONVEYOR_PREFIX": "1bad"}, "CONVEYOR_PREFIX: invalid prefix '1bad'"),
         ({"CONVEYOR_URL": "nope"}, "CONVEYOR_URL: invalid URL 'nope'"),
         ({"CONVEYOR_LOG_LEVEL": "LOUD"}, "must be one of DEBUG"),
-        ({"CONVEYOR_HEALTH_PORT": "70000"}, "TCP port"),
         ({"CONVEYOR_RETRY_BACKOFF": "-1"}, "must be a number > 0"),
     ],
 )
