@@ -134,3 +134,20 @@ def test_three_processes_run_each_of_2000_jobs_exactly_once(
     assert sorted(job_id for job_id, _ in seen) == sorted(j.id for j in jobs)
     assert len({pid for _, pid in seen}) >= 2, "expected more than one process to take jobs"
     assert crash_app.stats()["totals"]["completed"] == 2000
+
+
+def test_processes_supervisor_forwards_sigterm_and_exits_zero(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    jobs = slow.enqueue_many([(str(marker), 0.5), (str(marker), 0.5)])
+    log = tmp_path / "worker.log"
+    supervisor = start_worker(shared_url, "--processes=2", "--concurrency=1", log=log)
+    try:
+        eventually(lambda: len(lines(marker)) == 2, timeout=20, message="jobs never started")
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+    finally:
+        supervisor.kill()
+    assert [j.refresh().state for j in jobs] == [JobState.COMPLETED] * 2
+    assert len({line.split()[1] for line in lines(marker)}) == 2  # two processes ran them

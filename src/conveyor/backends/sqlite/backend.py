@@ -94,7 +94,11 @@ class SQLiteBackend(Backend):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.OperationalError as exc:
+            self.close()
+            raise BackendUnavailable(f"SQLite database {self.path}: {exc}") from exc
 
     # -- connections -------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

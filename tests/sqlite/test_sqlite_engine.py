@@ -1,0 +1,75 @@
+"""What is particular to the SQLite engine: URLs, migrations, WAL, prefixes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conveyor import ConfigError, Conveyor
+from conveyor.backends.sqlite.backend import SQLiteBackend, parse_sqlite_url
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_sqlite_url("sqlite:///jobs.db") == "jobs.db"
+    assert parse_sqlite_url(f"sqlite:///{tmp_path}/a.db") == f"{tmp_path}/a.db"
+    with pytest.raises(ConfigError, match="folder '/no/such' does not exist"):
+        parse_sqlite_url("sqlite:////no/such/a.db")
+    with pytest.raises(ConfigError, match="names no file"):
+        parse_sqlite_url("sqlite://")
+
+
+def test_migrations_apply_once_and_record_the_version(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    first = SQLiteBackend(url, prefix="p")
+    assert first.schema_version() == 1
+    first.close()
+    second = SQLiteBackend(url, prefix="p")  # re-opening applies nothing twice
+    assert second.schema_version() == 1
+    second.close()
+    conn = sqlite3.connect(tmp_path / "m.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM p_migrations").fetchone()[0] == 1
+    conn.close()
+
+
+def test_prefixes_keep_apps_apart_in_one_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    dev, prod = Conveyor(url, prefix="dev"), Conveyor(url, prefix="prod")
+    dev.enqueue("t.x")
+    assert len(dev.jobs()) == 1 and prod.jobs() == []
+    dev.close()
+    prod.close()
+
+
+def test_ids_are_never_reused_after_a_purge(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'ids.db'}")
+    first = app.enqueue("t.x")
+    first.cancel()
+    assert app.backend.purge() == 1
+    assert int(app.enqueue("t.x").id) > int(first.id)
+    app.close()
+
+
+def test_a_locked_database_is_a_clear_backend_error(tmp_path: Path) -> None:
+    from conveyor import BackendUnavailable
+    from conveyor.backends.sqlite import backend as module
+
+    path = tmp_path / "locked.db"
+    app = Conveyor(f"sqlite:///{path}")
+    app.enqueue("t.x")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    original = module._BUSY_TIMEOUT_MS
+    try:
+        module._BUSY_TIMEOUT_MS = 50
+        fresh = Conveyor(f"sqlite:///{path}")
+        with pytest.raises(BackendUnavailable, match=f"SQLite database {path}: database is locked"):
+            fresh.get_job("1")
+    finally:
+        module._BUSY_TIMEOUT_MS = original
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        app.close()
