@@ -16,26 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import functools
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conveyor.backends.base import Fence, Outcome, OutcomeKind, Renewal, WorkerInfo
+from conveyor.backends.base import Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.job import JobRecord
 from conveyor.settings import Settings
+from conveyor.worker._aio import call_soon, in_thread, wait_event
 from conveyor.worker.executor import Running, released, run_attempt
+from conveyor.worker.lease import LeaseKeeper
+from conveyor.worker.maintenance import Maintenance
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -66,7 +66,6 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
-        self._beat: asyncio.Event | None = None
         self._waiting: asyncio.Future[bool] | None = None
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
         self.started = threading.Event()  # set once the worker can be stopped
@@ -87,7 +86,7 @@ class Worker:
             return
         if loop.is_closed():
             return
-        _call_soon(loop, functools.partial(self._begin_stop, hard))
+        call_soon(loop, functools.partial(self._begin_stop, hard))
 
     def _begin_stop(self, hard: bool) -> None:
         self._stopping = True
@@ -114,10 +113,16 @@ class Worker:
     async def arun(self, *, burst: bool = False, handle_signals: bool = False) -> int:
         """The worker's main coroutine; returns 0 after a clean stop, 1 after a crash."""
         self._loop = asyncio.get_running_loop()
-        self._wake, self._stop, self._beat = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        backend = self.app.backend
+        self._leases = LeaseKeeper(
+            backend, lambda: self._running, self.settings.lease_timeout, self.settings.heartbeat_every
+        )
+        self._maintenance = Maintenance(
+            backend, self._leases.thread, self.settings.lease_timeout, self._info, self._request_wake
+        )
         self._burst = burst
         self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
-        self._side = concurrent.futures.ThreadPoolExecutor(1, "conveyor-lease")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
         if handle_signals:
@@ -127,7 +132,7 @@ class Worker:
             self._begin_stop(self._stop_early)
         self.started.set()
         try:
-            await self._call(self._db, self.app.backend.report_worker, self._info())
+            await in_thread(self._db, self.app.backend.report_worker, self._info())
             log.info(
                 "worker %s started: queues %s, concurrency %d, engine %s",
                 self.id,
@@ -143,15 +148,15 @@ class Worker:
             # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
             # can close its connections safely; task threads are the user's and may hang.
             self._pool.shutdown(wait=False, cancel_futures=True)
-            for executor in (self._db, self._side, self._waiter):
+            for executor in (self._db, self._leases.thread, self._waiter):
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _supervise(self) -> int:
         assert self._stop is not None
         pump = asyncio.create_task(self._pump(), name="conveyor-pump")
         side = [
-            asyncio.create_task(self._keep_leases(), name="conveyor-leases"),
-            asyncio.create_task(self._maintain(), name="conveyor-maintenance"),
+            asyncio.create_task(self._leases.run(), name="conveyor-leases"),
+            asyncio.create_task(self._maintenance.run(), name="conveyor-maintenance"),
         ]
         stopper = asyncio.create_task(self._shutdown_when_asked(), name="conveyor-shutdown")
         # Side tasks never return; if one does (it raised), the worker must not go on.
@@ -177,7 +182,7 @@ class Worker:
             deadline = time.monotonic() + self.settings.shutdown_grace
             while self._running and not self._hard and time.monotonic() < deadline:
                 self._wake.clear()
-                await _wait_event(self._wake, deadline - time.monotonic())
+                await wait_event(self._wake, deadline - time.monotonic())
         if self._running:
             log.warning(
                 "releasing %d job(s) still running so other workers can take them",
@@ -188,7 +193,7 @@ class Worker:
 
     async def _farewell(self) -> None:
         try:
-            await self._call(self._db, self.app.backend.report_worker, None, remove=self.id)
+            await in_thread(self._db, self.app.backend.report_worker, None, remove=self.id)
         except BackendUnavailable as exc:
             log.warning("could not unregister worker: %s", exc)
         log.info("worker %s stopped after %d job(s)", self.id, self.processed)
@@ -222,13 +227,13 @@ class Worker:
     async def _claim(self, want: int) -> list[JobRecord]:
         backend = self.app.backend
         try:
-            claimed = await self._call(
+            claimed = await in_thread(
                 self._db, backend.claim, self.id, self.queues, want, self.settings.lease_timeout
             )
         except BackendUnavailable as exc:
             log.error("could not claim jobs, retrying in %.1fs: %s", _MAX_BACKOFF, exc)
             assert self._stop is not None
-            await _wait_event(self._stop, _MAX_BACKOFF)
+            await wait_event(self._stop, _MAX_BACKOFF)
             return []
         for record in claimed:
             self._start(record)
@@ -240,7 +245,7 @@ class Worker:
         backoff = 0.1
         while True:
             try:
-                fences = await self._call(self._db, self.app.backend.finish, outcomes)
+                fences = await in_thread(self._db, self.app.backend.finish, outcomes)
                 break
             except BackendUnavailable as exc:
                 if self._hard and self._stopping:
@@ -281,14 +286,14 @@ class Worker:
             error = waiting.exception()
             if isinstance(error, BackendUnavailable):
                 log.error("engine error while waiting for work: %s", error)
-                await _wait_event(self._wake, _IDLE_WAIT)
+                await wait_event(self._wake, _IDLE_WAIT)
             elif error is not None:
                 raise error
 
     # -- running jobs ------------------------------------------------------
     def _start(self, record: JobRecord) -> None:
         assert self._loop is not None
-        job = Running(record, JobContext(record, self._request_beat))
+        job = Running(record, JobContext(record, self._leases.request))
         self._running[record.id] = job
         self._used += 1
         context = contextvars.copy_context()
@@ -336,63 +341,12 @@ class Worker:
             self._free_slot()
             return
         loop = self._loop
-        thread.add_done_callback(lambda _: _call_soon(loop, self._free_slot))
+        thread.add_done_callback(lambda _: call_soon(loop, self._free_slot))
 
     def _free_slot(self) -> None:
         assert self._wake is not None
         self._used -= 1
         self._wake.set()
-
-    def _request_beat(self) -> None:
-        loop, beat = self._loop, self._beat
-        if loop is not None and beat is not None:
-            _call_soon(loop, beat.set)
-
-    # -- side tasks --------------------------------------------------------
-    async def _keep_leases(self) -> None:
-        assert self._beat is not None
-        while True:
-            await _wait_event(self._beat, self.settings.heartbeat_every)
-            self._beat.clear()
-            jobs = list(self._running.values())
-            if jobs:
-                await self._renew(jobs)
-
-    async def _renew(self, jobs: list[Running]) -> None:
-        renewals = [Renewal(j.id, j.token, *j.context.drain()) for j in jobs]
-        backend = self.app.backend
-        try:
-            fences = await self._call(
-                self._side, backend.extend_leases, renewals, self.settings.lease_timeout
-            )
-        except BackendUnavailable as exc:
-            log.error("could not renew %d lease(s): %s", len(jobs), exc)
-            return
-        for job, fence in zip(jobs, fences, strict=True):
-            if fence is Fence.LEASE_LOST and self._running.get(job.id) is job:
-                log.warning("job %s: lease lost (cancelled, or expired and taken over)", job.id)
-                job.context.mark_cancelled()
-
-    async def _maintain(self) -> None:
-        assert self._stop is not None
-        # A quarter of the lease (at most 5 s): a dead worker's jobs restart within
-        # lease + interval. Jitter keeps many workers from sweeping in lockstep.
-        interval = min(5.0, self.settings.lease_timeout / 4)
-        backend = self.app.backend
-        while True:  # runs until the supervisor cancels it, after the pump has flushed
-            try:
-                recovered = await self._call(self._side, backend.recover_expired)
-                if recovered:
-                    log.warning(
-                        "recovered %d job(s) whose lease expired: %s",
-                        len(recovered),
-                        ", ".join(recovered[:10]),
-                    )
-                    self._request_wake()
-                await self._call(self._side, backend.report_worker, self._info())
-            except BackendUnavailable as exc:
-                log.error("maintenance failed: %s", exc)
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
     def _request_wake(self) -> None:
         if self._wake is not None:
@@ -410,27 +364,3 @@ class Worker:
             active=len(self._running),
             processed=self.processed,
         )
-
-    async def _call(
-        self, executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
-        assert self._loop is not None
-        if kwargs:
-            return await self._loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
-        return await self._loop.run_in_executor(executor, fn, *args)
-
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> None:
-    """Wait for `event` at most `timeout` seconds."""
-    if timeout <= 0:
-        return
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        pass
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
-    with contextlib.suppress(RuntimeError):  # loop already closed: the worker has stopped
-        loop.call_soon_threadsafe(fn)

@@ -1,0 +1,84 @@
+"""The lease keeper and maintenance, driven directly with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+from conveyor.backends.base import NewJob, WorkerInfo
+from conveyor.backends.memory import MemoryBackend
+from conveyor.clock import FakeClock
+from conveyor.context import JobContext
+from conveyor.job import JobState
+from conveyor.worker.executor import Running
+from conveyor.worker.lease import LeaseKeeper
+from conveyor.worker.maintenance import Maintenance
+
+
+def _running(backend: MemoryBackend, count: int) -> dict[str, Running]:
+    backend.enqueue([NewJob("t", "default", "[[],{}]", max_attempts=2) for _ in range(count)])
+    jobs = {}
+    for record in backend.claim("w", ["default"], count, 10):
+        jobs[record.id] = Running(record, JobContext(record, lambda: None))
+    return jobs
+
+
+def test_renewal_extends_every_lease_in_one_call_and_carries_logs() -> None:
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    running = _running(backend, 3)
+    first = next(iter(running.values()))
+    first.context.log("working", step=1)
+    first.context.progress(0.25)
+
+    async def scenario() -> None:
+        keeper = LeaseKeeper(backend, lambda: running, lease_seconds=10, every=60)
+        clock.advance(8)
+        await keeper.renew(list(running.values()))
+        keeper.thread.shutdown()
+
+    asyncio.run(scenario())
+    clock.advance(8)  # 16 s after the claim, 8 s after the renewal: still leased
+    assert backend.recover_expired() == []
+    record = backend.get([first.id])[0]
+    assert record is not None and record.progress == 0.25
+    assert [e.message for e in backend.logs(first.id)] == ["working"]
+
+
+def test_a_lost_lease_flags_only_that_job() -> None:
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    running = _running(backend, 2)
+    lost, kept = running.values()
+    backend.cancel([lost.id])
+
+    async def scenario() -> None:
+        keeper = LeaseKeeper(backend, lambda: running, lease_seconds=10, every=60)
+        await keeper.renew(list(running.values()))
+        keeper.thread.shutdown()
+
+    asyncio.run(scenario())
+    assert lost.context.cancelled and not kept.context.cancelled
+
+
+def test_maintenance_recovers_expired_leases_and_reports_the_worker() -> None:
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    running = _running(backend, 1)
+    woken: list[bool] = []
+    info = WorkerInfo(id="w", host="h", pid=1, queues=("default",), concurrency=1, started_at=clock.now())
+    thread = concurrent.futures.ThreadPoolExecutor(1)
+
+    async def scenario() -> None:
+        sweeper = Maintenance(backend, thread, 10, lambda: info, lambda: woken.append(True))
+        assert sweeper.interval == 2.5
+        clock.advance(11)
+        await sweeper.sweep()
+
+    asyncio.run(scenario())
+    thread.shutdown()
+    [job_id] = running
+    record = backend.get([job_id])[0]
+    assert record is not None and record.state is JobState.QUEUED
+    assert woken == [True]
+    assert [w.id for w in backend.workers()] == ["w"]
