@@ -108,3 +108,13 @@ def test_bulk_with_a_serializer_that_is_not_json(tmp_path: Path) -> None:
     jobs = app.ref("t.x").enqueue_many([(i,) for i in range(20)])
     assert [app.get_job(j.id).args for j in jobs] == [[i] for i in range(20)]
     app.close()
+
+
+def test_the_column_list_is_in_job_record_field_order() -> None:
+    from dataclasses import fields
+
+    from conveyor.backends._sql import load_queries
+    from conveyor.job import JobRecord
+
+    columns = load_queries("conveyor.backends.sqlite")["columns"].replace("\n", " ").split(",")
+    assert [c.strip() for c in columns] == [f.name for f in fields(JobRecord)]

@@ -333,24 +333,13 @@ class SQLiteBackend(Backend):
         return fences
 
     def _complete_all(self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> bool:
-        """Fast path: a batch of plain completions in one executemany (half the time of a
-        statement per row). Rolls back to a savepoint and says False if any lease was lost."""
+        """Fast path: a batch of plain completions in one statement. Rolls back to a
+        savepoint and says False if any lease was lost, so each gets its own fence."""
         if any(o.kind is not OutcomeKind.COMPLETED or o.logs for o in outcomes):
             return False
         conn.execute("SAVEPOINT complete_all")
-        cursor = conn.executemany(
-            self._q["complete"],
-            [
-                {
-                    "id": int(o.job_id),
-                    "token": o.token,
-                    "progress": o.progress,
-                    "result": o.result,
-                    "now": now,
-                }
-                for o in outcomes
-            ],
-        )
+        batch = json.dumps([[int(o.job_id), o.token, o.result, o.progress] for o in outcomes])
+        cursor = conn.execute(self._q["complete_batch"], {"batch": batch, "now": now})
         if cursor.rowcount == len(outcomes):
             conn.execute("RELEASE complete_all")
             return True
@@ -572,42 +561,25 @@ def _dumps_or_none(value: dict[str, Any]) -> str | None:
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
-    """A JobRecord from a row in `columns` order."""
-    attempts = []
-    if row[21]:
-        for i, item in enumerate(json.loads(row[21]), start=1):
-            attempts.append(
-                AttemptRecord(
-                    attempt=item.get("attempt") or i,
-                    error=item.get("error") or "",
-                    traceback=item.get("traceback"),
-                    started_at=item.get("started_at"),
-                    finished_at=item.get("finished_at") or 0.0,
-                    worker=item.get("worker"),
-                )
-            )
-    return JobRecord(
-        id=str(row[0]),
-        task=row[1],
-        queue=row[2],
-        state=_STATES[row[3]],
-        payload=row[4],
-        priority=row[5],
-        attempt=row[6],
-        max_attempts=row[7],
-        retries=row[8],
-        timeout=row[9],
-        run_at=row[10],
-        enqueued_at=row[11],
-        started_at=row[12],
-        finished_at=row[13],
-        unique_key=row[14],
-        meta=json.loads(row[15]) if row[15] else {},
-        lease_owner=row[16],
-        lease_token=row[17],
-        lease_expires=row[18],
-        result=row[19],
-        error=row[20],
-        attempts=attempts,
-        progress=row[22],
-    )
+    """A JobRecord from a row in `columns` order, which is JobRecord's field order:
+    positional construction is ~2x cheaper, and claims build one per job."""
+    values = list(row)
+    values[0] = str(row[0])
+    values[3] = _STATES[row[3]]
+    values[15] = json.loads(row[15]) if row[15] else {}
+    values[21] = _attempts(row[21]) if row[21] else []
+    return JobRecord(*values)
+
+
+def _attempts(text: str) -> list[AttemptRecord]:
+    return [
+        AttemptRecord(
+            attempt=item.get("attempt") or i,
+            error=item.get("error") or "",
+            traceback=item.get("traceback"),
+            started_at=item.get("started_at"),
+            finished_at=item.get("finished_at") or 0.0,
+            worker=item.get("worker"),
+        )
+        for i, item in enumerate(json.loads(text), start=1)
+    ]
