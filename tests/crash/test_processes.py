@@ -151,3 +151,37 @@ def test_processes_supervisor_forwards_sigterm_and_exits_zero(
         supervisor.kill()
     assert [j.refresh().state for j in jobs] == [JobState.COMPLETED] * 2
     assert len({line.split()[1] for line in lines(marker)}) == 2  # two processes ran them
+
+
+def children(pid: int) -> set[int]:
+    """Live child processes of `pid`, read from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def test_supervisor_restarts_a_worker_process_that_dies(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    first = slow.enqueue(str(marker), 60)
+    supervisor = start_worker(shared_url, "--processes=2", "--concurrency=1", "--lease-timeout=1.5")
+    try:
+        eventually(lambda: len(lines(marker)) == 1, timeout=20, message="job never started")
+        eventually(lambda: len(children(supervisor.pid)) == 2, timeout=20)
+        victim = int(lines(marker)[0].split()[1])
+        os.kill(victim, signal.SIGKILL)
+        eventually(lambda: len(children(supervisor.pid) - {victim}) == 2, timeout=20, message="no restart")
+        assert first.result(timeout=30)["attempt"] == 2  # recovered once the lease expired
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+    finally:
+        supervisor.kill()

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from types import FrameType
 
 log = logging.getLogger("conveyor.supervisor")
-_YOUNG = 5.0  # a child that exits sooner than this after starting counts as crash-looping
+_YOUNG = 5.0
+_CLEAN_EXITS = (
+    0,
+    -signal.SIGTERM,
+    -signal.SIGINT,
+    130,
+)  # a child that exits sooner than this after starting counts as crash-looping
 
 
 class Supervisor:
@@ -58,7 +64,10 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             child.returncode = code
             if self.stopping or code == 0:
-                self.failures += code != 0  # 0: a clean exit (e.g. --burst found no work)
+                # 0: a clean exit (e.g. --burst found no work). A child that was still
+                # starting when we forwarded the signal dies of it (-15, or 130 for
+                # SIGINT) before claiming anything: a clean stop too.
+                self.failures += code not in _CLEAN_EXITS
                 continue
             log.error("worker process %d exited with %d; restarting", pid, code)
             delay = min(30.0, delay * 2) if time.monotonic() - started < _YOUNG else 1.0
