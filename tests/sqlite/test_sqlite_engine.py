@@ -118,3 +118,12 @@ def test_the_column_list_is_in_job_record_field_order() -> None:
 
     columns = load_queries("conveyor.backends.sqlite")["columns"].replace("\n", " ").split(",")
     assert [c.strip() for c in columns] == [f.name for f in fields(JobRecord)]
+
+
+def test_maintain_checkpoints_the_wal_into_the_database_file(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'wal.db'}")
+    app.ref("t.x").enqueue_many([(i,) for i in range(2000)])
+    before = (tmp_path / "wal.db").stat().st_size  # the jobs are still only in the WAL
+    app.backend.maintain()
+    assert (tmp_path / "wal.db").stat().st_size > before + 100_000
+    app.close()

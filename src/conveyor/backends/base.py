@@ -229,6 +229,9 @@ class Backend(ABC):
         """Release connections; the backend is unusable afterwards."""
 
     # -- provided ----------------------------------------------------------
+    def maintain(self) -> None:  # noqa: B027 - an optional hook: most engines need no upkeep
+        """Engine upkeep that any worker may run off the hot path (default: nothing)."""
+
     def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
         """The job's record once it is finished, or as it is at `deadline` (monotonic).
 

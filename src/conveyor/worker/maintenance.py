@@ -48,5 +48,6 @@ class Maintenance:
                 log.warning("recovered %d job(s) whose lease expired: %s", len(recovered), shown)
                 self.on_recovered()
             await in_thread(self.thread, self.backend.report_worker, self.report())
+            await in_thread(self.thread, self.backend.maintain)
         except BackendUnavailable as exc:
             log.error("maintenance failed: %s", exc)

@@ -527,6 +527,14 @@ class SQLiteBackend(Backend):
         ]
 
     @_guarded
+    def maintain(self) -> None:
+        """Checkpoint the WAL from a worker's maintenance thread. PASSIVE blocks neither
+        readers nor writers, and keeps the WAL small, so the automatic checkpoint (which
+        runs inside whichever commit crosses the limit) rarely lands on an enqueue or a
+        claim: without it, a 20 MB checkpoint added ~30 ms to one commit in a few thousand."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    @_guarded
     def ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
