@@ -139,6 +139,10 @@ class Conveyor:
         """Registered tasks by name."""
         return dict(self._tasks)
 
+    def registered(self, name: str) -> Task[Any, Any] | None:
+        """The task registered under `name` in this process, if any (no copy, unlike `tasks`)."""
+        return self._tasks.get(name)
+
     def ref(self, name: str) -> Task[..., Any]:
         """The task called `name`: the registered one, or a code-less stand-in to enqueue by name."""
         if not isinstance(name, str) or not name:

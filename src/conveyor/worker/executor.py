@@ -64,7 +64,7 @@ class _Unrunnable(Exception):
 
 def prepare(app: Conveyor, record: JobRecord) -> Call:
     """Find the task and decode and bind the arguments; _Unrunnable says what is wrong."""
-    task = app.tasks.get(record.task)
+    task = app.registered(record.task)
     if task is None or task.fn is None:
         raise _Unrunnable(f"UnknownTask: no task named {record.task!r} is registered in this worker")
     try:
