@@ -172,12 +172,14 @@ def worker(ctx: click.Context, /, app_spec: str, processes: int, burst: bool, **
     from conveyor.worker import Worker
 
     code = Worker(app, worker_settings).run(burst=burst)
-    app.close()
     if threading.active_count() > 1:
-        # A sync task that ignored its timeout still holds a thread; do not wait for it.
+        # A sync task that ignored its timeout still holds a thread (and maybe its own
+        # connection): exit without waiting for it or closing under it. Every change was
+        # committed, so the engine loses nothing.
         logging.shutdown()
         sys.stdout.flush()
         os._exit(code)
+    app.close()
     raise SystemExit(code)
 
 
