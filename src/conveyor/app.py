@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -13,10 +13,10 @@ from conveyor.backends import Backend, open_backend
 from conveyor.backends.base import JobQuery, NewJob
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge
-from conveyor.job import Job, JobState
+from conveyor.job import Job, JobRecord, JobState
 from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
 from conveyor.settings import Settings
-from conveyor.task import JobOptions, Signature, Task, parse_options
+from conveyor.task import EMPTY_MAPPING, EMPTY_OPTIONS, JobOptions, Signature, Task, parse_options
 
 if TYPE_CHECKING:
     from conveyor.worker import Worker
@@ -156,6 +156,28 @@ class Conveyor:
     async def aenqueue(self, name: str, *args: Any, **kwargs: Any) -> Job[Any]:
         """`enqueue` by name from async code."""
         return await asyncio.to_thread(self.enqueue, name, *args, **kwargs)
+
+    def submit_many(
+        self, task: str, defaults: JobOptions, options: JobOptions, items: Iterable[Any]
+    ) -> list[Job[Any]]:
+        """Bulk enqueue of one task's calls with shared options: the engine receives a
+        template and the encoded payloads, so no per-job Signature or NewJob is built."""
+        calls = items if isinstance(items, list) else list(items)
+        if options.unique_key is not None or not all(isinstance(c, tuple | list | Mapping) for c in calls):
+            return self.submit([_signature(task, c, options) for c in calls], defaults)
+        now = self.clock.now()
+        opts = self._resolved(Signature(task, (), EMPTY_MAPPING, options), defaults, now)
+        payloads = []
+        for call in calls:
+            args, kwargs = (call, EMPTY_MAPPING) if isinstance(call, tuple | list) else ((), call)
+            payload = encode_call(self.serializer, task, args, kwargs)
+            self._check_size(task, payload)
+            payloads.append(payload)
+        template = NewJob(task, opts.queue, "", opts.priority, opts.retries + 1, opts.retries,
+                          opts.timeout, opts.run_at, None, opts.meta)  # fmt: skip
+        ids = self.backend.enqueue_payloads(template, payloads)
+        make = functools.partial(_stored_record, template, now=now)
+        return [Job(self, functools.partial(make, p, i)) for p, i in zip(payloads, ids, strict=True)]
 
     def submit(self, calls: Sequence[Signature], defaults: JobOptions) -> list[Job[Any]]:
         """Store calls as jobs in one engine round trip; the common path of every enqueue."""
@@ -302,3 +324,24 @@ def _count(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _stored_record(template: NewJob, payload: str, job_id: str, *, now: float) -> JobRecord:
+    record = template.to_record(job_id, now)
+    record.payload = payload
+    return record
+
+
+def _signature(task: str, call: Any, options: JobOptions) -> Signature:
+    if isinstance(call, Signature):
+        return (
+            call
+            if options is EMPTY_OPTIONS
+            else Signature(call.task, call.args, call.kwargs, options.merged(call.options))
+        )
+    if isinstance(call, tuple | list):
+        return Signature(task, call, EMPTY_MAPPING, options)
+    if isinstance(call, Mapping):
+        return Signature(task, (), call, options)
+    kind = type(call).__name__
+    raise TypeError(f"enqueue_many({task}) items must be args tuples, kwargs dicts or signatures, got {kind}")

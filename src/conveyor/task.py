@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -209,23 +209,11 @@ class Task(Generic[P, R]):
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
         """Enqueue many calls in one round trip: each item is an args tuple, a kwargs
         dict, or a signature of this task."""
-        return self.app.submit([self._call(item) for item in calls], self.defaults)
+        return self.app.submit_many(self.name, self.defaults, EMPTY_OPTIONS, calls)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this call, for flows and bulk enqueue."""
         return Signature(self.name, args, kwargs)
-
-    def _call(self, item: Any, options: JobOptions = EMPTY_OPTIONS) -> Signature:
-        if isinstance(item, Signature):
-            return item if options is EMPTY_OPTIONS else replace(item, options=options.merged(item.options))
-        if isinstance(item, tuple | list):
-            return Signature(self.name, item, EMPTY_MAPPING, options)
-        if isinstance(item, Mapping):
-            return Signature(self.name, (), item, options)
-        raise TypeError(
-            f"enqueue_many({self.name}) items must be args tuples, kwargs dicts or "
-            f"signatures, got {type(item).__name__}"
-        )
 
 
 def _positional_range(signature: inspect.Signature | None) -> tuple[int, float]:
@@ -263,8 +251,7 @@ class BoundTask(Generic[P, R]):
         return await asyncio.to_thread(self.enqueue, *args, **kwargs)
 
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
-        sigs = [self.task._call(item, self.opts) for item in calls]
-        return self.task.app.submit(sigs, self.task.defaults)
+        return self.task.app.submit_many(self.task.name, self.task.defaults, self.opts, calls)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.task.name, args, kwargs, self.opts)

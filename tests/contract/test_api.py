@@ -447,3 +447,40 @@ def test_concurrency_is_never_exceeded(app: Conveyor) -> None:
         for job in jobs:
             job.result(timeout=20)
     assert peak[0] == 4
+
+
+def test_enqueue_many_fast_path_keeps_order_arguments_and_options(app: Conveyor) -> None:
+    @app.task(queue="bulk", retries=1)
+    def work(a: int, b: int = 0) -> int:
+        return a + b
+
+    calls = ((i,) if i % 2 else {"a": i, "b": 1} for i in range(40))  # a generator, mixed items
+    jobs = work.options(priority=4, meta={"batch": "x"}).enqueue_many(calls)
+    assert [(j.args, j.kwargs) for j in jobs] == [
+        ([i], {}) if i % 2 else ([], {"a": i, "b": 1}) for i in range(40)
+    ]
+    stored = app.get_job(jobs[7].id)
+    assert (stored.queue, stored.priority, stored.max_attempts, stored.meta) == ("bulk", 4, 2, {"batch": "x"})
+    assert len({j.id for j in jobs}) == 40
+    with running(app, queues=["bulk"]):
+        assert [j.result(timeout=10) for j in jobs] == [i if i % 2 else i + 1 for i in range(40)]
+
+
+def test_enqueue_many_with_a_shared_unique_key_stores_one_job(app: Conveyor) -> None:
+    @app.task
+    def work(x: int) -> int:
+        return x
+
+    jobs = work.options(unique_key="only-one").enqueue_many([(1,), (2,), (3,)])
+    assert len({j.id for j in jobs}) == 1
+    assert len(app.jobs()) == 1
+
+
+def test_enqueue_many_refuses_items_of_the_wrong_type(app: Conveyor) -> None:
+    @app.task
+    def work(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="items must be args tuples, kwargs dicts or signatures, got int"):
+        work.enqueue_many([(1,), 2])
+    assert app.jobs() == []
