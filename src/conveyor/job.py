@@ -152,6 +152,13 @@ class Job(Generic[R]):
         self._stored: JobRecord | None = record if isinstance(record, JobRecord) else None
         self._lazy = None if isinstance(record, JobRecord) else record
 
+    @classmethod
+    def lazy(cls, app: Conveyor, factory: Callable[[], JobRecord]) -> Job[Any]:
+        """A handle whose record is built on first read (bulk enqueue makes thousands)."""
+        job: Job[Any] = cls.__new__(cls)
+        job._app, job._stored, job._lazy = app, None, factory
+        return job
+
     @property
     def _record(self) -> JobRecord:
         if self._stored is None:

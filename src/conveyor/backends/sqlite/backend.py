@@ -228,30 +228,33 @@ class SQLiteBackend(Backend):
             while end < len(rows) and rows[end][:3] == first[:3] and rows[end][4:] == first[4:]:
                 end += 1
             if end - start >= _MIN_SHARED:
-                out.extend(self._insert_shared(conn, rows[start:end]))
+                ids = self._insert_shared(conn, first, [r[3] for r in rows[start:end]])
+                out.extend(Enqueued(i, True) for i in ids)
             else:
                 for chunk in range(start, end, _ROWS_PER_INSERT):
                     out.extend(self._insert_values(conn, rows[chunk : min(end, chunk + _ROWS_PER_INSERT)]))
             start = end
         return out
 
-    def _insert_shared(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Enqueued]:
-        row = rows[0]
+    def _insert_shared(
+        self, conn: sqlite3.Connection, row: tuple[Any, ...], payloads: Sequence[str]
+    ) -> list[str]:
+        """Jobs that share every column of `row` but the payload; returns their ids."""
         params = {
             "task": row[0], "queue": row[1], "state": row[2], "priority": row[4],
             "max_attempts": row[5], "retries": row[6], "timeout": row[7], "run_at": row[8],
-            "enqueued_at": row[9], "meta": row[11], "payloads": "[" + ",".join(r[3] for r in rows) + "]",
+            "enqueued_at": row[9], "meta": row[11], "payloads": "[" + ",".join(payloads) + "]",
         }  # fmt: skip
         try:
             cursor = conn.execute(self._q["insert_shared"], params)
         except sqlite3.OperationalError:
             # Payloads that are not JSON (a custom serializer): insert them as plain values.
-            return [e for i in range(0, len(rows), _ROWS_PER_INSERT)
+            rows = [(*row[:3], payload, *row[4:]) for payload in payloads]
+            return [e.id for i in range(0, len(rows), _ROWS_PER_INSERT)
                     for e in self._insert_values(conn, rows[i : i + _ROWS_PER_INSERT])]  # fmt: skip
-        last = int(cursor.lastrowid or 0)
-        if cursor.rowcount != len(rows):
-            raise BackendUnavailable(f"SQLite stored {cursor.rowcount} of {len(rows)} jobs in a batch")
-        return [Enqueued(str(i), True) for i in range(last - len(rows) + 1, last + 1)]
+        if cursor.rowcount != len(payloads):
+            raise BackendUnavailable(f"SQLite stored {cursor.rowcount} of {len(payloads)} jobs in a batch")
+        return _consecutive(int(cursor.lastrowid or 0), len(payloads))
 
     def _insert_values(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Enqueued]:
         params = [value for row in rows for value in row]
@@ -269,8 +272,7 @@ class SQLiteBackend(Backend):
         with self._write() as conn:
             for start in range(0, len(payloads), _PAYLOADS_PER_INSERT):
                 chunk = payloads[start : start + _PAYLOADS_PER_INSERT]
-                stored = self._insert_shared(conn, [(*row[:3], p, *row[4:]) for p in chunk])
-                ids.extend(e.id for e in stored)
+                ids.extend(self._insert_shared(conn, row, chunk))
         return ids
 
     def _insert_unique(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> Enqueued:
@@ -563,6 +565,12 @@ class SQLiteBackend(Backend):
 
 _TERMINAL = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 _STATES = {state.value: state for state in JobState}  # 10x cheaper than JobState(value)
+
+
+def _consecutive(last: int, count: int) -> list[str]:
+    """The ids of `count` rows inserted last: AUTOINCREMENT under our write lock hands
+    out consecutive ids, so a batch knows its ids without RETURNING."""
+    return [str(i) for i in range(last - count + 1, last + 1)]
 
 
 @functools.cache
