@@ -163,24 +163,30 @@ class Conveyor:
         """Bulk enqueue of one task's calls with shared options: the engine receives a
         template and the encoded payloads, so no per-job Signature or NewJob is built."""
         calls = items if isinstance(items, list) else list(items)
-        if options.unique_key is not None or not all(isinstance(c, tuple | list | Mapping) for c in calls):
+        payloads = None if options.unique_key is not None else self._encode_all(task, calls)
+        if payloads is None:  # signatures among the items, or a unique key: the general path
             return self.submit([_signature(task, c, options) for c in calls], defaults)
         now = self.clock.now()
         opts = self._resolved(Signature(task, (), EMPTY_MAPPING, options), defaults, now)
-        payloads = self._encode_all(task, calls)
         template = NewJob(task, opts.queue, "", opts.priority, opts.retries + 1, opts.retries,
                           opts.timeout, opts.run_at, None, opts.meta)  # fmt: skip
         ids = self.backend.enqueue_payloads(template, payloads)
         make = functools.partial(_stored_record, template, now=now)
         return [Job.lazy(self, functools.partial(make, p, i)) for p, i in zip(payloads, ids, strict=True)]
 
-    def _encode_all(self, task: str, calls: list[Any]) -> list[str]:
-        """Encode many calls; errors name the task. The loop is inlined: ~1.5 us a job saved."""
+    def _encode_all(self, task: str, calls: list[Any]) -> list[str] | None:
+        """Encode plain calls (args tuples, kwargs dicts); None if any item is something
+        else. Errors name the task. Inlined, this loop saves ~2.5 us a job."""
         dumps, limit = self.serializer.dumps, self.settings.max_payload_bytes
         payloads = []
         try:
             for call in calls:
-                payload = dumps([call, EMPTY_MAPPING] if isinstance(call, tuple | list) else [(), call])
+                if isinstance(call, tuple | list):
+                    payload = dumps([call, EMPTY_MAPPING])
+                elif isinstance(call, Mapping):
+                    payload = dumps([(), call])
+                else:
+                    return None
                 if len(payload) * 4 > limit:
                     self._check_size(task, payload)
                 payloads.append(payload)
