@@ -484,3 +484,14 @@ def test_enqueue_many_refuses_items_of_the_wrong_type(app: Conveyor) -> None:
     with pytest.raises(TypeError, match="items must be args tuples, kwargs dicts or signatures, got int"):
         work.enqueue_many([(1,), 2])
     assert app.jobs() == []
+
+
+def test_a_task_that_raises_cancelled_error_fails_instead_of_hanging(app: Conveyor) -> None:
+    @app.task(retries=1)
+    async def self_cancelling() -> None:
+        raise asyncio.CancelledError
+
+    job = self_cancelling.enqueue()
+    with running(app), pytest.raises(JobFailed, match="CancelledError"):
+        job.result(timeout=10)
+    assert job.attempt == 2 and len(job.attempts) == 2

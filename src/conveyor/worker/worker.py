@@ -33,7 +33,7 @@ from conveyor.errors import BackendUnavailable
 from conveyor.job import JobRecord
 from conveyor.settings import Settings
 from conveyor.worker._aio import call_soon, in_thread, wait_event
-from conveyor.worker.executor import Running, released, run_attempt
+from conveyor.worker.executor import Running, failed, released, run_attempt, user_traceback
 from conveyor.worker.lease import LeaseKeeper
 from conveyor.worker.maintenance import Maintenance
 
@@ -301,10 +301,15 @@ class Worker:
         job.runner = self._loop.create_task(self._execute(job), context=context)
 
     async def _execute(self, job: Running) -> None:
+        outcome: Outcome | None
         try:
             outcome = await run_attempt(self.app, self.settings, job, self._pool, self.id)
-        except asyncio.CancelledError:
-            outcome = None  # released by shutdown
+        except asyncio.CancelledError as exc:
+            # Ours (shutdown released the job first) or the task's own: then it failed.
+            ours = self._running.get(job.id) is not job
+            outcome = (
+                None if ours else failed(self.app, self.settings, job, self.id, exc, user_traceback(exc))
+            )
         finally:
             self._free_slot_when_done(job)
         if outcome is not None and self._running.get(job.id) is job:
