@@ -67,6 +67,7 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._waiting: asyncio.Future[bool] | None = None
+        self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
         self.started = threading.Event()  # set once the worker can be stopped
 
@@ -231,10 +232,12 @@ class Worker:
                 self._db, backend.claim, self.id, self.queues, want, self.settings.lease_timeout
             )
         except BackendUnavailable as exc:
-            log.error("could not claim jobs, retrying in %.1fs: %s", _MAX_BACKOFF, exc)
+            self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
+            log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)
             assert self._stop is not None
-            await wait_event(self._stop, _MAX_BACKOFF)
+            await wait_event(self._stop, self._claim_backoff)
             return []
+        self._claim_backoff = 0.0
         for record in claimed:
             self._start(record)
         return claimed
