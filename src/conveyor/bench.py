@@ -24,6 +24,7 @@ from rich.table import Table
 
 from conveyor.app import Conveyor
 from conveyor.backends.base import JobQuery
+from conveyor.benchapp import register
 from conveyor.job import JobRecord, JobState
 
 SCENARIOS = ("enqueue", "bulk", "drain", "drain_sync", "latency", "io")
@@ -67,7 +68,7 @@ def run_bench(
         )
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
         url = url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
-        app = Conveyor(url, prefix=_PREFIX)
+        app = register(Conveyor(url, prefix=_PREFIX))
         bench = _Bench(app, url, jobs, concurrency, console)
         results = []
         for name in scenarios or SCENARIOS:
