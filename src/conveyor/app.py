@@ -15,7 +15,7 @@ from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
 from conveyor.job import Job, JobRecord, JobState
 from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
-from conveyor.settings import Settings
+from conveyor.settings import Settings, validate_queue
 from conveyor.task import EMPTY_MAPPING, EMPTY_OPTIONS, JobOptions, Signature, Task, parse_options
 
 if TYPE_CHECKING:
@@ -293,13 +293,22 @@ class Conveyor:
         )
         return [Job(self, record) for record in self.backend.list_jobs(query)]
 
+    def pause(self, *queues: str) -> None:
+        """Stop every worker from taking jobs from `queues`; running jobs finish, queued ones wait."""
+        self.backend.set_paused([validate_queue(q) for q in queues], True)
+
+    def resume(self, *queues: str) -> None:
+        """Let workers take jobs from `queues` again."""
+        self.backend.set_paused([validate_queue(q) for q in queues], False)
+
     def stats(self) -> dict[str, Any]:
         """Jobs per queue and state, totals per state, and live workers."""
         counts = self.backend.counts()
         queues = {q: {s.value: per.get(s, 0) for s in JobState} for q, per in sorted(counts.items())}
         totals = {s.value: sum(per.get(s.value, 0) for per in queues.values()) for s in JobState}
         workers = self.backend.workers()
-        return {"queues": queues, "totals": totals, "workers": len(workers)}
+        paused = self.backend.paused()
+        return {"queues": queues, "totals": totals, "workers": len(workers), "paused": paused}
 
     def worker(self, **settings: Any) -> Worker:
         """A worker for this app; keyword arguments override settings (queues, concurrency...)."""

@@ -243,7 +243,8 @@ def status(ctx: click.Context) -> None:
     for state in STATES:
         table.add_column(state, justify="right")
     for queue, per in stats["queues"].items():
-        table.add_row(queue, *(str(per[s]) for s in STATES))
+        name = f"{queue} [yellow](paused)[/]" if queue in stats["paused"] else queue
+        table.add_row(name, *(str(per[s]) for s in STATES))
     table.add_row("[bold]total[/]", *(f"[bold]{stats['totals'][s]}[/]" for s in STATES))
     console.print(table)
     workers = app.backend.workers()
@@ -428,6 +429,24 @@ def purge(
         click.confirm(f"delete {which} jobs{where}?", abort=True)
     deleted = app.backend.purge(queue=queue, states=[JobState(s) for s in states], older_than=cutoff)
     console.print(f"deleted {deleted} job(s)")
+
+
+@cli.command()
+@click.argument("queues", nargs=-1, required=True)
+@click.pass_context
+def pause(ctx: click.Context, queues: Sequence[str]) -> None:
+    """Stop workers taking jobs from QUEUES; running jobs finish, the rest wait."""
+    _app(ctx).pause(*queues)
+    console.print(f"paused {', '.join(queues)}")
+
+
+@cli.command()
+@click.argument("queues", nargs=-1, required=True)
+@click.pass_context
+def resume(ctx: click.Context, queues: Sequence[str]) -> None:
+    """Let workers take jobs from QUEUES again."""
+    _app(ctx).resume(*queues)
+    console.print(f"resumed {', '.join(queues)}")
 
 
 @cli.command()

@@ -495,3 +495,28 @@ def test_a_task_that_raises_cancelled_error_fails_instead_of_hanging(app: Convey
     with running(app), pytest.raises(JobFailed, match="CancelledError"):
         job.result(timeout=10)
     assert job.attempt == 2 and len(job.attempts) == 2
+
+
+def test_pause_holds_new_work_while_running_jobs_finish(app: Conveyor) -> None:
+    gate = threading.Event()
+
+    @app.task(queue="media")
+    def step(i: int) -> int:
+        if i == 0:
+            gate.wait(10)
+        return i
+
+    first = step.enqueue(0)
+    with running(app, queues=["media"], concurrency=2):
+        eventually(lambda: first.refresh().state is JobState.ACTIVE)
+        app.pause("media")
+        held = step.enqueue(1)
+        gate.set()
+        assert first.result(timeout=10) == 0  # the running job finished
+        assert app.stats()["paused"] == ["media"]
+        with pytest.raises(TimeoutError):
+            held.result(timeout=0.5)  # ...and nothing new started
+        app.resume("media")
+        assert held.result(timeout=10) == 1
+    with pytest.raises(ConfigError, match="invalid queue name"):
+        app.pause("no such queue")

@@ -336,3 +336,27 @@ def test_wait_finished_returns_the_finished_record(backend: Backend) -> None:
     timer.join()
     assert record is not None and record.state is JobState.COMPLETED and record.result == "7"
     assert backend.wait_finished("123456", None) is None
+
+
+def test_a_paused_queue_is_not_claimed_until_resumed(backend: Backend) -> None:
+    held, other = backend.enqueue([new(queue="media"), new(queue="default")])
+    backend.set_paused(["media"], True)
+    assert backend.paused() == ["media"]
+    assert [c.id for c in backend.claim("w1", ["media", "default"], 10, 30)] == [other.id]
+    assert not backend.wait_for_work(["media"], 0.05) or backend.claim("w1", ["media"], 1, 30) == []
+    backend.set_paused(["media"], False)
+    assert backend.paused() == []
+    assert [c.id for c in backend.claim("w1", ["media"], 10, 30)] == [held.id]
+
+
+def test_a_paused_queue_with_due_jobs_does_not_wake_workers(backend: Backend, clock: FakeClock) -> None:
+    backend.set_paused(["media"], True)
+    backend.enqueue([new(queue="media"), new(queue="media", run_at=clock.now() + 5)])
+    clock.advance(10)  # the scheduled job is due, but its queue is paused
+    wakes = 0
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        if backend.wait_for_work(["media"], 0.05):
+            wakes += 1
+            assert backend.claim("w1", ["media"], 10, 30) == []
+    assert wakes <= 2, f"a paused queue woke the worker {wakes} times in 0.3 s"

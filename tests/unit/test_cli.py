@@ -114,3 +114,12 @@ def test_settings_come_from_the_environment(db: str) -> None:
     done = conveyor(db, "worker", "tests.unit.cliapp:app", "--burst", ok=False, CONVEYOR_CONCURRENCY="nope")
     assert done.returncode == 2
     assert "'nope' is not a valid integer" in done.stderr and "--concurrency" in done.stderr
+
+
+def test_pause_and_resume(db: str) -> None:
+    conveyor(db, "enqueue", "tests.unit.cliapp:app", "cli.add", "1", "--queue", "media")
+    assert "paused media" in conveyor(db, "pause", "media").stdout
+    assert "media (paused)" in conveyor(db, "status").stdout
+    assert "resumed media" in conveyor(db, "resume", "media").stdout
+    assert "(paused)" not in conveyor(db, "status").stdout
+    assert "invalid queue name" in conveyor(db, "pause", "a b", ok=False).stderr

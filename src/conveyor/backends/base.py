@@ -148,7 +148,7 @@ class Backend(ABC):
     ) -> list[JobRecord]:
         """Lease up to `limit` ready jobs, due scheduled ones included.
 
-        Queues are taken in the order given (the first is drained first); within a
+        Paused queues are skipped. Queues are taken in the order given (the first is drained first); within a
         queue, higher priority first, then enqueue order. Each job's attempt is
         incremented and it carries a fresh `lease_token`.
         """
@@ -167,7 +167,8 @@ class Backend(ABC):
 
     @abstractmethod
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block until work may be ready on `queues` (or a scheduled job falls due).
+        """Block until work may be ready on `queues` (or a scheduled job falls due);
+        paused queues do not count.
 
         Returns False on timeout. Spurious wake-ups are allowed; missed ones are not.
         """
@@ -197,6 +198,14 @@ class Backend(ABC):
     @abstractmethod
     def retry(self, ids: Sequence[str]) -> list[bool]:
         """Requeue dead or cancelled jobs with a fresh retry budget; True if requeued."""
+
+    @abstractmethod
+    def set_paused(self, queues: Sequence[str], paused: bool) -> None:
+        """Pause or resume queues: no worker claims from a paused queue; its jobs wait."""
+
+    @abstractmethod
+    def paused(self) -> list[str]:
+        """The paused queues, by name."""
 
     @abstractmethod
     def purge(

@@ -53,6 +53,7 @@ class MemoryBackend(Backend):
         self._unique: dict[str, str] = {}
         self._logs: dict[str, list[LogEntry]] = {}
         self._workers: dict[str, WorkerInfo] = {}
+        self._paused: set[str] = set()
         self._next_id = 1
 
     # -- producing ---------------------------------------------------------
@@ -100,7 +101,7 @@ class MemoryBackend(Backend):
             token = secrets.token_hex(8)
             claimed: list[JobRecord] = []
             for queue in queues:
-                heap = self._ready.get(queue)
+                heap = None if queue in self._paused else self._ready.get(queue)
                 while heap and len(claimed) < limit:
                     record = self._jobs.get(heapq.heappop(heap)[2])
                     if record is None or record.state is not JobState.QUEUED:
@@ -236,7 +237,7 @@ class MemoryBackend(Backend):
         if self._scheduled and self._scheduled[0][0] <= self.clock.now():
             return True
         for queue in queues:
-            heap = self._ready.get(queue)
+            heap = None if queue in self._paused else self._ready.get(queue)
             while heap:
                 record = self._jobs.get(heap[0][2])
                 if record is not None and record.state is JobState.QUEUED:
@@ -323,6 +324,18 @@ class MemoryBackend(Backend):
                 done.append(True)
             self._cond.notify_all()
             return done
+
+    def set_paused(self, queues: Sequence[str], paused: bool) -> None:
+        with self._cond:
+            if paused:
+                self._paused.update(queues)
+            else:
+                self._paused.difference_update(queues)
+            self._cond.notify_all()
+
+    def paused(self) -> list[str]:
+        with self._cond:
+            return sorted(self._paused)
 
     def purge(
         self,

@@ -296,9 +296,12 @@ class SQLiteBackend(Backend):
         }
         claimed: list[JobRecord] = []
         with self._write() as conn:
+            paused = {row[0] for row in conn.execute(self._q["paused"])}
             for queue in queues:
                 if len(claimed) >= limit:
                     break
+                if queue in paused:
+                    continue
                 conn.execute(self._q["promote_due"], {"queue": queue, "now": now})
                 rows = conn.execute(
                     self._q["claim"], {**params, "queue": queue, "limit": limit - len(claimed)}
@@ -397,7 +400,8 @@ class SQLiteBackend(Backend):
         conn = self._conn()
         deadline = time.monotonic() + timeout
         due_at = float("inf")  # when the next scheduled job on these queues falls due
-        for queue in queues:
+        paused = {row[0] for row in conn.execute(self._q["paused"])}
+        for queue in (q for q in queues if q not in paused):
             due = conn.execute(self._q["next_due"], (queue,)).fetchone()[0]
             if due is not None:
                 due_at = min(due_at, time.monotonic() + max(0.0, due - self.clock.now()))
@@ -472,6 +476,18 @@ class SQLiteBackend(Backend):
                     continue
                 done.append(cursor.rowcount == 1)
         return done
+
+    @_guarded
+    def set_paused(self, queues: Sequence[str], paused: bool) -> None:
+        now = self.clock.now()
+        with self._write() as conn:
+            conn.executemany(
+                self._q["set_paused"], [{"name": q, "paused": int(paused), "now": now} for q in queues]
+            )
+
+    @_guarded
+    def paused(self) -> list[str]:
+        return [row[0] for row in self._conn().execute(self._q["paused"])]
 
     @_guarded
     def purge(

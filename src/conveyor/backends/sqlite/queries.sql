@@ -52,6 +52,13 @@ WHERE id IN (
 )
 RETURNING {columns}
 
+-- name: paused
+SELECT name FROM {p}_queues WHERE paused = 1 ORDER BY name
+
+-- name: set_paused
+INSERT INTO {p}_queues (name, paused, paused_at) VALUES (:name, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at
+
 -- name: next_due
 SELECT min(run_at) FROM {p}_jobs WHERE state = 'scheduled' AND queue = ?
 
