@@ -7,6 +7,7 @@ import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from conveyor.backends import Backend, open_backend
@@ -14,6 +15,7 @@ from conveyor.backends.base import JobQuery, NewJob
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
 from conveyor.job import Job, JobRecord, JobState
+from conveyor.scheduler.cron import Missed, Schedule
 from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
 from conveyor.settings import Settings, validate_queue
 from conveyor.task import EMPTY_MAPPING, EMPTY_OPTIONS, JobOptions, Signature, Task, parse_options
@@ -45,6 +47,7 @@ class Conveyor:
         self.serializer: Serializer = serializer or JSONSerializer()
         self.clock = clock or SYSTEM_CLOCK
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._schedules: dict[str, Schedule] = {}
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         # Holding the options objects keeps their ids from being reused while cached.
@@ -133,6 +136,53 @@ class Conveyor:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        /,
+        *,
+        every: timedelta | float | None = None,
+        tz: str = "UTC",
+        missed: Missed = "skip",
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Callable[[Callable[P, Any]], Task[P, Any]]:
+        """Register a task that runs by itself: `@app.periodic("*/5 * * * *", tz="Europe/Paris")`
+        or `@app.periodic(every=timedelta(seconds=10))`. Workers run the scheduler; each tick
+        produces exactly one job however many workers run. `missed="run_once"` runs one job
+        for ticks missed while no worker ran; "skip" (the default) drops them."""
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+        register = self.task(name=name, queue=queue, retries=retries, timeout=timeout, priority=priority)
+
+        def schedule(function: Callable[P, Any]) -> Task[P, Any]:
+            task = register(function)
+            self._schedules[task.name] = Schedule(
+                name=task.name, task=task.name, cron=cron, every=seconds, tz=tz, missed=missed,
+                args=tuple(args), kwargs=dict(kwargs or {}),
+            )  # fmt: skip
+            return task
+
+        return schedule
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """Registered periodic schedules."""
+        return list(self._schedules.values())
+
+    def tick_job(self, schedule: Schedule, tick: float) -> NewJob:
+        """The job a schedule's tick enqueues; its meta names the schedule and the tick."""
+        call = Signature(schedule.task, schedule.args, schedule.kwargs)
+        opts = self._resolved(call, self._tasks[schedule.task].defaults, tick)
+        payload = encode_call(self.serializer, schedule.task, schedule.args, schedule.kwargs)
+        meta = {**opts.meta, "schedule": schedule.name, "tick": tick}
+        return NewJob(schedule.task, opts.queue, payload, opts.priority, opts.retries + 1, opts.retries,
+                      opts.timeout, None, None, meta)  # fmt: skip
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:

@@ -146,6 +146,12 @@ def cli(
 @click.option("--lease-timeout", envvar="CONVEYOR_LEASE_TIMEOUT", type=float, help="Seconds a lease lasts.")
 @click.option("--heartbeat-interval", envvar="CONVEYOR_HEARTBEAT_INTERVAL", type=float)
 @click.option(
+    "--scheduler/--no-scheduler",
+    envvar="CONVEYOR_SCHEDULER",
+    default=None,
+    help="Run the app's periodic schedules in this worker (default: yes).",
+)
+@click.option(
     "--shutdown-grace",
     envvar="CONVEYOR_SHUTDOWN_GRACE",
     type=float,
@@ -165,7 +171,12 @@ def worker(ctx: click.Context, /, app_spec: str, processes: int, burst: bool, **
         root = ctx.find_root().obj
         argv = [f"--log-level={root['log_level']}"]
         argv += [f"--{k}={root[k]}" for k in ("url", "prefix") if root.get(k)]
-        argv += ["worker", app_spec, *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())]
+        argv += ["worker", app_spec]
+        for key, value in settings.items():
+            flag = key.replace("_", "-")
+            argv.append(
+                f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag}={value}"
+            )
         argv += ["--burst"] if burst else []
         code = Supervisor(child_argv(argv), processes).run()
         raise SystemExit(code)
@@ -429,6 +440,27 @@ def purge(
         click.confirm(f"delete {which} jobs{where}?", abort=True)
     deleted = app.backend.purge(queue=queue, states=[JobState(s) for s in states], older_than=cutoff)
     console.print(f"deleted {deleted} job(s)")
+
+
+@cli.command()
+@click.argument("app_spec", metavar="APP")
+@click.pass_context
+def schedules(ctx: click.Context, app_spec: str) -> None:
+    """List APP's periodic schedules with their next run."""
+    app = _app(ctx, app_spec)
+    if not app.schedules:
+        console.print(f"{app_spec} has no periodic schedules")
+        return
+    table = Table()
+    for column in ("schedule", "when", "queue", "missed ticks", "next run"):
+        table.add_column(column)
+    now = time.time()
+    for schedule in app.schedules:
+        task = app.registered(schedule.task)
+        queue = task.queue if task is not None else "default"
+        nxt = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(schedule.next_tick(now)))
+        table.add_row(schedule.name, schedule.when, queue, schedule.missed, nxt)
+    console.print(table)
 
 
 @cli.command()

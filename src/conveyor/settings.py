@@ -36,6 +36,9 @@ class Settings:
     shutdown_grace: float = 30.0
     max_payload_bytes: int = 1_048_576
     log_level: str = "INFO"
+    # Whether workers run the periodic scheduler (when the app has schedules): one
+    # deployment can run only cron, another only processing.
+    scheduler: bool = True
 
     @property
     def heartbeat_every(self) -> float:
@@ -139,6 +142,17 @@ def _log_level(value: Any) -> str:
     return level
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"must be true or false, got {value!r}")
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "url": _url,
     "prefix": _prefix,
@@ -154,4 +168,5 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "shutdown_grace": _positive_float,
     "max_payload_bytes": _positive_int,
     "log_level": _log_level,
+    "scheduler": _bool,
 }

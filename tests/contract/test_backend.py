@@ -360,3 +360,25 @@ def test_a_paused_queue_with_due_jobs_does_not_wake_workers(backend: Backend, cl
             wakes += 1
             assert backend.claim("w1", ["media"], 10, 30) == []
     assert wakes <= 2, f"a paused queue woke the worker {wakes} times in 0.3 s"
+
+
+def test_enqueue_tick_stores_one_job_per_tick_even_when_raced(backend: Backend) -> None:
+    job = new(meta={"schedule": "nightly"})
+    assert backend.enqueue_tick("nightly", 100.0, job) is not None
+    assert backend.enqueue_tick("nightly", 100.0, job) is None
+    assert backend.enqueue_tick("nightly", 50.0, job) is None  # older ticks never run late
+    winners: list[str | None] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        result = backend.enqueue_tick("nightly", 200.0, job)
+        with lock:
+            winners.append(result)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(w is not None for w in winners) == 1
+    assert len(backend.list_jobs(JobQuery())) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -185,3 +186,23 @@ def test_supervisor_restarts_a_worker_process_that_dies(
         assert supervisor.wait(timeout=20) == 0
     finally:
         supervisor.kill()
+
+
+def test_five_scheduler_processes_produce_one_job_per_tick(shared_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "CONVEYOR_URL": shared_url, "CONVEYOR_PREFIX": "cron",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    command = [sys.executable, "-m", "conveyor", "--log-level=WARNING", "worker",
+               "tests.crash.cronapp:app", "--processes=5", "--concurrency=2"]  # fmt: skip
+    supervisor = subprocess.Popen(command, env=env, cwd=ROOT)
+    app = Conveyor(shared_url, prefix="cron")
+    try:
+        eventually(lambda: len(app.jobs(limit=100)) >= 12, timeout=30, message="too few ticks")
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0
+    finally:
+        supervisor.kill()
+    ticks = sorted(job.meta["tick"] for job in app.jobs(limit=1000))
+    assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(ticks)}
+    assert gaps == {0.25}, f"ticks were skipped or doubled: {gaps}"
+    app.close()

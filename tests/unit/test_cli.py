@@ -123,3 +123,14 @@ def test_pause_and_resume(db: str) -> None:
     assert "resumed media" in conveyor(db, "resume", "media").stdout
     assert "(paused)" not in conveyor(db, "status").stdout
     assert "invalid queue name" in conveyor(db, "pause", "a b", ok=False).stderr
+
+
+def test_schedules_are_listed_and_the_scheduler_can_be_switched_off(db: str) -> None:
+    out = conveyor(db, "schedules", "tests.crash.cronapp:app").stdout
+    assert "cron.quarter" in out and "every 0:00:00.250000" in out and "skip" in out
+    assert "has no periodic schedules" in conveyor(db, "schedules", "tests.unit.cliapp:app").stdout
+    # A burst worker without its scheduler runs nothing and enqueues nothing.
+    conveyor(db, "worker", "tests.crash.cronapp:app", "--burst", "--no-scheduler", CONVEYOR_PREFIX="cron")
+    app = Conveyor(db, prefix="cron")
+    assert app.jobs() == []
+    app.close()

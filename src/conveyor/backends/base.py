@@ -141,6 +141,12 @@ class Backend(ABC):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Store jobs atomically, in order; a live job's unique key returns that job."""
 
+    @abstractmethod
+    def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:
+        """Store `job` for `schedule`'s `tick` unless that tick (or a later one) already
+        has its job; the id when this call stored it. Atomic: of many schedulers racing
+        for one tick, exactly one stores the job."""
+
     # -- working -----------------------------------------------------------
     @abstractmethod
     def claim(

@@ -54,6 +54,7 @@ class MemoryBackend(Backend):
         self._logs: dict[str, list[LogEntry]] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
+        self._ticks: dict[str, float] = {}
         self._next_id = 1
 
     # -- producing ---------------------------------------------------------
@@ -63,6 +64,15 @@ class MemoryBackend(Backend):
             out = [self._insert(new, now) for new in jobs]
             self._cond.notify_all()
         return out
+
+    def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:
+        with self._cond:
+            if self._ticks.get(schedule, float("-inf")) >= tick:
+                return None
+            self._ticks[schedule] = tick
+            stored = self._insert(job, self.clock.now())
+            self._cond.notify_all()
+            return stored.id if stored.created else None
 
     def _insert(self, new: NewJob, now: float) -> Enqueued:
         if new.unique_key is not None and new.unique_key in self._unique:

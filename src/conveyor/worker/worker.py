@@ -31,6 +31,7 @@ from conveyor.backends.base import Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.job import JobRecord
+from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
 from conveyor.worker._aio import call_soon, in_thread, wait_event
 from conveyor.worker.executor import Running, failed, released, run_attempt, user_traceback
@@ -67,6 +68,7 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._waiting: asyncio.Future[bool] | None = None
+        self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
         self.started = threading.Event()  # set once the worker can be stopped
@@ -149,7 +151,7 @@ class Worker:
             # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
             # can close its connections safely; task threads are the user's and may hang.
             self._pool.shutdown(wait=False, cancel_futures=True)
-            for executor in (self._db, self._leases.thread, self._waiter):
+            for executor in (self._db, self._leases.thread, self._waiter, *self._threads):
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _supervise(self) -> int:
@@ -159,6 +161,10 @@ class Worker:
             asyncio.create_task(self._leases.run(), name="conveyor-leases"),
             asyncio.create_task(self._maintenance.run(), name="conveyor-maintenance"),
         ]
+        if self.settings.scheduler and self.app.schedules:
+            scheduler = Scheduler(self.app.backend, self.app.schedules, self.app.tick_job, self.app.clock.now)
+            self._threads.append(scheduler.thread)
+            side.append(asyncio.create_task(scheduler.run(), name="conveyor-scheduler"))
         stopper = asyncio.create_task(self._shutdown_when_asked(), name="conveyor-shutdown")
         # Side tasks never return; if one does (it raised), the worker must not go on.
         done, _ = await asyncio.wait([pump, *side], return_when=asyncio.FIRST_COMPLETED)

@@ -199,6 +199,18 @@ class SQLiteBackend(Backend):
                 start = end
         return out
 
+    @_guarded
+    def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:
+        now = self.clock.now()
+        with self._write() as conn:
+            if conn.execute(self._q["claim_tick"], {"name": schedule, "tick": tick}).rowcount != 1:
+                return None
+            row = self._row(job, now)
+            if job.unique_key is not None:
+                stored = self._insert_unique(conn, row)
+                return stored.id if stored.created else None
+            return self._insert_values(conn, [row])[0].id
+
     def _row(self, job: NewJob, now: float) -> tuple[Any, ...]:
         run_at = now if job.run_at is None else job.run_at
         state = "scheduled" if run_at > now else "queued"

@@ -25,6 +25,12 @@ SELECT :task, :queue, :state, value, :priority, :max_attempts, :retries, :timeou
 FROM json_each(:payloads)
 ORDER BY key
 
+-- name: claim_tick
+-- Compare-and-set: changes a row only for a tick later than the last one stored.
+INSERT INTO {p}_schedules (name, last_tick) VALUES (:name, :tick)
+ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick
+WHERE {p}_schedules.last_tick < excluded.last_tick
+
 -- name: insert_unique
 INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
                       run_at, enqueued_at, unique_key, meta)
