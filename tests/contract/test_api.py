@@ -520,3 +520,23 @@ def test_pause_holds_new_work_while_running_jobs_finish(app: Conveyor) -> None:
         assert held.result(timeout=10) == 1
     with pytest.raises(ConfigError, match="invalid queue name"):
         app.pause("no such queue")
+
+
+def test_cancelling_a_running_async_job_cancels_its_task(app: Conveyor) -> None:
+    seen: list[str] = []
+
+    @app.task(retries=3)
+    async def long_running() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    job = long_running.enqueue()
+    with running(app, lease_timeout=0.6) as worker:  # renewals every 0.2 s notice the cancel
+        eventually(lambda: job.refresh().state is JobState.ACTIVE)
+        assert job.cancel()
+        eventually(lambda: seen == ["cancelled"], timeout=10)
+        eventually(lambda: not worker._running, timeout=5)
+    assert job.refresh().state is JobState.CANCELLED and job.attempt == 1

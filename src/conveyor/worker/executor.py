@@ -38,6 +38,7 @@ class Running:
     started: float = field(default_factory=time.monotonic)
     runner: asyncio.Task[None] | None = None
     thread: concurrent.futures.Future[Any] | None = None
+    lost: bool = False  # the lease is gone (cancelled, or taken over): stop, store nothing
 
     @property
     def id(self) -> str:

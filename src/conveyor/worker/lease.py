@@ -63,5 +63,8 @@ class LeaseKeeper:
         still_running = self.running()
         for job, fence in zip(jobs, fences, strict=True):
             if fence is Fence.LEASE_LOST and still_running.get(job.id) is job:
-                log.warning("job %s: lease lost (cancelled, or expired and taken over)", job.id)
-                job.context.mark_cancelled()
+                log.warning("job %s: lease lost (cancelled, or expired and taken over); stopping it", job.id)
+                job.lost = True
+                job.context.mark_cancelled()  # sync code checks current_job().cancelled
+                if job.thread is None and job.runner is not None:
+                    job.runner.cancel()  # async code receives CancelledError

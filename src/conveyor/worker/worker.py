@@ -314,8 +314,8 @@ class Worker:
         try:
             outcome = await run_attempt(self.app, self.settings, job, self._pool, self.id)
         except asyncio.CancelledError as exc:
-            # Ours (shutdown released the job first) or the task's own: then it failed.
-            ours = self._running.get(job.id) is not job
+            # Ours (shutdown released the job, or its lease is lost) or the task's own.
+            ours = job.lost or self._running.get(job.id) is not job
             outcome = (
                 None if ours else failed(self.app, self.settings, job, self.id, exc, user_traceback(exc))
             )
@@ -323,6 +323,9 @@ class Worker:
             self._free_slot_when_done(job)
         if outcome is not None and self._running.get(job.id) is job:
             self._hand_over(job, outcome)
+        elif outcome is None and job.lost and self._running.get(job.id) is job:
+            del self._running[job.id]  # cancelled or taken over: nothing to store
+            self._request_wake()
 
     def _hand_over(self, job: Running, outcome: Outcome) -> None:
         assert self._wake is not None
