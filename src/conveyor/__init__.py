@@ -12,6 +12,7 @@ from conveyor.errors import (
     PayloadTooLarge,
     Retry,
     SerializationError,
+    Snooze,
 )
 from conveyor.job import Job, JobState
 from conveyor.task import Signature, Task
@@ -33,6 +34,7 @@ __all__ = [
     "Retry",
     "SerializationError",
     "Signature",
+    "Snooze",
     "Task",
     "current_job",
 ]

@@ -42,13 +42,25 @@ class JobFailed(ConveyorError):
 
 
 class Retry(Exception):
-    """Raised inside a task: try this job again after `delay` seconds (default: backoff)."""
+    """Raised inside a task: try this job again after `delay` seconds (default: backoff).
 
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+    With `count=False` the job is snoozed: it runs again later without spending an
+    attempt, and nothing is added to its error history.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "", *, count: bool = True) -> None:
         if delay is not None and delay < 0:
             raise ValueError(f"Retry delay must be >= 0 seconds, got {delay}")
-        super().__init__(reason or "retry requested")
+        super().__init__(reason or ("snoozed" if not count else "retry requested"))
         self.delay = delay
+        self.count = count
+
+
+class Snooze(Retry):
+    """Raised inside a task: run this job again after `delay` seconds, spending no attempt."""
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        super().__init__(delay, reason or f"snoozed for {delay:g}s", count=False)
 
 
 class Fail(Exception):

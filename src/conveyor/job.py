@@ -47,6 +47,7 @@ class Event(StrEnum):
     FAIL_RETRY = "fail_retry"
     FAIL_FINAL = "fail_final"
     RELEASE = "release"
+    SNOOZE = "snooze"
     LEASE_EXPIRED_RETRY = "lease_expired_retry"
     LEASE_EXPIRED_FINAL = "lease_expired_final"
     CANCEL = "cancel"
@@ -73,6 +74,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_S.ACTIVE, _E.FAIL_RETRY, _S.SCHEDULED),
     Transition(_S.ACTIVE, _E.FAIL_FINAL, _S.DEAD),
     Transition(_S.ACTIVE, _E.RELEASE, _S.QUEUED),
+    Transition(_S.ACTIVE, _E.SNOOZE, _S.SCHEDULED),
     Transition(_S.ACTIVE, _E.LEASE_EXPIRED_RETRY, _S.QUEUED),
     Transition(_S.ACTIVE, _E.LEASE_EXPIRED_FINAL, _S.DEAD),
     Transition(_S.SCHEDULED, _E.CANCEL, _S.CANCELLED),

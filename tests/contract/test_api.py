@@ -540,3 +540,21 @@ def test_cancelling_a_running_async_job_cancels_its_task(app: Conveyor) -> None:
         eventually(lambda: seen == ["cancelled"], timeout=10)
         eventually(lambda: not worker._running, timeout=5)
     assert job.refresh().state is JobState.CANCELLED and job.attempt == 1
+
+
+def test_snooze_runs_later_without_spending_an_attempt(app: Conveyor) -> None:
+    from conveyor import Snooze
+
+    runs: list[int] = []
+
+    @app.task(retries=0)
+    def waits_for_upstream() -> str:
+        runs.append(current_job().attempt)
+        if len(runs) < 3:
+            raise Snooze(0.05) if len(runs) == 1 else Retry(delay=0.05, count=False)
+        return "ready"
+
+    job = waits_for_upstream.enqueue()
+    with running(app):
+        assert job.result(timeout=10) == "ready"  # retries=0, yet it ran three times
+    assert runs == [1, 1, 1] and job.attempt == 1 and job.attempts == []

@@ -77,6 +77,7 @@ def _fire(backend: Backend, clock: FakeClock, t: Transition) -> str:
         e.COMPLETE: OutcomeKind.COMPLETED,
         e.FAIL_RETRY: OutcomeKind.RETRY,
         e.FAIL_FINAL: OutcomeKind.DEAD,
+        e.SNOOZE: OutcomeKind.SNOOZED,
         e.RELEASE: OutcomeKind.RELEASED,
     }
     if t.event in kinds:

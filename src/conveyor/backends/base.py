@@ -68,6 +68,7 @@ class OutcomeKind(StrEnum):
     RETRY = "retry"
     DEAD = "dead"
     RELEASED = "released"
+    SNOOZED = "snoozed"
 
 
 @dataclass(slots=True)

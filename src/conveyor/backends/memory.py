@@ -184,6 +184,9 @@ class MemoryBackend(Backend):
             )
         elif kind is OutcomeKind.RELEASED:
             record.state, record.attempt = JobState.QUEUED, record.attempt - 1
+        elif kind is OutcomeKind.SNOOZED:
+            record.state, record.attempt = JobState.SCHEDULED, record.attempt - 1
+            record.run_at = outcome.retry_at or now
         else:
             record.error = outcome.error
             record.attempts.append(

@@ -159,6 +159,11 @@ def failed(
     record = job.record
     if isinstance(exc, Fail):
         return _outcome(job, OutcomeKind.DEAD, worker_id, error=f"Fail: {exc.reason}", tb=tb)
+    if isinstance(exc, Retry) and not exc.count:
+        snoozed = _outcome(job, OutcomeKind.SNOOZED, worker_id)
+        delay = exc.delay if exc.delay is not None else settings.retry_backoff
+        snoozed.retry_at = app.clock.now() + delay
+        return snoozed
     error = f"{type(exc).__name__}: {exc}"
     if record.attempt >= record.max_attempts:
         return _outcome(job, OutcomeKind.DEAD, worker_id, error=error, tb=tb)

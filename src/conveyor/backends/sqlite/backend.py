@@ -384,6 +384,8 @@ class SQLiteBackend(Backend):
             return self._q["complete"], {**fence, "result": o.result, "now": now}
         if o.kind is OutcomeKind.RELEASED:
             return self._q["release"], fence
+        if o.kind is OutcomeKind.SNOOZED:
+            return self._q["snooze"], {**fence, "run_at": o.retry_at or now}
         history = json.dumps(
             {
                 "attempt": None,

@@ -120,6 +120,14 @@ SET state = 'queued', attempt = attempt - 1,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND lease_token = :token AND state = 'active'
 
+-- name: snooze
+-- Later, without spending the attempt and without an entry in the error history.
+UPDATE {p}_jobs
+SET state = 'scheduled', attempt = attempt - 1, run_at = :run_at,
+    progress = coalesce(:progress, progress),
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND lease_token = :token AND state = 'active'
+
 -- name: insert_log
 INSERT INTO {p}_logs (job_id, at, message, fields) VALUES (?, ?, ?, ?)
 
