@@ -36,6 +36,10 @@ class Settings:
     shutdown_grace: float = 30.0
     max_payload_bytes: int = 1_048_576
     log_level: str = "INFO"
+    # Finished jobs are pruned after this many seconds (None keeps them): completed and
+    # cancelled after 7 days, dead after 30, so failures stay around to be looked at.
+    keep_completed: float | None = 7 * 86400.0
+    keep_dead: float | None = 30 * 86400.0
     # Whether workers run the periodic scheduler (when the app has schedules): one
     # deployment can run only cron, another only processing.
     scheduler: bool = True
@@ -169,4 +173,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_payload_bytes": _positive_int,
     "log_level": _log_level,
     "scheduler": _bool,
+    "keep_completed": _optional_seconds,
+    "keep_dead": _optional_seconds,
 }

@@ -382,3 +382,12 @@ def test_enqueue_tick_stores_one_job_per_tick_even_when_raced(backend: Backend) 
         thread.join()
     assert sum(w is not None for w in winners) == 1
     assert len(backend.list_jobs(JobQuery())) == 2
+
+
+def test_purge_with_a_limit_deletes_in_batches(backend: Backend) -> None:
+    ids = [s.id for s in backend.enqueue([new() for _ in range(5)])]
+    backend.cancel(ids)
+    assert backend.purge(limit=2) == 2
+    assert backend.purge(limit=2) == 2
+    assert backend.purge(limit=2) == 1
+    assert backend.purge() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-from conveyor.backends.base import NewJob, WorkerInfo
+from conveyor.backends.base import JobQuery, NewJob, WorkerInfo
 from conveyor.backends.memory import MemoryBackend
 from conveyor.clock import FakeClock
 from conveyor.context import JobContext
@@ -82,3 +82,29 @@ def test_maintenance_recovers_expired_leases_and_reports_the_worker() -> None:
     assert record is not None and record.state is JobState.QUEUED
     assert woken == [True]
     assert [w.id for w in backend.workers()] == ["w"]
+
+
+def test_retention_prunes_old_finished_jobs_in_batches() -> None:
+    from conveyor.backends.base import Outcome, OutcomeKind
+    from conveyor.worker import maintenance as module
+
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    backend.enqueue([NewJob("t", "default", "[[],{}]") for _ in range(7)])
+    claimed = backend.claim("w", ["default"], 7, 10)
+    backend.finish(
+        [Outcome(r.id, r.lease_token or "", OutcomeKind.COMPLETED, result="1") for r in claimed[:5]]
+    )
+    backend.finish([Outcome(r.id, r.lease_token or "", OutcomeKind.DEAD, error="E: x") for r in claimed[5:]])
+    clock.advance(100)
+    thread = concurrent.futures.ThreadPoolExecutor(1)
+    keep = {JobState.COMPLETED: 50.0, JobState.CANCELLED: 50.0, JobState.DEAD: 500.0}
+    sweeper = Maintenance(backend, thread, 10, lambda: None, lambda: None, retention=keep, now=clock.now)  # type: ignore[arg-type, return-value]
+    original = module._PRUNE_BATCH
+    module._PRUNE_BATCH = 2  # several batches
+    try:
+        assert asyncio.run(sweeper.prune()) == 5  # completed: 100 s old > 50 s; dead kept
+    finally:
+        module._PRUNE_BATCH = original
+    thread.shutdown()
+    assert {r.state for r in backend.list_jobs(JobQuery())} == {JobState.DEAD}

@@ -221,8 +221,10 @@ class Backend(ABC):
         queue: str | None = None,
         states: Sequence[JobState] = (),
         older_than: float | None = None,
+        limit: int | None = None,
     ) -> int:
-        """Delete finished jobs (and their logs); returns how many were deleted."""
+        """Delete finished jobs (and their logs), at most `limit` per state; returns how
+        many were deleted. Batches keep the engine's write lock short."""
 
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> int:

@@ -356,16 +356,20 @@ class MemoryBackend(Backend):
         queue: str | None = None,
         states: Sequence[JobState] = (),
         older_than: float | None = None,
+        limit: int | None = None,
     ) -> int:
         wanted = set(states or TERMINAL_STATES) & TERMINAL_STATES
         with self._cond:
-            doomed = [
-                r.id
-                for r in self._jobs.values()
-                if r.state in wanted
-                and (queue is None or r.queue == queue)
-                and (older_than is None or (r.finished_at or 0) < older_than)
-            ]
+            doomed: list[str] = []
+            for state in wanted:
+                matches = [
+                    r.id
+                    for r in self._jobs.values()
+                    if r.state is state
+                    and (queue is None or r.queue == queue)
+                    and (older_than is None or (r.finished_at or 0) < older_than)
+                ]
+                doomed.extend(matches[:limit])
             return self._drop(doomed)
 
     def delete(self, ids: Sequence[str]) -> int:

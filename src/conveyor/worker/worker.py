@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from conveyor.backends.base import Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
-from conveyor.job import JobRecord
+from conveyor.job import JobRecord, JobState
 from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
 from conveyor.worker._aio import call_soon, in_thread, wait_event
@@ -121,9 +121,12 @@ class Worker:
         self._leases = LeaseKeeper(
             backend, lambda: self._running, self.settings.lease_timeout, self.settings.heartbeat_every
         )
+        done, dead = self.settings.keep_completed, self.settings.keep_dead
+        keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
         self._maintenance = Maintenance(
-            backend, self._leases.thread, self.settings.lease_timeout, self._info, self._request_wake
-        )
+            backend, self._leases.thread, self.settings.lease_timeout, self._info, self._request_wake,
+            retention=keep, now=self.app.clock.now,
+        )  # fmt: skip
         self._burst = burst
         self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")

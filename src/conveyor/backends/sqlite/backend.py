@@ -510,12 +510,14 @@ class SQLiteBackend(Backend):
         queue: str | None = None,
         states: Sequence[JobState] = (),
         older_than: float | None = None,
+        limit: int | None = None,
     ) -> int:
         wanted = [s for s in (states or _TERMINAL) if s in _TERMINAL]
         deleted = 0
         with self._write() as conn:
             for state in wanted:
-                params = {"state": state.value, "queue": queue, "older_than": older_than}
+                params = {"state": state.value, "queue": queue, "older_than": older_than,
+                          "limit": -1 if limit is None else limit}  # fmt: skip
                 ids = [(row[0],) for row in conn.execute(self._q["purge"], params).fetchall()]
                 conn.executemany(self._q["delete_logs"], ids)
                 deleted += len(ids)

@@ -182,10 +182,15 @@ SET state = 'queued', run_at = :now, finished_at = NULL,
 WHERE id = :id AND state IN ('dead', 'cancelled')
 
 -- name: purge
+-- :limit -1 means no limit.
 DELETE FROM {p}_jobs
-WHERE state = :state
-  AND (:queue IS NULL OR queue = :queue)
-  AND (:older_than IS NULL OR finished_at < :older_than)
+WHERE id IN (
+    SELECT id FROM {p}_jobs
+    WHERE state = :state
+      AND (:queue IS NULL OR queue = :queue)
+      AND (:older_than IS NULL OR finished_at < :older_than)
+    LIMIT :limit
+)
 RETURNING id
 
 -- name: delete
