@@ -146,6 +146,12 @@ def cli(
 @click.option("--lease-timeout", envvar="CONVEYOR_LEASE_TIMEOUT", type=float, help="Seconds a lease lasts.")
 @click.option("--heartbeat-interval", envvar="CONVEYOR_HEARTBEAT_INTERVAL", type=float)
 @click.option(
+    "--processors/--no-processors",
+    envvar="CONVEYOR_PROCESSORS",
+    default=None,
+    help="Claim and run jobs (default: yes); --no-processors runs only schedules and upkeep.",
+)
+@click.option(
     "--scheduler/--no-scheduler",
     envvar="CONVEYOR_SCHEDULER",
     default=None,

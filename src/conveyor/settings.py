@@ -43,6 +43,7 @@ class Settings:
     # Whether workers run the periodic scheduler (when the app has schedules): one
     # deployment can run only cron, another only processing.
     scheduler: bool = True
+    processors: bool = True  # False: claim nothing (a cron-only or maintenance-only deployment)
 
     @property
     def heartbeat_every(self) -> float:
@@ -173,6 +174,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_payload_bytes": _positive_int,
     "log_level": _log_level,
     "scheduler": _bool,
+    "processors": _bool,
     "keep_completed": _optional_seconds,
     "keep_dead": _optional_seconds,
 }

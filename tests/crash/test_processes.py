@@ -206,3 +206,20 @@ def test_five_scheduler_processes_produce_one_job_per_tick(shared_url: str, tmp_
     gaps = {round(b - a, 6) for a, b in itertools.pairwise(ticks)}
     assert gaps == {0.25}, f"ticks were skipped or doubled: {gaps}"
     app.close()
+
+
+def test_a_scheduler_only_worker_enqueues_ticks_but_runs_nothing(shared_url: str) -> None:
+    env = {**os.environ, "CONVEYOR_URL": shared_url, "CONVEYOR_PREFIX": "cron",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    command = [sys.executable, "-m", "conveyor", "--log-level=WARNING", "worker",
+               "tests.crash.cronapp:app", "--no-processors"]  # fmt: skip
+    worker = subprocess.Popen(command, env=env, cwd=ROOT)
+    app = Conveyor(shared_url, prefix="cron")
+    try:
+        eventually(lambda: len(app.jobs(limit=100)) >= 3, timeout=30, message="no ticks enqueued")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+    assert {job.state for job in app.jobs(limit=100)} == {JobState.QUEUED}
+    app.close()

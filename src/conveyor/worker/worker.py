@@ -213,7 +213,7 @@ class Worker:
         assert self._wake is not None
         while True:
             self._wake.clear()
-            want = 0 if self._stopping else self.concurrency - self._used
+            want = 0 if self._stopping or not self.settings.processors else self.concurrency - self._used
             if not self._outcomes and want == 0:
                 if self._stopping and not self._running:
                     return
