@@ -188,12 +188,24 @@ def test_supervisor_restarts_a_worker_process_that_dies(
         supervisor.kill()
 
 
-def test_five_scheduler_processes_produce_one_job_per_tick(shared_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "CONVEYOR_URL": shared_url, "CONVEYOR_PREFIX": "cron",
+def start_cron_worker(url: str, *args: str) -> subprocess.Popen[bytes]:
+    """`conveyor worker tests.crash.cronapp:app` on `url`, prefix "cron"."""
+    env = {**os.environ, "CONVEYOR_URL": url, "CONVEYOR_PREFIX": "cron",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
-    command = [sys.executable, "-m", "conveyor", "--log-level=WARNING", "worker",
-               "tests.crash.cronapp:app", "--processes=5", "--concurrency=2"]  # fmt: skip
-    supervisor = subprocess.Popen(command, env=env, cwd=ROOT)
+    command = [
+        sys.executable,
+        "-m",
+        "conveyor",
+        "--log-level=WARNING",
+        "worker",
+        "tests.crash.cronapp:app",
+        *args,
+    ]
+    return subprocess.Popen(command, env=env, cwd=ROOT)
+
+
+def test_five_scheduler_processes_produce_one_job_per_tick(shared_url: str, tmp_path: Path) -> None:
+    supervisor = start_cron_worker(shared_url, "--processes=5", "--concurrency=2")
     app = Conveyor(shared_url, prefix="cron")
     try:
         eventually(lambda: len(app.jobs(limit=100)) >= 12, timeout=30, message="too few ticks")
@@ -209,11 +221,7 @@ def test_five_scheduler_processes_produce_one_job_per_tick(shared_url: str, tmp_
 
 
 def test_a_scheduler_only_worker_enqueues_ticks_but_runs_nothing(shared_url: str) -> None:
-    env = {**os.environ, "CONVEYOR_URL": shared_url, "CONVEYOR_PREFIX": "cron",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
-    command = [sys.executable, "-m", "conveyor", "--log-level=WARNING", "worker",
-               "tests.crash.cronapp:app", "--no-processors"]  # fmt: skip
-    worker = subprocess.Popen(command, env=env, cwd=ROOT)
+    worker = start_cron_worker(shared_url, "--no-processors")
     app = Conveyor(shared_url, prefix="cron")
     try:
         eventually(lambda: len(app.jobs(limit=100)) >= 3, timeout=30, message="no ticks enqueued")
