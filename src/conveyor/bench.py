@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -242,4 +241,3 @@ def _print(results: list[Result], url: str, console: Console) -> None:
 
 
 __all__ = ["SCENARIOS", "Result", "run_bench"]
-_ = Any

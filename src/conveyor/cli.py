@@ -20,9 +20,9 @@ from rich.table import Table
 
 from conveyor.app import Conveyor
 from conveyor.backends import redact_url
-from conveyor.errors import ConfigError, ConveyorError, JobNotFound
+from conveyor.errors import ConveyorError, JobNotFound
 from conveyor.job import Job, JobState
-from conveyor.settings import LOG_LEVELS, Settings
+from conveyor.settings import LOG_LEVELS
 
 console = Console()
 STATES = [s.value for s in JobState]
@@ -563,4 +563,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-__all__ = ["ConfigError", "Settings", "cli", "main"]
+__all__ = ["cli", "main"]

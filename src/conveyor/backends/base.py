@@ -18,6 +18,9 @@ from typing import Any, NamedTuple
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.job import JobRecord, JobState, LogEntry
 
+LEASE_EXPIRED = "LeaseExpired: the worker holding this job stopped renewing its lease"
+WORKER_SEEN_SECONDS = 60.0  # `workers()` lists those that reported within this window
+
 
 @dataclass(slots=True)
 class NewJob:
@@ -236,7 +239,7 @@ class Backend(ABC):
 
     @abstractmethod
     def workers(self) -> list[WorkerInfo]:
-        """Workers seen recently, newest heartbeat first."""
+        """Workers that reported within WORKER_SEEN_SECONDS, newest heartbeat first."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 
 from conveyor.backends.base import (
+    LEASE_EXPIRED,
+    WORKER_SEEN_SECONDS,
     Backend,
     Enqueued,
     Fence,
@@ -30,14 +32,11 @@ from conveyor.job import (
     CANCELLABLE_STATES,
     RETRYABLE_STATES,
     TERMINAL_STATES,
-    UNFINISHED_STATES,
     AttemptRecord,
     JobRecord,
     JobState,
     LogEntry,
 )
-
-LEASE_EXPIRED = "LeaseExpired: the worker holding this job stopped renewing its lease"
 
 
 class MemoryBackend(Backend):
@@ -247,8 +246,8 @@ class MemoryBackend(Backend):
                 self._cond.wait(left)
 
     def _has_ready(self, queues: Sequence[str]) -> bool:
-        if self._scheduled and self._scheduled[0][0] <= self.clock.now():
-            return True
+        # Promote first, so a due job wakes only the queues it belongs to (not paused ones).
+        self._promote_due(self.clock.now())
         for queue in queues:
             heap = None if queue in self._paused else self._ready.get(queue)
             while heap:
@@ -396,13 +395,13 @@ class MemoryBackend(Backend):
 
     def workers(self) -> list[WorkerInfo]:
         with self._cond:
-            return sorted(self._workers.values(), key=lambda w: -w.last_seen)
+            seen = self.clock.now() - WORKER_SEEN_SECONDS
+            return sorted(
+                (w for w in self._workers.values() if w.last_seen >= seen), key=lambda w: -w.last_seen
+            )
 
     def ping(self) -> None:
         return None
 
     def close(self) -> None:
         return None
-
-
-assert UNFINISHED_STATES  # re-exported for readers of this module's invariants

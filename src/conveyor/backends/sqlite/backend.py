@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 
 from conveyor.backends._sql import load_migrations, load_queries, split_statements
 from conveyor.backends.base import (
+    LEASE_EXPIRED,
+    WORKER_SEEN_SECONDS,
     Backend,
     Enqueued,
     Fence,
@@ -42,9 +44,7 @@ _ROWS_PER_INSERT = 80  # 12 parameters a row: 960 per statement, far below SQLit
 _PAYLOADS_PER_INSERT = 5_000  # payloads in one JSON array per statement
 _POLL_SECONDS = 0.002  # data_version poll: ~0.3% of a core while idle, <=2 ms wake-up
 _BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for another process's transaction
-_WORKER_SEEN_SECONDS = 60.0
 _PAGE_SIZE = 1024
-LEASE_EXPIRED = "LeaseExpired: the worker holding this job stopped renewing its lease"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -438,12 +438,11 @@ class SQLiteBackend(Backend):
     # -- reading -----------------------------------------------------------
     @_guarded
     def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
-        conn = self._conn()
-        out: list[JobRecord | None] = []
-        for job_id in ids:
-            row = conn.execute(self._q["get"], (_int_id(job_id),)).fetchone()
-            out.append(None if row is None else _record(row))
-        return out
+        if not ids:
+            return []
+        rows = self._conn().execute(self._q["get"], {"ids": json.dumps([_int_id(i) for i in ids])})
+        found = {record.id: record for record in map(_record, rows)}
+        return [found.get(str(_int_id(i))) if _int_id(i) >= 0 else None for i in ids]
 
     @_guarded
     def list_jobs(self, query: JobQuery) -> list[JobRecord]:
@@ -558,7 +557,7 @@ class SQLiteBackend(Backend):
 
     @_guarded
     def workers(self) -> list[WorkerInfo]:
-        rows = self._conn().execute(self._q["workers"], (self.clock.now() - _WORKER_SEEN_SECONDS,))
+        rows = self._conn().execute(self._q["workers"], (self.clock.now() - WORKER_SEEN_SECONDS,))
         return [
             WorkerInfo(
                 id=r[0],

@@ -152,7 +152,8 @@ WHERE state = 'active' AND lease_expires < :now
 RETURNING id
 
 -- name: get
-SELECT {columns} FROM {p}_jobs WHERE id = ?
+-- :ids is a JSON array of ids: one statement for any number of jobs.
+SELECT {columns} FROM {p}_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: list
 SELECT {columns} FROM {p}_jobs
