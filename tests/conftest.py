@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,12 @@ from conveyor.backends.base import Backend
 from conveyor.clock import Clock, FakeClock
 from conveyor.worker import Worker
 
-# Engines the contract suite runs against. Redis and PostgreSQL join this list.
-ENGINES = ["memory", "sqlite"]
+# Engines the contract suite runs against. PostgreSQL joins this list.
+ENGINES = ["memory", "sqlite", "redis"]
+
+# A database of its own, emptied before each test: tests never touch db 0's data.
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def engine_url(engine: str, tmp_path: Path) -> str:
@@ -26,7 +31,26 @@ def engine_url(engine: str, tmp_path: Path) -> str:
         return "memory://"
     if engine == "sqlite":
         return f"sqlite:///{tmp_path / 'conveyor.db'}"
+    if engine == "redis":
+        fresh_redis(REDIS_URL)
+        return REDIS_URL
     raise AssertionError(engine)
+
+
+def fresh_redis(url: str) -> None:
+    """Empty the test database; fail in CI (skip elsewhere) when Redis is not running."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        message = f"Redis is not running at {url}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=ENGINES)

@@ -6,9 +6,11 @@ from conveyor.backends.base import Backend
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError
 
+_REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster"}
+
 
 def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK) -> Backend:
-    """Open the engine a URL names: sqlite:///file.db or memory://."""
+    """Open the engine a URL names: sqlite:///file.db, redis://..., or memory://."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "sqlite":
         from conveyor.backends.sqlite import SQLiteBackend
@@ -18,12 +20,23 @@ def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK
         from conveyor.backends.memory import MemoryBackend
 
         return MemoryBackend(url, prefix=prefix, clock=clock)
-    if scheme in {"redis", "rediss", "redis+sentinel", "redis+cluster", "postgresql", "postgres"}:
+    if scheme in _REDIS_SCHEMES:
+        try:
+            from conveyor.backends.redis import RedisBackend
+        except ImportError as exc:
+            raise ConfigError(
+                f"the {scheme}:// engine needs redis-py: pip install 'conveyor[redis]' ({exc})"
+            ) from None
+        return RedisBackend(url, prefix=prefix, clock=clock)
+    if scheme in {"postgresql", "postgres"}:
         raise ConfigError(
             f"the {scheme}:// engine is not available in this version of Conveyor; "
-            "use sqlite:///conveyor.db or memory://"
+            "use sqlite:///conveyor.db, redis://host:6379/0 or memory://"
         )
-    raise ConfigError(f"unsupported engine URL {redact_url(url)!r}: expected sqlite:///path.db or memory://")
+    raise ConfigError(
+        f"unsupported engine URL {redact_url(url)!r}: expected sqlite:///path.db, "
+        "redis://host:6379/0 or memory://"
+    )
 
 
 def redact_url(url: str) -> str:

@@ -261,6 +261,9 @@ class Backend(ABC):
         ]  # fmt: skip
         return [stored.id for stored in self.enqueue(jobs)]
 
+    def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
+        """Refuse (ConfigError) to run workers on an engine set up to lose jobs; default: nothing."""
+
     def maintain(self) -> None:  # noqa: B027 - an optional hook: most engines need no upkeep
         """Engine upkeep that any worker may run off the hot path (default: nothing)."""
 

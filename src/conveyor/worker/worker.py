@@ -138,7 +138,8 @@ class Worker:
             self._begin_stop(self._stop_early)
         self.started.set()
         try:
-            await in_thread(self._db, self.app.backend.report_worker, self._info())
+            await in_thread(self._db, backend.preflight)
+            await in_thread(self._db, backend.report_worker, self._info())
             log.info(
                 "worker %s started: queues %s, concurrency %d, engine %s",
                 self.id,

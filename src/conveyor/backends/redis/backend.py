@@ -1,0 +1,583 @@
+"""Redis engine: every state change is one Lua script on one queue's keys.
+
+A queue's keys share the hash tag `{queue}` (see scripts/_lib.lua for the layout),
+so every script touches one Cluster slot. Job ids are `<queue>:<seq>`: the id
+names the queue, so any operation on an id finds its keys without a lookup. `seq`
+comes from one counter per prefix, so ids order jobs across queues.
+
+Each queue is atomic on its own. A batch that spans queues is one MULTI/EXEC on a
+single server, and one script per queue on Cluster (atomic per queue only).
+Time comes from the client's clock (`Backend.clock`), as on every engine: keep
+worker and producer clocks in sync (NTP) to well within the lease timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+from redis.exceptions import RedisError
+
+from conveyor.backends.base import (
+    LEASE_EXPIRED,
+    WORKER_SEEN_SECONDS,
+    Backend,
+    Enqueued,
+    Fence,
+    JobQuery,
+    NewJob,
+    Outcome,
+    Renewal,
+    WorkerInfo,
+)
+from conveyor.backends.redis.connect import connect, parse_redis_url
+from conveyor.backends.redis.waker import Waker
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.job import TERMINAL_STATES, AttemptRecord, JobRecord, JobState, LogEntry
+
+_SCRIPTS = ("enqueue", "enqueue_many", "enqueue_tick", "claim", "extend", "finish", "recover",
+            "cancel", "retry", "purge", "delete", "watch")  # fmt: skip
+_BATCH = 1_000  # jobs per recover/purge script call: each call blocks Redis for ~1 ms
+_MAX_PRIORITY = 2**53  # scores are doubles: larger priorities would lose their order
+_WAIT_SLICE = 1.0  # longest block on a pub/sub wake-up before looking again
+_MIN_VERSION = (6, 2)
+_EMPTY_META = "{}"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _guarded(method: Callable[P, T]) -> Callable[P, T]:
+    """Turn redis-py errors into BackendUnavailable naming the server (password redacted)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except RedisError as exc:
+            backend = args[0]
+            assert isinstance(backend, RedisBackend)
+            raise BackendUnavailable(f"Redis {backend.safe_url}: {exc}") from exc
+
+    return wrapper
+
+
+def _load(name: str) -> str:
+    folder = resources.files("conveyor.backends.redis") / "scripts"
+    return (folder / "_lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+
+
+def _num(value: float | int | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def split_id(job_id: str) -> tuple[str, str] | None:
+    """(queue, seq) from a job id `<queue>:<seq>`; None if it is not one of ours."""
+    queue, sep, seq = job_id.rpartition(":")
+    if not sep or not queue or not seq.isdigit():
+        return None
+    return queue, seq
+
+
+class RedisBackend(Backend):
+    """Jobs in Redis (one server, Sentinel or Cluster), shared by any number of machines."""
+
+    def __init__(self, url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK):
+        from conveyor.backends import redact_url
+
+        self.url, self.prefix, self.clock = url, prefix, clock
+        self.safe_url = redact_url(url)
+        self.target = parse_redis_url(url)
+        self._cluster = self.target.kind == "cluster"
+        try:
+            # Any: redis-py's stubs type replies as bytes | str though decode_responses is set.
+            self._r: Any = connect(self.target)
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
+        self._s: dict[str, Any] = {name: self._r.register_script(_load(name)) for name in _SCRIPTS}
+        self._seq_key = f"{prefix}:seq"
+        self._queues_key = f"{prefix}:queues"
+        self._paused_key = f"{prefix}:paused"
+        self._workers_key = f"{prefix}:workers"
+        self._known: set[str] = set()
+        self._waker = Waker(self._r, self.target.timeout)
+
+    # -- keys --------------------------------------------------------------
+    def _base(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}"
+
+    def _keys(self, queue: str) -> list[str]:
+        """KEYS for a script that may take sequence numbers itself (single server)."""
+        return [self._base(queue)] if self._cluster else [self._base(queue), self._seq_key]
+
+    def _first_seq(self, count: int) -> int:
+        """0 (the script takes seqs itself) on one server; on Cluster the counter is in
+        another slot, so take `count` seqs before the script."""
+        return self._take_seqs(count) if self._cluster else 0
+
+    def _take_seqs(self, count: int) -> int:
+        return int(self._r.incrby(self._seq_key, count)) - count + 1
+
+    def _register(self, queues: Iterable[str]) -> None:
+        """Remember queue names (for counts, listing and recovery) before jobs land in them."""
+        new = set(queues) - self._known
+        if new:
+            self._r.sadd(self._queues_key, *new)
+            self._known |= new
+
+    def _queues(self) -> list[str]:
+        names = sorted(self._r.smembers(self._queues_key))
+        self._known.update(names)
+        return names
+
+    # -- producing ---------------------------------------------------------
+    @_guarded
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        groups: dict[str, list[int]] = {}
+        for index, job in enumerate(jobs):
+            if abs(job.priority) > _MAX_PRIORITY:
+                raise ConfigError(f"priority {job.priority} is out of range on Redis (at most ±2**53)")
+            groups.setdefault(job.queue, []).append(index)
+        self._register(groups)
+        now = _num(self.clock.now())
+        # Seqs follow the batch's order across queues: several queues take them up front.
+        first = self._first_seq(len(jobs)) if len(groups) == 1 else self._take_seqs(len(jobs))
+        calls = []
+        for queue, indexes in groups.items():
+            args: list[str | int] = [queue, now, first]
+            for i in indexes:
+                args.append(i)
+                args.extend(self._job_args(jobs[i], now))
+            calls.append((queue, args))
+        replies = self._run_atomic("enqueue", calls)
+        out: list[Enqueued] = [Enqueued("", False)] * len(jobs)
+        for (queue, _), reply in zip(calls, replies, strict=True):
+            for i, (seq, created) in zip(groups[queue], reply, strict=True):
+                out[i] = Enqueued(f"{queue}:{seq}", bool(created))
+        return out
+
+    def _job_args(self, job: NewJob, now: str) -> tuple[str, ...]:
+        return (
+            job.task,
+            job.payload,
+            str(job.priority),
+            str(job.max_attempts),
+            str(job.retries),
+            _num(job.timeout),
+            now if job.run_at is None else repr(job.run_at),
+            job.unique_key or "",
+            json.dumps(job.meta, separators=(",", ":")) if job.meta else _EMPTY_META,
+        )
+
+    def _run_atomic(self, script: str, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
+        """One script call per queue; several queues in one MULTI/EXEC on a single server."""
+        if len(calls) == 1 or self._cluster:
+            return [self._s[script](self._keys(queue), args) for queue, args in calls]
+        pipe = self._r.pipeline(transaction=True)
+        for queue, args in calls:
+            self._s[script](self._keys(queue), args, client=pipe)
+        return list(pipe.execute())
+
+    @_guarded
+    def enqueue_payloads(self, template: NewJob, payloads: Sequence[str]) -> list[str]:
+        if not payloads:
+            return []
+        queue = template.queue
+        self._register([queue])
+        now = _num(self.clock.now())
+        meta = json.dumps(template.meta, separators=(",", ":")) if template.meta else _EMPTY_META
+        run_at = now if template.run_at is None else repr(template.run_at)
+        shared = [str(template.priority), str(template.max_attempts), str(template.retries)]
+        args = [queue, now, self._first_seq(len(payloads)), template.task, *shared,
+                _num(template.timeout), run_at, meta, *payloads]  # fmt: skip
+        first = int(self._s["enqueue_many"](self._keys(queue), args))
+        return [f"{queue}:{first + i}" for i in range(len(payloads))]
+
+    @_guarded
+    def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:
+        self._register([job.queue])
+        now = _num(self.clock.now())
+        args = [job.queue, now, self._first_seq(1), schedule, repr(tick), *self._job_args(job, now)]
+        seq = self._s["enqueue_tick"](self._keys(job.queue), args)
+        return None if seq is None else f"{job.queue}:{seq}"
+
+    # -- working -----------------------------------------------------------
+    @_guarded
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[JobRecord]:
+        now = self.clock.now()
+        token = secrets.token_hex(8)
+        args = [repr(now), 0, worker_id, token, repr(now + lease_seconds)]
+        claimed: list[JobRecord] = []
+        for queue in queues:
+            if len(claimed) >= limit:
+                break
+            args[1] = limit - len(claimed)
+            rows = self._s["claim"]([self._base(queue)], args)
+            claimed.extend(_record(queue, row) for row in rows)
+        return claimed
+
+    @_guarded
+    def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
+        expires = repr(self.clock.now() + lease_seconds)
+
+        def pack(renewal: Renewal, seq: str) -> list[str]:
+            return [seq, renewal.token, _num(renewal.progress), str(len(renewal.logs)), *_logs(renewal.logs)]
+
+        return self._fenced("extend", renewals, [expires], pack)
+
+    @_guarded
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        now = repr(self.clock.now())
+
+        def pack(o: Outcome, seq: str) -> list[str]:
+            head = [seq, o.token, o.kind.value, o.result or "", o.error or "", o.traceback or ""]
+            return [
+                *head,
+                _num(o.retry_at),
+                o.worker or "",
+                _num(o.progress),
+                str(len(o.logs)),
+                *_logs(o.logs),
+            ]
+
+        return self._fenced("finish", outcomes, [now], pack)
+
+    def _fenced(
+        self,
+        script: str,
+        items: Sequence[Any],
+        head: list[str],
+        pack: Callable[[Any, str], list[str]],
+    ) -> list[Fence]:
+        """Run a fenced script once per queue; one Fence per item, in the caller's order."""
+        fences = [Fence.LEASE_LOST] * len(items)
+        groups: dict[str, tuple[list[int], list[str]]] = {}
+        for index, item in enumerate(items):
+            where = split_id(item.job_id)
+            if where is None:
+                continue
+            indexes, args = groups.setdefault(where[0], ([], list(head)))
+            indexes.append(index)
+            args.extend(pack(item, where[1]))
+        for queue, (indexes, args) in groups.items():
+            for index, ok in zip(indexes, self._s[script]([self._base(queue)], args), strict=True):
+                fences[index] = Fence.OK if ok else Fence.LEASE_LOST
+        return fences
+
+    @_guarded
+    def recover_expired(self) -> list[str]:
+        now = repr(self.clock.now())
+        recovered: list[str] = []
+        for queue in self._queues():
+            while True:
+                seqs = self._s["recover"]([self._base(queue)], [now, LEASE_EXPIRED, _BATCH])
+                recovered.extend(f"{queue}:{seq}" for seq in seqs)
+                if len(seqs) < _BATCH:
+                    break
+        return recovered
+
+    @_guarded
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        self._waker.listen(f"{self._base(q)}:wake" for q in queues)
+        while True:
+            generation = self._waker.generation
+            ready, next_due = self._look(queues)
+            if ready:
+                return True
+            left = deadline - time.monotonic()
+            if next_due is not None:
+                left = min(left, next_due - self.clock.now())
+            if left <= 0:
+                return False
+            self._waker.wait(generation, min(left, _WAIT_SLICE))
+
+    def _look(self, queues: Sequence[str]) -> tuple[bool, float | None]:
+        """Is a job ready on an unpaused queue; when does the next scheduled one fall due?"""
+        pipe = self._r.pipeline(transaction=False)
+        for queue in queues:
+            base = self._base(queue)
+            pipe.exists(f"{base}:paused")
+            pipe.zcard(f"{base}:queued")
+            pipe.zrange(f"{base}:scheduled", 0, 0, withscores=True)
+        replies = pipe.execute()
+        now = self.clock.now()
+        next_due: float | None = None
+        for i in range(0, len(replies), 3):
+            paused, queued, first = replies[i : i + 3]
+            if paused:
+                continue
+            if queued:
+                return True, None
+            if first:
+                due = float(first[0][1])
+                if due <= now:
+                    return True, None
+                next_due = due if next_due is None else min(next_due, due)
+        return False, next_due
+
+    @_guarded
+    def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
+        where = split_id(job_id)
+        if where is None:
+            return None
+        queue, seq = where
+        self._waker.listen([f"{self._base(queue)}:done"])
+        while True:
+            generation = self._waker.generation
+            row = self._s["watch"]([self._base(queue)], [seq])
+            if not row:
+                return None
+            record = _record(queue, row)
+            left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if record.state in TERMINAL_STATES or left <= 0:
+                return record
+            self._waker.wait(generation, min(left, _WAIT_SLICE))
+
+    # -- reading -----------------------------------------------------------
+    @_guarded
+    def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        wanted = [(i, split_id(job_id)) for i, job_id in enumerate(ids)]
+        found = [(i, where) for i, where in wanted if where is not None]
+        out: list[JobRecord | None] = [None] * len(ids)
+        if not found:
+            return out
+        pipe = self._r.pipeline(transaction=False)
+        for _, (queue, seq) in found:
+            pipe.hmget(f"{self._base(queue)}:j:{seq}", _FIELDS)
+        for (i, (queue, seq)), row in zip(found, pipe.execute(), strict=True):
+            if row[2] is not None:  # state: the job exists
+                out[i] = _record(queue, [seq, *row])
+        return out
+
+    @_guarded
+    def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        queues = [query.queue] if query.queue is not None else self._queues()
+        window = None if query.task is not None else query.offset + query.limit
+        candidates: list[tuple[int, str]] = []
+        for queue in queues:
+            candidates.extend((int(seq), queue) for seq in self._seqs(queue, query.state, window))
+        candidates.sort(reverse=True)
+        matches: list[JobRecord] = []
+        skip = query.offset
+        for start in range(0, len(candidates), 200):
+            chunk = candidates[start : start + 200]
+            for record in self.get([f"{queue}:{seq}" for seq, queue in chunk]):
+                if record is None or (query.task is not None and record.task != query.task):
+                    continue
+                if query.state is not None and record.state is not query.state:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                matches.append(record)
+                if len(matches) == query.limit:
+                    return matches
+        return matches
+
+    def _seqs(self, queue: str, state: JobState | None, window: int | None) -> list[str]:
+        """A queue's job seqs: newest `window` of all its jobs, or every job in `state`."""
+        base = self._base(queue)
+        if state is None:
+            members: list[str] = self._r.zrevrange(f"{base}:all", 0, -1 if window is None else window - 1)
+            return members
+        return [m.lstrip("0") or "0" for m in self._r.zrange(f"{base}:{state.value}", 0, -1)]
+
+    @_guarded
+    def counts(self) -> dict[str, dict[JobState, int]]:
+        queues = self._queues()
+        pipe = self._r.pipeline(transaction=False)
+        for queue in queues:
+            for state in JobState:
+                pipe.zcard(f"{self._base(queue)}:{state.value}")
+        replies = iter(pipe.execute())
+        out: dict[str, dict[JobState, int]] = {}
+        for queue in queues:
+            per_state = {state: int(next(replies)) for state in JobState}
+            nonzero = {state: n for state, n in per_state.items() if n}
+            if nonzero:
+                out[queue] = nonzero
+        return out
+
+    @_guarded
+    def logs(self, job_id: str) -> list[LogEntry]:
+        where = split_id(job_id)
+        if where is None:
+            return []
+        lines = self._r.lrange(f"{self._base(where[0])}:logs:{where[1]}", 0, -1)
+        return [LogEntry(at, message, fields) for at, message, fields in map(json.loads, lines)]
+
+    # -- operating ---------------------------------------------------------
+    def _per_queue(self, script: str, ids: Sequence[str], head: list[str]) -> list[Any]:
+        """Run `script` once per queue over the seqs of `ids`; replies in the ids' order."""
+        out: list[Any] = [0] * len(ids)
+        groups: dict[str, tuple[list[int], list[str]]] = {}
+        for index, job_id in enumerate(ids):
+            where = split_id(job_id)
+            if where is not None:
+                indexes, seqs = groups.setdefault(where[0], ([], []))
+                indexes.append(index)
+                seqs.append(where[1])
+        for queue, (indexes, seqs) in groups.items():
+            replies = self._s[script]([self._base(queue)], [*head, *seqs])
+            for index, reply in zip(indexes, replies, strict=True):
+                out[index] = reply
+        return out
+
+    @_guarded
+    def cancel(self, ids: Sequence[str]) -> list[bool]:
+        return [bool(r) for r in self._per_queue("cancel", ids, [repr(self.clock.now())])]
+
+    @_guarded
+    def retry(self, ids: Sequence[str]) -> list[bool]:
+        return [bool(r) for r in self._per_queue("retry", ids, [repr(self.clock.now())])]
+
+    @_guarded
+    def delete(self, ids: Sequence[str]) -> int:
+        groups: dict[str, list[str]] = {}
+        for job_id in ids:
+            where = split_id(job_id)
+            if where is not None:
+                groups.setdefault(where[0], []).append(where[1])
+        return sum(int(self._s["delete"]([self._base(q)], seqs)) for q, seqs in groups.items())
+
+    @_guarded
+    def set_paused(self, queues: Sequence[str], paused: bool) -> None:
+        if not queues:
+            return
+        self._register(queues)
+        pipe = self._r.pipeline(transaction=False)
+        for queue in queues:
+            base = self._base(queue)
+            if paused:
+                pipe.set(f"{base}:paused", "1")
+            else:
+                pipe.delete(f"{base}:paused")
+                pipe.publish(f"{base}:wake", "1")
+        (pipe.sadd if paused else pipe.srem)(self._paused_key, *queues)
+        pipe.execute()
+
+    @_guarded
+    def paused(self) -> list[str]:
+        return sorted(self._r.smembers(self._paused_key))
+
+    @_guarded
+    def purge(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] = (),
+        older_than: float | None = None,
+        limit: int | None = None,
+    ) -> int:
+        wanted = [s for s in (states or TERMINAL_STATES) if s in TERMINAL_STATES]
+        older = "+inf" if older_than is None else repr(older_than)
+        queues = [queue] if queue is not None else self._queues()
+        deleted = 0
+        for state in sorted(wanted):
+            left = limit
+            for name in queues:
+                while left is None or left > 0:
+                    batch = _BATCH if left is None else min(_BATCH, left)
+                    n = int(self._s["purge"]([self._base(name)], [state.value, older, batch]))
+                    deleted += n
+                    left = None if left is None else left - n
+                    if n < batch:
+                        break
+        return deleted
+
+    @_guarded
+    def report_worker(self, info: WorkerInfo | None, *, remove: str | None = None) -> None:
+        if info is not None:
+            info.last_seen = self.clock.now()
+            fields = [info.host, info.pid, list(info.queues), info.concurrency, info.started_at,
+                      info.last_seen, info.active, info.processed]  # fmt: skip
+            self._r.hset(self._workers_key, info.id, json.dumps(fields))
+        if remove is not None:
+            self._r.hdel(self._workers_key, remove)
+
+    @_guarded
+    def workers(self) -> list[WorkerInfo]:
+        seen = self.clock.now() - WORKER_SEEN_SECONDS
+        found, gone = [], []
+        for worker_id, text in self._r.hgetall(self._workers_key).items():
+            host, pid, queues, concurrency, started, last, active, processed = json.loads(text)
+            if last >= seen:
+                found.append(WorkerInfo(worker_id, host, pid, tuple(queues), concurrency, started,
+                                        last, active, processed))  # fmt: skip
+            elif last < seen - 100 * WORKER_SEEN_SECONDS:
+                gone.append(worker_id)  # long gone: forget it
+        if gone:
+            self._r.hdel(self._workers_key, *gone)
+        return sorted(found, key=lambda w: -w.last_seen)
+
+    @_guarded
+    def ping(self) -> None:
+        self._r.ping()
+
+    @_guarded
+    def preflight(self) -> None:
+        info = self._r.info("server")
+        server = _first(info)
+        version = tuple(int(p) for p in str(server.get("redis_version", "0.0")).split(".")[:2])
+        if version < _MIN_VERSION:
+            raise ConfigError(f"Redis {self.safe_url} is version {server.get('redis_version')}; "
+                              "Conveyor needs Redis 6.2 or newer (or Valkey)")  # fmt: skip
+        policy = str(_first(self._r.info("memory")).get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction" and not self.target.allow_eviction:
+            raise ConfigError(
+                f"Redis {self.safe_url} has maxmemory-policy {policy}: when memory runs out it "
+                "deletes keys, and those can be jobs. Set `maxmemory-policy noeviction` (Redis then "
+                "refuses new jobs instead), or add ?allow_eviction=1 to the URL to accept the risk"
+            )
+
+    def close(self) -> None:
+        self._waker.close()
+        self._r.close()
+
+
+# The job hash's fields in JobRecord's order (after the id), as the scripts' FIELDS.
+_FIELDS = (
+    "task", "queue", "state", "payload", "priority", "attempt", "max_attempts", "retries", "timeout",
+    "run_at", "enqueued_at", "started_at", "finished_at", "unique_key", "meta", "lease_owner",
+    "lease_token", "lease_expires", "result", "error", "attempts", "progress",
+)  # fmt: skip
+
+
+def _first(info: Any) -> dict[str, Any]:
+    """INFO's fields; on Cluster redis-py answers per node, and the first node speaks for all."""
+    if info and all(isinstance(v, dict) for v in info.values()) and "redis_version" not in info:
+        return dict(next(iter(info.values())))
+    return dict(info)
+
+
+def _opt_float(value: str | None) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+def _record(queue: str, row: Sequence[Any]) -> JobRecord:
+    """A JobRecord from a script's row: seq, then the _FIELDS values in order."""
+    (seq, task, _queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
+     enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token, lease_expires,
+     result, error, attempts, progress) = row  # fmt: skip
+    return JobRecord(
+        f"{queue}:{seq}", task, queue, JobState(state), payload, int(priority), int(attempt),
+        int(max_attempts), int(retries), _opt_float(timeout), float(run_at), float(enqueued_at),
+        _opt_float(started_at), _opt_float(finished_at), unique_key,
+        json.loads(meta) if meta and meta != _EMPTY_META else {}, lease_owner, lease_token,
+        _opt_float(lease_expires), result, error,
+        [AttemptRecord(*a) for a in json.loads(attempts)] if attempts and attempts != "[]" else [],
+        _opt_float(progress),
+    )  # fmt: skip
+
+
+def _logs(entries: Sequence[LogEntry]) -> list[str]:
+    return [json.dumps([e.at, e.message, e.fields], separators=(",", ":"), default=str) for e in entries]

@@ -1,0 +1,137 @@
+"""Turn a Conveyor Redis URL into a redis-py client: one server, TLS, Sentinel or Cluster.
+
+    redis://[:password@]host[:port][/db]          one server (also Valkey)
+    rediss://...                                   the same over TLS (Upstash, ElastiCache)
+    redis+sentinel://[:password@]h1:26379,h2:26379/service[/db]
+    redis+cluster://h1:7000,h2:7001   (or redis://h1:7000,h2:7001: a node list is a cluster)
+
+Conveyor's own query options are taken off before redis-py sees the URL:
+`allow_eviction=1` lets workers start on a server whose maxmemory-policy may evict
+keys (jobs), and `timeout=5` sets the socket timeouts in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from conveyor.errors import ConfigError
+
+DEFAULT_TIMEOUT = 5.0  # seconds: a command, a connect, or an enqueue while Redis is down
+_OWN_OPTIONS = {"allow_eviction", "timeout"}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What a URL asks for, before connecting."""
+
+    kind: str  # "server" | "sentinel" | "cluster"
+    url: str  # for "server": the URL redis-py parses (our options removed)
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    password: str | None = None
+    username: str | None = None
+    db: int = 0
+    tls: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    allow_eviction: bool = False
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Validate a Redis URL; ConfigError names what is wrong."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    own = {k: options.pop(k) for k in list(options) if k in _OWN_OPTIONS}
+    timeout = _timeout(own.get("timeout"), url)
+    allow = own.get("allow_eviction", "").lower() in _TRUE
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    tls = scheme in {"rediss", "rediss+cluster"}
+    if scheme == "redis+sentinel":
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ConfigError(f"Sentinel URL {_safe(url)!r} names no service: add /mymaster")
+        db = _db(path[1] if len(path) > 1 else "0", url)
+        return RedisTarget("sentinel", "", _nodes(hosts, 26379, url), path[0], password, username, db,
+                           False, timeout, allow)  # fmt: skip
+    if scheme in {"redis+cluster", "rediss+cluster"} or (scheme in {"redis", "rediss"} and "," in hosts):
+        return RedisTarget("cluster", "", _nodes(hosts, 6379, url), "", password, username, 0,
+                           tls, timeout, allow)  # fmt: skip
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"not a Redis URL: {_safe(url)!r}")
+    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(options), parts.fragment))
+    return RedisTarget("server", clean, password=password, tls=tls, timeout=timeout, allow_eviction=allow)
+
+
+def connect(target: RedisTarget) -> Any:
+    """A client for `target`. Connections open lazily: nothing is contacted here."""
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": target.timeout,
+        "socket_connect_timeout": target.timeout,
+        # One quick retry, and only for connection errors: a command on a socket the
+        # server closed (after a restart) never ran, so sending it again is safe. A
+        # timeout is never retried: the script may have run, and enqueue must not run twice.
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,)),
+        "retry_on_timeout": False,
+        "health_check_interval": 15,
+    }
+    if target.kind == "server":
+        return redis.Redis.from_url(target.url, **common)
+    auth: dict[str, Any] = {"password": target.password, "username": target.username}
+    if target.kind == "sentinel":
+        sentinel_options = {"socket_timeout": target.timeout}
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options, **common)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(target.service, db=target.db, **auth)  # type: ignore[no-untyped-call]
+    nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+    common.pop("health_check_interval")
+    return RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **common)
+
+
+def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        host = host or item.strip()
+        if not host:
+            raise ConfigError(f"Redis URL {_safe(url)!r} has an empty host in its node list")
+        try:
+            nodes.append((host, int(port) if port else default_port))
+        except ValueError:
+            raise ConfigError(f"Redis URL {_safe(url)!r}: port {port!r} is not a number") from None
+    return tuple(nodes)
+
+
+def _db(text: str, url: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"Redis URL {_safe(url)!r}: database {text!r} is not a number")
+    return int(text)
+
+
+def _timeout(text: str | None, url: str) -> float:
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"Redis URL {_safe(url)!r}: timeout must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _safe(url: str) -> str:
+    from conveyor.backends import redact_url
+
+    return redact_url(url)

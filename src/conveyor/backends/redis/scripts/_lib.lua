@@ -1,0 +1,135 @@
+-- Helpers every script shares; prepended to each script when it is loaded.
+--
+-- KEYS[1] is the queue's key base, "<prefix>:{<queue>}". The braces are a hash
+-- tag: every key of one queue lives in one Cluster slot, so each script touches
+-- one slot. Keys under the base:
+--   :j:<seq>      hash   one job (fields as in FIELDS below, plus `watched`)
+--   :logs:<seq>   list   the job's log lines, JSON [at, message, fields]
+--   :queued       zset   ready jobs; score -priority, member the seq zero-padded
+--                        to 16 digits, so equal priorities pop in enqueue order
+--   :scheduled    zset   score run_at; :active  zset  score lease deadline
+--   :completed, :dead, :cancelled   zset  score finished_at (retention order)
+--   :all          zset   every job, score seq (listing, newest first)
+--   :unique       hash   unique key -> seq of the live job holding it
+--   :ticks        hash   schedule -> last tick that got its job
+--   :paused       string present while the queue is paused
+-- Channels: <base>:wake (work arrived on an empty queue), <base>:done (message: the seq of
+-- a watched job that finished). Times are seconds as the client's clock formats them.
+
+local base = KEYS[1]
+local function key(name) return base .. ':' .. name end
+local function jkey(seq) return base .. ':j:' .. seq end
+
+local FIELDS = {'task', 'queue', 'state', 'payload', 'priority', 'attempt', 'max_attempts',
+  'retries', 'timeout', 'run_at', 'enqueued_at', 'started_at', 'finished_at', 'unique_key',
+  'meta', 'lease_owner', 'lease_token', 'lease_expires', 'result', 'error', 'attempts', 'progress'}
+local TERMINAL = {completed = true, dead = true, cancelled = true}
+local LIVE = {scheduled = true, queued = true, active = true, waiting = true}
+
+local function pad(seq) return string.rep('0', 16 - #seq) .. seq end
+local function unpad(member) return (string.gsub(member, '^0+(%d)', '%1')) end
+
+-- A zset member for `seq` in `state`'s set: padded in :queued only.
+local function member(state, seq)
+  if state == 'queued' then return pad(seq) end
+  return seq
+end
+
+local function record(seq)
+  return redis.call('HMGET', jkey(seq), unpack(FIELDS))
+end
+
+-- Move a job between state sets; `score` orders it in the new set.
+local function move(seq, from, to, score)
+  redis.call('ZREM', key(from), member(from, seq))
+  redis.call('ZADD', key(to), score, member(to, seq))
+  redis.call('HSET', jkey(seq), 'state', to)
+end
+
+local function queued_score(seq)
+  return -tonumber(redis.call('HGET', jkey(seq), 'priority'))
+end
+
+local function wake()
+  if redis.call('EXISTS', key('paused')) == 0 then
+    redis.call('PUBLISH', key('wake'), '1')
+  end
+end
+
+-- Tell a waiter (job.result()) that the job reached a final state.
+local function finished(seq)
+  if redis.call('HEXISTS', jkey(seq), 'watched') == 1 then
+    redis.call('PUBLISH', key('done'), seq)
+  end
+end
+
+-- A final job gives its unique key back, so a new job may take it.
+local function release_unique(seq)
+  local unique = redis.call('HGET', jkey(seq), 'unique_key')
+  if unique and redis.call('HGET', key('unique'), unique) == seq then
+    redis.call('HDEL', key('unique'), unique)
+  end
+end
+
+local function clear_lease(seq)
+  redis.call('HDEL', jkey(seq), 'lease_owner', 'lease_token', 'lease_expires')
+end
+
+local function json_or_null(value)
+  if value and value ~= '' then return cjson.encode(value) end
+  return 'null'
+end
+
+local function number_or_null(value)
+  if value and value ~= '' then return value end
+  return 'null'
+end
+
+-- Append one failed attempt, [attempt, error, traceback, started_at, finished_at, worker],
+-- to the job's JSON list. Timestamps are copied as text: cjson would round them to 14 digits.
+local function add_attempt(seq, err, traceback, now, worker)
+  local job = jkey(seq)
+  local fields = redis.call('HMGET', job, 'attempt', 'started_at', 'attempts')
+  local entry = '[' .. fields[1] .. ',' .. cjson.encode(err) .. ',' .. json_or_null(traceback) .. ','
+    .. number_or_null(fields[2]) .. ',' .. now .. ',' .. json_or_null(worker) .. ']'
+  local list = fields[3]
+  if not list or list == '[]' then
+    list = '[' .. entry .. ']'
+  else
+    list = string.sub(list, 1, -2) .. ',' .. entry .. ']'
+  end
+  redis.call('HSET', job, 'attempts', list, 'error', err)
+end
+
+-- Store one job. ARGV-style fields from `at`: task, payload, priority, max_attempts,
+-- retries, timeout, run_at, unique_key, meta ('' for none). Returns seq, created (0/1).
+local function insert(seq, queue, now, task, payload, priority, max_attempts, retries, timeout,
+                      run_at, unique, meta)
+  if unique ~= '' then
+    local holder = redis.call('HGET', key('unique'), unique)
+    if holder then return holder, 0 end
+    redis.call('HSET', key('unique'), unique, seq)
+  end
+  local state = 'queued'
+  if tonumber(run_at) > tonumber(now) then state = 'scheduled' end
+  local job = jkey(seq)
+  redis.call('HSET', job, 'task', task, 'queue', queue, 'state', state, 'payload', payload,
+    'priority', priority, 'attempt', '0', 'max_attempts', max_attempts, 'retries', retries,
+    'run_at', run_at, 'enqueued_at', now, 'meta', meta, 'attempts', '[]')
+  if timeout ~= '' then redis.call('HSET', job, 'timeout', timeout) end
+  if unique ~= '' then redis.call('HSET', job, 'unique_key', unique) end
+  if state == 'queued' then
+    redis.call('ZADD', key('queued'), -tonumber(priority), pad(seq))
+  else
+    redis.call('ZADD', key('scheduled'), run_at, seq)
+  end
+  redis.call('ZADD', key('all'), seq, seq)
+  return seq, 1
+end
+
+-- Sequence numbers: KEYS[2] is the prefix's counter when the script may reach it
+-- (one server); on Cluster the client takes them first and passes `first` (> 0).
+local function sequence(first, count)
+  if tonumber(first) > 0 then return tonumber(first) end
+  return redis.call('INCRBY', KEYS[2], count) - count + 1
+end

@@ -1,0 +1,17 @@
+-- enqueue_tick: store a schedule's job for one tick, unless that tick (or a later one)
+-- already has its job. Many schedulers may race; the compare-and-set on :ticks lets one win.
+-- KEYS[1] queue base; KEYS[2] the prefix's sequence counter (single server only)
+-- ARGV: queue, now, first seq (0: take from KEYS[2]), schedule, tick, then the 9 job
+--       values as in enqueue
+-- Returns: the new job's seq, or false when the tick was taken (or a unique key matched).
+local queue, now, schedule, tick = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local last = redis.call('HGET', key('ticks'), schedule)
+if last and tonumber(last) >= tonumber(tick) then return false end
+redis.call('HSET', key('ticks'), schedule, tick)
+local seq = sequence(ARGV[3], 1)
+local was_empty = redis.call('ZCARD', key('queued')) == 0
+local id, created = insert(string.format('%d', seq), queue, now, ARGV[6], ARGV[7], ARGV[8],
+  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
+if was_empty and redis.call('ZCARD', key('queued')) > 0 then wake() end
+if created == 0 then return false end
+return id
