@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor, JobState
-from tests.conftest import eventually
+from tests.conftest import engine_url, eventually
 from tests.crash.crashapp import record, slow
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.crash
-PROCESS_ENGINES = ["sqlite"]  # engines several processes can share; Redis and PostgreSQL join
+PROCESS_ENGINES = ["sqlite", "redis"]  # engines several processes can share; PostgreSQL joins
 
 
 @pytest.fixture(params=PROCESS_ENGINES)
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'shared.db'}"
+    return engine_url(str(request.param), tmp_path)
 
 
 @pytest.fixture
