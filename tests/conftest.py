@@ -19,7 +19,8 @@ from conveyor.clock import Clock, FakeClock
 from conveyor.worker import Worker
 
 # Engines the contract suite runs against. PostgreSQL joins this list.
-ENGINES = ["memory", "sqlite", "redis"]
+# "redis-cluster" and "redis-sentinel" are real deployments this session starts itself.
+ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"]
 
 # A database of its own, emptied before each test: tests never touch db 0's data.
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -59,8 +60,32 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def url(engine: str, tmp_path: Path) -> str:
+def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if engine in {"redis-cluster", "redis-sentinel"}:
+        deployment = request.getfixturevalue(engine.replace("-", "_"))
+        deployment.flush()
+        return str(deployment.url)
     return engine_url(engine, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.redis import servers
+
+    servers.need_binaries()
+    deployment = servers.cluster(tmp_path_factory.mktemp("cluster"))
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.redis import servers
+
+    servers.need_binaries()
+    deployment = servers.sentinels(tmp_path_factory.mktemp("sentinel"))
+    yield deployment
+    deployment.stop()
 
 
 @pytest.fixture

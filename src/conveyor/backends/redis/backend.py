@@ -456,14 +456,15 @@ class RedisBackend(Backend):
         self._register(queues)
         pipe = self._r.pipeline(transaction=False)
         for queue in queues:
-            base = self._base(queue)
             if paused:
-                pipe.set(f"{base}:paused", "1")
+                pipe.set(f"{self._base(queue)}:paused", "1")
             else:
-                pipe.delete(f"{base}:paused")
-                pipe.publish(f"{base}:wake", "1")
+                pipe.delete(f"{self._base(queue)}:paused")
         (pipe.sadd if paused else pipe.srem)(self._paused_key, *queues)
         pipe.execute()
+        if not paused:  # after the flags are gone; Cluster pipelines refuse PUBLISH
+            for queue in queues:
+                self._r.publish(f"{self._base(queue)}:wake", "1")
 
     @_guarded
     def paused(self) -> list[str]:

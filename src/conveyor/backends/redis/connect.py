@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+import redis
 from conveyor.errors import ConfigError
 
 DEFAULT_TIMEOUT = 5.0  # seconds: a command, a connect, or an enqueue while Redis is down
@@ -84,7 +84,6 @@ def connect(target: RedisTarget) -> Any:
         # server closed (after a restart) never ran, so sending it again is safe. A
         # timeout is never retried: the script may have run, and enqueue must not run twice.
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,)),
-        "retry_on_timeout": False,
         "health_check_interval": 15,
     }
     if target.kind == "server":

@@ -1,0 +1,199 @@
+"""Real Redis deployments for tests, started here on loopback ports: a single server
+(optionally TLS or AOF), a 3-master Cluster, and a primary + replica + 3 Sentinels."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import redis
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_START_SECONDS = 20.0
+
+
+def need_binaries() -> None:
+    """Fail in CI, skip elsewhere, when redis-server or redis-cli is missing."""
+    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed: cannot start test Redis servers"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    """A loopback port with its Cluster bus port (+10000) free too."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port + 10000 < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = _START_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            if check():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not come up within {timeout:.0f} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+@dataclass
+class Server:
+    """One redis-server process; `stop()` kills it, `start()` brings it back on the same port."""
+
+    folder: Path
+    port: int
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    client_options: dict[str, object] = field(default_factory=dict)
+
+    def start(self) -> Server:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "server.log").open("ab")
+        command = ["redis-server", *self.args, "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        log.close()
+        wait_until(lambda: bool(self.client().ping()), f"redis-server on port {self.port}")
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2, **self.client_options)  # type: ignore[arg-type]
+
+    def stop(self, *, kill: bool = True) -> None:
+        if self.process is not None and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def server(folder: Path, *extra: str) -> Server:
+    port = free_port()
+    args = ["--port", str(port), "--save", "", "--appendonly", "no", *extra]
+    return Server(folder, port, args).start()
+
+
+def tls_server(folder: Path) -> tuple[Server, Path]:
+    """A TLS-only server with a certificate signed by a CA made here; returns it and the CA file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, key, cert = folder / "ca.crt", folder / "server.key", folder / "server.crt"
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", str(ca),
+        "-days", "2", "-subj", "/CN=conveyor-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", "ext")  # fmt: skip
+    port = free_port()
+    args = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"]  # fmt: skip
+    options: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(ca)}
+    return Server(folder, port, args, client_options=options).start(), ca
+
+
+@dataclass
+class Cluster:
+    nodes: list[Server]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/"
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.client().flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def cluster(folder: Path, masters: int = 3) -> Cluster:
+    nodes = []
+    for i in range(masters):
+        port = free_port()
+        args = ["--port", str(port), "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"]  # fmt: skip
+        nodes.append(Server(folder / f"node{i}", port, args).start())
+    addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+    subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+
+    def ready() -> bool:
+        return all(n.client().execute_command("CLUSTER INFO")["cluster_state"] == "ok" for n in nodes)
+
+    wait_until(ready, "the Redis Cluster")
+    return Cluster(nodes)
+
+
+@dataclass
+class Sentinels:
+    primary: Server
+    replica: Server
+    sentinels: list[Server]
+    service: str = "conveyor"
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def flush(self) -> None:
+        self.primary.client().flushall()
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, self.replica, self.primary]:
+            process.stop()
+
+
+def sentinels(folder: Path) -> Sentinels:
+    primary = server(folder / "primary")
+    replica = server(folder / "replica", "--replicaof", "127.0.0.1", str(primary.port))
+    watchers = []
+    for i in range(3):
+        port = free_port()
+        conf = folder / f"sentinel{i}" / "sentinel.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\n"
+            f"sentinel monitor conveyor 127.0.0.1 {primary.port} 2\n"
+            "sentinel down-after-milliseconds conveyor 2000\n"
+            "sentinel failover-timeout conveyor 10000\n"
+        )
+        watchers.append(Server(conf.parent, port, [str(conf), "--sentinel"]).start())
+
+    def known() -> bool:
+        reply = watchers[0].client().execute_command("SENTINEL", "get-master-addr-by-name", "conveyor")
+        return reply is not None and int(reply[1]) == primary.port
+
+    wait_until(known, "the Sentinels")
+    return Sentinels(primary, replica, watchers)
