@@ -114,8 +114,9 @@ def tls_server(folder: Path) -> tuple[Server, Path]:
     run("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", "ca.key", "-CAcreateserial",
         "-out", str(cert), "-days", "2", "-extfile", "ext")  # fmt: skip
     port = free_port()
-    args = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"]  # fmt: skip
+    args = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+            "--save", "", "--appendonly", "no"]  # fmt: skip
     options: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(ca)}
     return Server(folder, port, args, client_options=options).start(), ca
 
@@ -141,15 +142,17 @@ def cluster(folder: Path, masters: int = 3) -> Cluster:
     nodes = []
     for i in range(masters):
         port = free_port()
-        args = ["--port", str(port), "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"]  # fmt: skip
+        args = ["--port", str(port), "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                "--save", "", "--appendonly", "no"]  # fmt: skip
         nodes.append(Server(folder / f"node{i}", port, args).start())
     addresses = [f"127.0.0.1:{n.port}" for n in nodes]
-    subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+    subprocess.run(create, check=True, capture_output=True, timeout=60)
 
     def ready() -> bool:
-        return all(n.client().execute_command("CLUSTER INFO")["cluster_state"] == "ok" for n in nodes)
+        infos = [n.client().execute_command("CLUSTER INFO") for n in nodes]  # type: ignore[no-untyped-call]
+        return all(info["cluster_state"] == "ok" for info in infos)
 
     wait_until(ready, "the Redis Cluster")
     return Cluster(nodes)
@@ -192,7 +195,8 @@ def sentinels(folder: Path) -> Sentinels:
         watchers.append(Server(conf.parent, port, [str(conf), "--sentinel"]).start())
 
     def known() -> bool:
-        reply = watchers[0].client().execute_command("SENTINEL", "get-master-addr-by-name", "conveyor")
+        client = watchers[0].client()
+        reply = client.execute_command("SENTINEL", "get-master-addr-by-name", "conveyor")  # type: ignore[no-untyped-call]
         return reply is not None and int(reply[1]) == primary.port
 
     wait_until(known, "the Sentinels")
