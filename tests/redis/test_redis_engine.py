@@ -1,0 +1,176 @@
+"""Redis specifics: URLs, TLS, prefixes, script reloads and faults, on servers started here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import BackendUnavailable, ConfigError, Conveyor, JobState
+from conveyor.backends.base import NewJob
+from conveyor.backends.redis import RedisBackend
+from conveyor.backends.redis.connect import parse_redis_url
+from tests.conftest import REDIS_URL, eventually, fresh_redis, running
+from tests.redis import servers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def local_url(tmp_path: Path) -> str:
+    fresh_redis(REDIS_URL)
+    return REDIS_URL
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[servers.Server]:
+    servers.need_binaries()
+    # Every write is on disk before Redis answers, so a restart may lose nothing acknowledged.
+    server = servers.server(tmp_path / "aof", "--appendonly", "yes", "--appendfsync", "always")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "names no service"),
+        ("redis+cluster://127.0.0.1:x", "is not a number"),
+        ("redis://127.0.0.1/0?timeout=-1", "timeout must be"),
+        ("redis+sentinel://127.0.0.1:26379/svc/db", "database 'db' is not a number"),
+    ],
+)
+def test_bad_urls_name_what_is_wrong(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        parse_redis_url(url)
+
+
+def test_url_forms() -> None:
+    cluster = parse_redis_url("redis://:s3cret@10.0.0.1:7000,10.0.0.2:7001")
+    assert (cluster.kind, cluster.nodes, cluster.password) == (
+        "cluster",
+        (("10.0.0.1", 7000), ("10.0.0.2", 7001)),
+        "s3cret",
+    )
+    sentinel = parse_redis_url("redis+sentinel://h1,h2:26380/mymaster/2")
+    assert (sentinel.kind, sentinel.nodes, sentinel.service, sentinel.db) == (
+        "sentinel",
+        (("h1", 26379), ("h2", 26380)),
+        "mymaster",
+        2,
+    )
+    server = parse_redis_url("rediss://default:pw@host:6380/0?allow_eviction=1&timeout=2&ssl_cert_reqs=none")
+    assert (server.tls, server.allow_eviction, server.timeout) == (True, True, 2.0)
+    assert "allow_eviction" not in server.url and "ssl_cert_reqs=none" in server.url
+
+
+def test_a_password_never_shows_in_errors() -> None:
+    backend = RedisBackend("redis://:hunter2@127.0.0.1:1/0?timeout=0.5")
+    with pytest.raises(BackendUnavailable) as caught:
+        backend.ping()
+    backend.close()
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
+    servers.need_binaries()
+    server, ca = servers.tls_server(tmp_path / "tls")
+    try:
+        app = Conveyor(f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={ca}", prefix="tls")
+
+        @app.task
+        async def echo(text: str) -> str:
+            return text
+
+        with running(app):
+            assert echo.enqueue("over TLS").result(timeout=10) == "over TLS"
+        app.close()
+        untrusted = Conveyor(f"rediss://127.0.0.1:{server.port}/0?timeout=2", prefix="tls")
+        with pytest.raises(BackendUnavailable, match="certificate verify failed"):
+            untrusted.backend.ping()
+        untrusted.close()
+    finally:
+        server.stop()
+
+
+def test_prefixes_keep_apps_apart_on_one_server(local_url: str) -> None:
+    dev, prod = RedisBackend(local_url, prefix="dev"), RedisBackend(local_url, prefix="prod")
+    job = dev.enqueue([NewJob("t", "default", "[]")])[0]
+    assert prod.claim("w", ["default"], 10, 30) == []
+    assert prod.get([job.id]) == [None] and prod.counts() == {}
+    assert [r.id for r in dev.claim("w", ["default"], 10, 30)] == [job.id]
+    dev.close()
+    prod.close()
+
+
+def test_scripts_are_reloaded_after_script_flush(local_url: str) -> None:
+    backend = RedisBackend(local_url, prefix="flush")
+    backend.enqueue([NewJob("t", "default", "[]")])
+    backend._r.script_flush()  # as after a restart without persistence of scripts
+    assert len(backend.claim("w", ["default"], 1, 30)) == 1
+    backend.close()
+
+
+def test_enqueue_while_redis_is_down_fails_within_its_timeout(own_server: servers.Server) -> None:
+    app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=1", prefix="down")
+    job = app.enqueue("t.any", 1)
+    own_server.stop()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{own_server.port}"):
+        app.enqueue("t.any", 2)
+    assert time.monotonic() - started < 5
+    own_server.start()
+    assert app.get_job(job.id).state is JobState.QUEUED  # AOF kept the first job
+    assert len(app.jobs()) == 1  # and the failed enqueue stored nothing
+    app.close()
+
+
+def test_workers_ride_out_a_redis_restart_and_lose_nothing(
+    own_server: servers.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=1", prefix="restart")
+
+    @app.task(retries=0)
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.01)
+        return i
+
+    stored = []
+    with caplog.at_level(logging.WARNING), running(app, concurrency=10, lease_timeout=5):
+        stored += work.enqueue_many([(i,) for i in range(100)])
+        eventually(lambda: any(j.refresh().state is JobState.COMPLETED for j in stored))
+        own_server.stop()  # SIGKILL: only what the AOF holds survives
+        eventually(lambda: "Redis" in caplog.text and "Connection" in caplog.text, timeout=10)
+        own_server.start()
+        stored += work.enqueue_many([(i,) for i in range(100, 150)])
+        results = [job.result(timeout=30) for job in stored]
+    assert results == list(range(150))
+    app.close()
+
+
+def test_an_evicting_server_is_refused_at_worker_start(tmp_path: Path) -> None:
+    servers.need_binaries()
+    server = servers.server(tmp_path / "lru", "--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    try:
+        refused = _worker_cli(url)
+        assert refused.returncode == 1
+        assert "maxmemory-policy allkeys-lru" in refused.stderr and "noeviction" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        allowed = _worker_cli(url + "?allow_eviction=1")
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        server.stop()
+
+
+def _worker_cli(url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONVEYOR_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "conveyor", "worker", "tests.crash.crashapp:app", "--burst"]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
