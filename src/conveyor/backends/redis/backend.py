@@ -570,11 +570,11 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
      enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token, lease_expires,
      result, error, attempts, progress) = row  # fmt: skip
     return JobRecord(
-        f"{queue}:{seq}", task, queue, JobState(state), payload, int(priority), int(attempt),
+        f"{queue}:{seq}", task, queue, JobState(state), payload, int(priority), int(attempt or 0),
         int(max_attempts), int(retries), _opt_float(timeout), float(run_at), float(enqueued_at),
         _opt_float(started_at), _opt_float(finished_at), unique_key,
-        json.loads(meta) if meta and meta != _EMPTY_META else {}, lease_owner, lease_token,
-        _opt_float(lease_expires), result, error,
+        json.loads(meta) if meta and meta != _EMPTY_META else {}, lease_owner or None,
+        lease_token or None, _opt_float(lease_expires), result, error,
         [AttemptRecord(*a) for a in json.loads(attempts)] if attempts and attempts != "[]" else [],
         _opt_float(progress),
     )  # fmt: skip

@@ -10,16 +10,18 @@ for _, seq in ipairs(due) do
   move(seq, 'scheduled', 'queued', queued_score(seq))
 end
 local popped = redis.call('ZPOPMIN', key('queued'), limit)
-local out = {}
+local out, active = {}, {}
 for i = 1, #popped, 2 do
   local seq = unpad(popped[i])
-  local job = jkey(seq)
-  redis.call('HSET', job, 'state', 'active', 'started_at', now, 'lease_owner', worker,
-    'lease_token', token, 'lease_expires', expires)
-  redis.call('HINCRBY', job, 'attempt', 1)
-  redis.call('ZADD', key('active'), expires, seq)
   local rec = record(seq)
+  local attempt = string.format('%d', tonumber(rec[6] or '0') + 1)
+  redis.call('HSET', jkey(seq), 'state', 'active', 'attempt', attempt, 'started_at', now,
+    'lease_owner', worker, 'lease_token', token, 'lease_expires', expires)
+  -- The record as it now is (FIELDS positions: 3 state, 6 attempt, 12 started_at, 16-18 lease).
+  rec[3], rec[6], rec[12], rec[16], rec[17], rec[18] = 'active', attempt, now, worker, token, expires
   table.insert(rec, 1, seq)
   out[#out + 1] = rec
+  push(active, expires, seq)
 end
+if #active > 0 then zadd('active', active) end
 return out

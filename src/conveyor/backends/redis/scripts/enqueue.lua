@@ -9,12 +9,14 @@ local queue, now = ARGV[1], ARGV[2]
 local count = (#ARGV - 3) / 10
 local first = sequence(ARGV[3], count)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
+local pending = batch()
 local out = {}
 for i = 0, count - 1 do
   local a = 4 + i * 10
-  local id, created = insert(string.format('%d', first + tonumber(ARGV[a])), queue, now, ARGV[a + 1],
+  local id, created = insert(pending, string.format('%d', first + tonumber(ARGV[a])), now, ARGV[a + 1],
     ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
   out[i + 1] = {id, created}
 end
+flush(pending)
 if was_empty and redis.call('ZCARD', key('queued')) > 0 then wake() end
 return out

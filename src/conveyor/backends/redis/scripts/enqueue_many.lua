@@ -10,9 +10,11 @@ local run_at, meta = ARGV[9], ARGV[10]
 local count = #ARGV - 10
 local first = sequence(ARGV[3], count)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
+local pending = batch()
 for i = 0, count - 1 do
-  insert(string.format('%d', first + i), queue, now, task, ARGV[11 + i], priority, max_attempts,
+  insert(pending, string.format('%d', first + i), now, task, ARGV[11 + i], priority, max_attempts,
     retries, timeout, run_at, '', meta)
 end
+flush(pending)
 if was_empty and redis.call('ZCARD', key('queued')) > 0 then wake() end
 return first

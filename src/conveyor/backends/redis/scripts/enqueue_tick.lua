@@ -10,8 +10,10 @@ if last and tonumber(last) >= tonumber(tick) then return false end
 redis.call('HSET', key('ticks'), schedule, tick)
 local seq = sequence(ARGV[3], 1)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
-local id, created = insert(string.format('%d', seq), queue, now, ARGV[6], ARGV[7], ARGV[8],
+local pending = batch()
+local id, created = insert(pending, string.format('%d', seq), now, ARGV[6], ARGV[7], ARGV[8],
   ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
+flush(pending)
 if was_empty and redis.call('ZCARD', key('queued')) > 0 then wake() end
 if created == 0 then return false end
 return id

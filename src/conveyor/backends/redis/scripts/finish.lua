@@ -7,30 +7,35 @@
 local now = ARGV[1]
 local out = {}
 local requeued = false
+local completed = {}  -- the common case, batched: {now, seq, now, seq, ...}
 local a = 2
 while a <= #ARGV do
   local seq, token, kind = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local n = tonumber(ARGV[a + 9])
   local job = jkey(seq)
-  local held = redis.call('HMGET', job, 'state', 'lease_token')
+  local held = redis.call('HMGET', job, 'state', 'lease_token', 'unique_key', 'watched')
   if held[1] == 'active' and held[2] == token then
     if ARGV[a + 8] ~= '' then redis.call('HSET', job, 'progress', ARGV[a + 8]) end
     for i = 1, n do redis.call('RPUSH', key('logs:' .. seq), ARGV[a + 9 + i]) end
-    clear_lease(seq)
     if kind == 'completed' then
-      redis.call('HSET', job, 'result', ARGV[a + 3], 'finished_at', now)
-      move(seq, 'active', 'completed', now)
+      -- Two calls a job here; the zset moves happen once for the whole batch below.
+      redis.call('HSET', job, 'state', 'completed', 'result', ARGV[a + 3], 'finished_at', now,
+        'lease_owner', '', 'lease_token', '', 'lease_expires', '')
+      push(completed, now, seq)
     elseif kind == 'released' then
+      clear_lease(seq)
       redis.call('HINCRBY', job, 'attempt', -1)
       move(seq, 'active', 'queued', queued_score(seq))
       requeued = true
     elseif kind == 'snoozed' then
       local at = ARGV[a + 6]
       if at == '' then at = now end
+      clear_lease(seq)
       redis.call('HINCRBY', job, 'attempt', -1)
       redis.call('HSET', job, 'run_at', at)
       move(seq, 'active', 'scheduled', at)
     else
+      clear_lease(seq)
       add_attempt(seq, ARGV[a + 4], ARGV[a + 5], now, ARGV[a + 7])
       if kind == 'retry' then
         local at = ARGV[a + 6]
@@ -42,15 +47,23 @@ while a <= #ARGV do
         move(seq, 'active', 'dead', now)
       end
     end
-    if TERMINAL[redis.call('HGET', job, 'state')] then
-      release_unique(seq)
-      finished(seq)
+    if kind == 'completed' or kind == 'dead' then
+      if held[3] then release_unique(seq, held[3]) end
+      if held[4] then redis.call('PUBLISH', key('done'), seq) end
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
   a = a + 10 + n
+end
+if #completed > 0 then
+  local seqs = {}
+  for i = 2, #completed, 2 do seqs[#seqs + 1] = completed[i] end
+  for i = 1, #seqs, 1000 do
+    redis.call('ZREM', key('active'), unpack(seqs, i, math.min(i + 999, #seqs)))
+  end
+  zadd('completed', completed)
 end
 if requeued then wake() end
 return out

@@ -14,7 +14,7 @@ for i = 2, #ARGV do
   if ok then
     if f[2] then redis.call('HSET', key('unique'), f[2], seq) end
     redis.call('HSET', job, 'run_at', now,
-      'max_attempts', string.format('%d', tonumber(f[3]) + tonumber(f[4]) + 1))
+      'max_attempts', string.format('%d', tonumber(f[3] or '0') + tonumber(f[4]) + 1))
     redis.call('HDEL', job, 'finished_at')
     move(seq, f[1], 'queued', queued_score(seq))
     requeued = true
