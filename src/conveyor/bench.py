@@ -26,7 +26,8 @@ from conveyor.backends.base import JobQuery
 from conveyor.benchapp import register
 from conveyor.job import JobRecord, JobState
 
-SCENARIOS = ("enqueue", "bulk", "drain", "drain_sync", "latency", "io")
+SCENARIOS = ("enqueue", "enqueue_threads", "bulk", "drain", "drain_sync", "latency", "io")
+_PRODUCERS = 8  # threads in enqueue_threads: a web server's request handlers, say
 _BULK_JOBS = 100_000
 _BULK_BATCH = 1_000
 _LATENCY_SAMPLES = 300
@@ -109,6 +110,24 @@ class _Bench:
             task.enqueue(i)
         took = time.perf_counter() - start
         return Result("enqueue (one at a time)", n, took, n / took)
+
+    def _enqueue_threads(self, queue: str) -> Result:
+        """One job per call from several threads: a network engine's round trips overlap."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        task = self.app.ref("bench.noop").options(queue=queue)
+        each = min(self.jobs, 20_000) // _PRODUCERS
+
+        def produce(_: int) -> None:
+            for i in range(each):
+                task.enqueue(i)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(_PRODUCERS) as pool:
+            list(pool.map(produce, range(_PRODUCERS)))
+        took = time.perf_counter() - start
+        n = each * _PRODUCERS
+        return Result(f"enqueue (one at a time, {_PRODUCERS} threads)", n, took, n / took)
 
     def _bulk(self, queue: str) -> Result:
         task = self.app.ref("bench.noop").options(queue=queue)

@@ -69,6 +69,7 @@ def test_url_forms() -> None:
     server = parse_redis_url("rediss://default:pw@host:6380/0?allow_eviction=1&timeout=2&ssl_cert_reqs=none")
     assert (server.tls, server.allow_eviction, server.timeout) == (True, True, 2.0)
     assert "allow_eviction" not in server.url and "ssl_cert_reqs=none" in server.url
+    assert parse_redis_url("unix:///run/redis.sock?db=2&timeout=1").url == "unix:///run/redis.sock?db=2"
 
 
 def test_a_password_never_shows_in_errors() -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from conveyor.backends.base import (
     LEASE_EXPIRED,
@@ -48,6 +49,8 @@ _MAX_PRIORITY = 2**53  # scores are doubles: larger priorities would lose their 
 _WAIT_SLICE = 1.0  # longest block on a pub/sub wake-up before looking again
 _MIN_VERSION = (6, 2)
 _EMPTY_META = "{}"
+
+log = logging.getLogger("conveyor.redis")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -526,13 +529,16 @@ class RedisBackend(Backend):
 
     @_guarded
     def preflight(self) -> None:
-        info = self._r.info("server")
-        server = _first(info)
+        try:
+            server, memory = _first(self._r.info("server")), _first(self._r.info("memory"))
+        except ResponseError as exc:  # some managed services disable INFO
+            log.warning("Redis %s: could not read INFO to check version and eviction: %s", self.safe_url, exc)
+            return
         version = tuple(int(p) for p in str(server.get("redis_version", "0.0")).split(".")[:2])
         if version < _MIN_VERSION:
             raise ConfigError(f"Redis {self.safe_url} is version {server.get('redis_version')}; "
                               "Conveyor needs Redis 6.2 or newer (or Valkey)")  # fmt: skip
-        policy = str(_first(self._r.info("memory")).get("maxmemory_policy", "noeviction"))
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
         if policy != "noeviction" and not self.target.allow_eviction:
             raise ConfigError(
                 f"Redis {self.safe_url} has maxmemory-policy {policy}: when memory runs out it "

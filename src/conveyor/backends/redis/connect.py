@@ -71,6 +71,8 @@ def parse_redis_url(url: str) -> RedisTarget:
     if scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"not a Redis URL: {_safe(url)!r}")
     clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(options), parts.fragment))
+    if scheme == "unix":  # urlunsplit drops the // of an empty host, and redis-py wants unix:///path
+        clean = "unix:///" + clean.removeprefix("unix:").lstrip("/")
     return RedisTarget("server", clean, password=password, tls=tls, timeout=timeout, allow_eviction=allow)
 
 
