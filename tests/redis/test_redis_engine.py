@@ -175,3 +175,29 @@ def _worker_cli(url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONVEYOR_URL": url, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "conveyor", "worker", "tests.crash.crashapp:app", "--burst"]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_sentinel_failover_under_a_running_worker_loses_no_replicated_job(tmp_path: Path) -> None:
+    servers.need_binaries()
+    deployment = servers.sentinels(tmp_path / "failover")
+    try:
+        app = Conveyor(deployment.url + "?timeout=2", prefix="failover")
+
+        @app.task(retries=0)
+        async def work(i: int) -> int:
+            return i
+
+        with running(app, concurrency=5, lease_timeout=5):
+            before = work.enqueue_many([(i,) for i in range(50)])
+            assert [job.result(timeout=20) for job in before] == list(range(50))
+            queued = work.options(delay=1).enqueue_many([(i,) for i in range(50, 100)])
+            # Replication is asynchronous: wait until the replica holds these jobs, as WAIT
+            # does in production when an enqueue must survive a failover.
+            assert deployment.primary.client().execute_command("WAIT", 1, 5000) == 1  # type: ignore[no-untyped-call]
+            deployment.primary.stop()  # SIGKILL; the Sentinels promote the replica
+            results = [job.result(timeout=40) for job in queued]
+            after = work.enqueue(100).result(timeout=20)
+        assert results == list(range(50, 100)) and after == 100
+        app.close()
+    finally:
+        deployment.stop()

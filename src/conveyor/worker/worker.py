@@ -203,6 +203,9 @@ class Worker:
                 self._release(job)
 
     async def _farewell(self) -> None:
+        if self._waiting is not None:  # a wait still out at shutdown: collect its outcome
+            self._waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._waiting = None
         try:
             await in_thread(self._db, self.app.backend.report_worker, None, remove=self.id)
         except BackendUnavailable as exc:

@@ -327,12 +327,26 @@ class RedisBackend(Backend):
                 next_due = due if next_due is None else min(next_due, due)
         return False, next_due
 
-    @_guarded
     def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
+        """Wait on the queue's `done` channel. Redis being unreachable (a restart, a
+        Sentinel failover) is waited out until `deadline`; then BackendUnavailable."""
         where = split_id(job_id)
         if where is None:
             return None
-        queue, seq = where
+        pause = 0.05
+        while True:
+            try:
+                return self._wait_finished(*where, deadline)
+            except (RedisError, BackendUnavailable) as exc:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= pause:
+                    if isinstance(exc, BackendUnavailable):
+                        raise
+                    raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
+                time.sleep(pause)  # backing off from an unreachable server, not synchronising
+                pause = min(pause * 2, 1.0)
+
+    def _wait_finished(self, queue: str, seq: str, deadline: float | None) -> JobRecord | None:
         self._waker.listen([f"{self._base(queue)}:done"])
         while True:
             generation = self._waker.generation
