@@ -68,24 +68,24 @@ def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return engine_url(engine, tmp_path)
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def _deployment(start: str, factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis deployment started by this test session (see tests/redis/servers.py)."""
     from tests.redis import servers
 
     servers.need_binaries()
-    deployment = servers.cluster(tmp_path_factory.mktemp("cluster"))
+    deployment = getattr(servers, start)(factory.mktemp(start))
     yield deployment
     deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _deployment("cluster", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.redis import servers
-
-    servers.need_binaries()
-    deployment = servers.sentinels(tmp_path_factory.mktemp("sentinel"))
-    yield deployment
-    deployment.stop()
+    yield from _deployment("sentinels", tmp_path_factory)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from conveyor.errors import JobFailed
+from conveyor.errors import BackendUnavailable, JobFailed
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -287,7 +287,7 @@ class Job(Generic[R]):
         finished within `timeout` seconds (None waits without limit).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        record = self._app.backend.wait_finished(self.id, deadline)
+        record = self._wait_finished(deadline)
         if record is None:
             raise JobFailed(self, f"job {self.id} no longer exists (purged?)")
         self._record = record
@@ -299,6 +299,19 @@ class Job(Generic[R]):
             value: R = self._app.serializer.loads(record.result or "null")
             return value
         raise JobFailed(self, f"job {self.id} ({self.task}) ended {record.state.value}: {record.error}")
+
+    def _wait_finished(self, deadline: float | None) -> JobRecord | None:
+        """The engine's wait, riding out an unreachable engine (a restart, a failover)
+        until `deadline`; past it, BackendUnavailable."""
+        pause = 0.05
+        while True:
+            try:
+                return self._app.backend.wait_finished(self.id, deadline)
+            except BackendUnavailable:
+                if deadline is not None and deadline - time.monotonic() <= pause:
+                    raise
+                time.sleep(pause)  # backing off from an unreachable engine, not synchronising
+                pause = min(pause * 2, 1.0)
 
     async def aresult(self, timeout: float | None = None) -> R:
         """`result()` for async code: waits in a thread, not on the event loop."""

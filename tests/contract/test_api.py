@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor import (
+    BackendUnavailable,
     ConfigError,
     Conveyor,
     Fail,
@@ -300,6 +301,30 @@ def test_result_times_out_with_timeout_error(app: Conveyor) -> None:
 
     with pytest.raises(TimeoutError, match="did not finish within 0.05s"):
         noop.enqueue().result(timeout=0.05)
+
+
+def test_result_rides_out_an_unreachable_engine_until_its_timeout(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.task
+    def noop() -> int:
+        return 7
+
+    job = noop.enqueue()
+    real = app.backend.wait_finished
+    outages = iter([True, True, False])  # two failed waits, as in a restart or a failover
+
+    def flaky(job_id: str, deadline: float | None) -> Any:
+        if next(outages, False):
+            raise BackendUnavailable("engine restarting")
+        return real(job_id, deadline)
+
+    monkeypatch.setattr(app.backend, "wait_finished", flaky)
+    with running(app):
+        assert job.result(timeout=10) == 7
+    outages = iter([True] * 1000)
+    with pytest.raises(BackendUnavailable, match="engine restarting"):
+        job.result(timeout=0.2)  # still unreachable at the deadline: the outage, not a timeout
 
 
 def test_jobs_and_stats(app: Conveyor) -> None:

@@ -8,15 +8,20 @@ silent overwrite. No engine object (connection, cursor, client) crosses here.
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import BackendUnavailable
 from conveyor.job import JobRecord, JobState, LogEntry
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 LEASE_EXPIRED = "LeaseExpired: the worker holding this job stopped renewing its lease"
 WORKER_SEEN_SECONDS = 60.0  # `workers()` lists those that reported within this window
@@ -285,6 +290,25 @@ class Backend(ABC):
                 pause = min(pause, left)
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+
+def translate_errors(
+    errors: type[Exception] | tuple[type[Exception], ...], where: Callable[[Any], str]
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A method decorator: the engine's `errors` become BackendUnavailable, prefixed with
+    `where(backend)` (which names the file or server, never a password)."""
+
+    def decorate(method: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(method)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return method(*args, **kwargs)
+            except errors as exc:
+                raise BackendUnavailable(f"{where(args[0])}: {exc}") from exc
+
+        return wrapper
+
+    return decorate
 
 
 _TERMINAL = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})

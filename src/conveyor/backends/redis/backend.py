@@ -13,14 +13,13 @@ worker and producer clocks in sync (NTP) to well within the lease timeout.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -35,6 +34,7 @@ from conveyor.backends.base import (
     Outcome,
     Renewal,
     WorkerInfo,
+    translate_errors,
 )
 from conveyor.backends.redis.connect import connect, parse_redis_url
 from conveyor.backends.redis.waker import Waker
@@ -52,23 +52,7 @@ _EMPTY_META = "{}"
 
 log = logging.getLogger("conveyor.redis")
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _guarded(method: Callable[P, T]) -> Callable[P, T]:
-    """Turn redis-py errors into BackendUnavailable naming the server (password redacted)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(*args, **kwargs)
-        except RedisError as exc:
-            backend = args[0]
-            assert isinstance(backend, RedisBackend)
-            raise BackendUnavailable(f"Redis {backend.safe_url}: {exc}") from exc
-
-    return wrapper
+_guarded = translate_errors(RedisError, lambda backend: f"Redis {backend.safe_url}")
 
 
 def _load(name: str) -> str:
@@ -106,7 +90,6 @@ class RedisBackend(Backend):
         self._s: dict[str, Any] = {name: self._r.register_script(_load(name)) for name in _SCRIPTS}
         self._seq_key = f"{prefix}:seq"
         self._queues_key = f"{prefix}:queues"
-        self._paused_key = f"{prefix}:paused"
         self._workers_key = f"{prefix}:workers"
         self._known: set[str] = set()
         self._waker = Waker(self._r, self.target.timeout)
@@ -327,26 +310,12 @@ class RedisBackend(Backend):
                 next_due = due if next_due is None else min(next_due, due)
         return False, next_due
 
+    @_guarded
     def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
-        """Wait on the queue's `done` channel. Redis being unreachable (a restart, a
-        Sentinel failover) is waited out until `deadline`; then BackendUnavailable."""
         where = split_id(job_id)
         if where is None:
             return None
-        pause = 0.05
-        while True:
-            try:
-                return self._wait_finished(*where, deadline)
-            except (RedisError, BackendUnavailable) as exc:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= pause:
-                    if isinstance(exc, BackendUnavailable):
-                        raise
-                    raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
-                time.sleep(pause)  # backing off from an unreachable server, not synchronising
-                pause = min(pause * 2, 1.0)
-
-    def _wait_finished(self, queue: str, seq: str, deadline: float | None) -> JobRecord | None:
+        queue, seq = where
         self._waker.listen([f"{self._base(queue)}:done"])
         while True:
             generation = self._waker.generation
@@ -477,7 +446,6 @@ class RedisBackend(Backend):
                 pipe.set(f"{self._base(queue)}:paused", "1")
             else:
                 pipe.delete(f"{self._base(queue)}:paused")
-        (pipe.sadd if paused else pipe.srem)(self._paused_key, *queues)
         pipe.execute()
         if not paused:  # after the flags are gone; Cluster pipelines refuse PUBLISH
             for queue in queues:
@@ -485,7 +453,11 @@ class RedisBackend(Backend):
 
     @_guarded
     def paused(self) -> list[str]:
-        return sorted(self._r.smembers(self._paused_key))
+        queues = self._queues()  # set_paused registers its queues, so none is missed
+        pipe = self._r.pipeline(transaction=False)
+        for queue in queues:
+            pipe.exists(f"{self._base(queue)}:paused")
+        return [queue for queue, flagged in zip(queues, pipe.execute(), strict=True) if flagged]
 
     @_guarded
     def purge(

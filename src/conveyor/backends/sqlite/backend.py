@@ -15,9 +15,9 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from conveyor.backends._sql import load_migrations, load_queries, split_statements
@@ -33,6 +33,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     Renewal,
     WorkerInfo,
+    translate_errors,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
@@ -46,23 +47,7 @@ _POLL_SECONDS = 0.002  # data_version poll: ~0.3% of a core while idle, <=2 ms w
 _BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for another process's transaction
 _PAGE_SIZE = 1024
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _guarded(method: Callable[P, T]) -> Callable[P, T]:
-    """Turn sqlite3's operational errors into BackendUnavailable naming the file."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            backend = args[0]
-            assert isinstance(backend, SQLiteBackend)
-            raise BackendUnavailable(f"SQLite database {backend.path}: {exc}") from exc
-
-    return wrapper
+_guarded = translate_errors(sqlite3.OperationalError, lambda backend: f"SQLite database {backend.path}")
 
 
 def parse_sqlite_url(url: str) -> str:

@@ -57,9 +57,11 @@ local function wake()
   end
 end
 
--- Tell a waiter (job.result()) that the job reached a final state.
-local function finished(seq)
-  if redis.call('HEXISTS', jkey(seq), 'watched') == 1 then
+-- Tell a waiter (job.result()) that the job reached a final state. `watched`: the
+-- job's `watched` field when the caller has read it already (nil: read it here).
+local function finished(seq, watched)
+  if watched == nil then watched = redis.call('HEXISTS', jkey(seq), 'watched') == 1 end
+  if watched then
     redis.call('PUBLISH', key('done'), seq)
   end
 end
@@ -70,6 +72,12 @@ local function release_unique(seq, unique)
   if unique and redis.call('HGET', key('unique'), unique) == seq then
     redis.call('HDEL', key('unique'), unique)
   end
+end
+
+-- Store progress ('' for none) and `n` log lines found in ARGV from index `first`.
+local function note(seq, progress, n, first)
+  if progress ~= '' then redis.call('HSET', jkey(seq), 'progress', progress) end
+  for i = first, first + n - 1 do redis.call('RPUSH', key('logs:' .. seq), ARGV[i]) end
 end
 
 local function clear_lease(seq)

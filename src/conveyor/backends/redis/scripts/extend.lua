@@ -12,8 +12,7 @@ while a <= #ARGV do
   if held[1] == 'active' and held[2] == token then
     redis.call('HSET', job, 'lease_expires', expires)
     redis.call('ZADD', key('active'), expires, seq)
-    if progress ~= '' then redis.call('HSET', job, 'progress', progress) end
-    for i = 1, n do redis.call('RPUSH', key('logs:' .. seq), ARGV[a + 3 + i]) end
+    note(seq, progress, n, a + 4)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

@@ -15,8 +15,7 @@ while a <= #ARGV do
   local job = jkey(seq)
   local held = redis.call('HMGET', job, 'state', 'lease_token', 'unique_key', 'watched')
   if held[1] == 'active' and held[2] == token then
-    if ARGV[a + 8] ~= '' then redis.call('HSET', job, 'progress', ARGV[a + 8]) end
-    for i = 1, n do redis.call('RPUSH', key('logs:' .. seq), ARGV[a + 9 + i]) end
+    note(seq, ARGV[a + 8], n, a + 10)
     if kind == 'completed' then
       -- Two calls a job here; the zset moves happen once for the whole batch below.
       redis.call('HSET', job, 'state', 'completed', 'result', ARGV[a + 3], 'finished_at', now,
@@ -49,7 +48,7 @@ while a <= #ARGV do
     end
     if kind == 'completed' or kind == 'dead' then
       if held[3] then release_unique(seq, held[3]) end
-      if held[4] then redis.call('PUBLISH', key('done'), seq) end
+      finished(seq, held[4] ~= false)
     end
     out[#out + 1] = 1
   else
