@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, JobState
 from conveyor.backends.sqlite import backend as sqlite_module
+from conveyor.errors import BackendUnavailable
 from tests.conftest import eventually, running
 
 
@@ -37,4 +40,40 @@ def test_a_locked_sqlite_file_pauses_the_worker_and_loses_nothing(
     blocker.close()
     assert results == list(range(30))
     assert all(job.refresh().attempt == 1 for job in jobs)  # each ran exactly once
+    app.close()
+
+
+def test_a_finished_job_keeps_its_lease_while_its_result_cannot_be_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'q.db'}")
+    backend = app.backend
+    store, renew = backend.finish, backend.extend_leases
+    renewals: list[str] = []
+    stored = threading.Event()
+
+    def finish(outcomes: Any) -> Any:
+        if not stored.is_set():
+            raise BackendUnavailable("store refused for this test")
+        return store(outcomes)
+
+    def extend(renewal: Any, seconds: float) -> Any:
+        renewals.extend(r.job_id for r in renewal)
+        return renew(renewal, seconds)
+
+    monkeypatch.setattr(backend, "finish", finish)
+    monkeypatch.setattr(backend, "extend_leases", extend)
+
+    @app.task(retries=0)
+    def work() -> str:
+        return "done"
+
+    job = work.enqueue()
+    with running(app, lease_timeout=0.6):
+        # 8 renewals at 0.2 s apart span more than two whole leases after the job ended
+        eventually(lambda: renewals.count(job.id) >= 8, message="lease renewed while unstored")
+        assert job.refresh().state is JobState.ACTIVE
+        stored.set()
+        assert job.result(timeout=10) == "done"
+    assert job.refresh().attempt == 1
     app.close()

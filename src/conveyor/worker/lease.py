@@ -1,4 +1,4 @@
-"""The lease keeper: renews every running job's lease in one engine call per interval.
+"""The lease keeper: renews the lease of every job running or awaiting storage, in one call.
 
 It runs its engine calls on its own thread, so neither a long sync task nor a
 busy event loop nor a slow claim can starve it. Progress and log lines buffered
@@ -62,7 +62,8 @@ class LeaseKeeper:
             return
         still_running = self.running()
         for job, fence in zip(jobs, fences, strict=True):
-            if fence is Fence.LEASE_LOST and still_running.get(job.id) is job:
+            finished = job.runner is not None and job.runner.done()  # its outcome is being stored
+            if fence is Fence.LEASE_LOST and still_running.get(job.id) is job and not finished:
                 log.warning("job %s: lease lost (cancelled, or expired and taken over); stopping it", job.id)
                 job.lost = True
                 job.context.mark_cancelled()  # sync code checks current_job().cancelled

@@ -60,6 +60,9 @@ class Worker:
         self.started_at = time.time()
         self._running: dict[str, Running] = {}
         self._outcomes: list[Outcome] = []
+        # Finished jobs whose outcome is not stored yet keep their lease renewed, so an
+        # engine outage longer than the lease does not hand them to another worker.
+        self._unstored: dict[str, Running] = {}
         self._used = 0
         self._stopping = False
         self._hard = False
@@ -119,7 +122,10 @@ class Worker:
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         backend = self.app.backend
         self._leases = LeaseKeeper(
-            backend, lambda: self._running, self.settings.lease_timeout, self.settings.heartbeat_every
+            backend,
+            lambda: {**self._unstored, **self._running},
+            self.settings.lease_timeout,
+            self.settings.heartbeat_every,
         )
         done, dead = self.settings.keep_completed, self.settings.keep_dead
         keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
@@ -272,11 +278,13 @@ class Worker:
                         exc,
                     )
                     self._running.clear()
+                    self._unstored.clear()
                     return False
                 log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
         for outcome, fence in zip(outcomes, fences, strict=True):
+            self._unstored.pop(outcome.job_id, None)
             if fence is Fence.LEASE_LOST:
                 log.warning(
                     "job %s: result discarded, its lease was lost (cancelled, or expired and "
@@ -337,6 +345,7 @@ class Worker:
     def _hand_over(self, job: Running, outcome: Outcome) -> None:
         assert self._wake is not None
         del self._running[job.id]
+        self._unstored[job.id] = job
         self._outcomes.append(outcome)
         self.processed += 1
         if outcome.kind is OutcomeKind.DEAD:
