@@ -18,12 +18,14 @@ from conveyor.backends.base import Backend
 from conveyor.clock import Clock, FakeClock
 from conveyor.worker import Worker
 
-# Engines the contract suite runs against. PostgreSQL joins this list.
+# Engines the contract suite runs against.
 # "redis-cluster" and "redis-sentinel" are real deployments this session starts itself.
-ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"]
+ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "postgres"]
 
 # A database of its own, emptied before each test: tests never touch db 0's data.
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The `test` database; every schema in it but public is dropped before each test.
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -35,6 +37,9 @@ def engine_url(engine: str, tmp_path: Path) -> str:
     if engine == "redis":
         fresh_redis(REDIS_URL)
         return REDIS_URL
+    if engine == "postgres":
+        fresh_postgres(POSTGRES_URL)
+        return f"{POSTGRES_URL}?migrate=1"
     raise AssertionError(engine)
 
 
@@ -52,6 +57,31 @@ def fresh_redis(url: str) -> None:
         pytest.skip(message)
     finally:
         client.close()
+
+
+def fresh_postgres(url: str) -> None:
+    """Drop every Conveyor schema in the test database; fail in CI (skip elsewhere) when
+    PostgreSQL is not running or psycopg is not installed."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        message = f"psycopg is not installed: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+            schemas = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('public', 'information_schema')"
+                " AND nspname NOT LIKE 'pg\\_%'"
+            ).fetchall()
+            for (schema,) in schemas:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not running at {url}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture(params=ENGINES)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from conveyor.backends import Backend, open_backend
-from conveyor.backends.base import JobQuery, NewJob
+from conveyor.backends.base import Enqueued, JobQuery, NewJob
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
 from conveyor.job import Job, JobRecord, JobState
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The caller's database connection while inside `app.transaction(conn)`.
+_TRANSACTION: contextvars.ContextVar[Any] = contextvars.ContextVar("conveyor_transaction", default=None)
 
 
 class Conveyor:
@@ -88,6 +93,32 @@ class Conveyor:
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
+
+    @contextmanager
+    def transaction(self, connection: Any) -> Iterator[None]:
+        """Enqueues in this block join `connection`'s open transaction (PostgreSQL only):
+        the jobs exist, and wake workers, when it commits; a rollback leaves no job.
+
+        `connection` is a psycopg 3 connection: SQLAlchemy's is
+        `conn.connection.driver_connection`, Django's `django.db.connection.connection`.
+        """
+        self.backend.enqueue_on(connection, [])  # another engine: ConfigError now, not later
+        if not callable(getattr(connection, "cursor", None)):
+            raise ConfigError(
+                f"app.transaction() needs a psycopg 3 connection, got {type(connection).__name__}"
+            )
+        token = _TRANSACTION.set(connection)
+        try:
+            yield
+        finally:
+            _TRANSACTION.reset(token)
+
+    def _store(self, news: Sequence[NewJob]) -> list[Enqueued]:
+        """Store jobs through the engine, or on the caller's connection in `transaction()`."""
+        connection = _TRANSACTION.get()
+        if connection is None:
+            return self.backend.enqueue(news)
+        return self.backend.enqueue_on(connection, news)
 
     # -- tasks -------------------------------------------------------------
     @overload
@@ -213,8 +244,9 @@ class Conveyor:
         """Bulk enqueue of one task's calls with shared options: the engine receives a
         template and the encoded payloads, so no per-job Signature or NewJob is built."""
         calls = items if isinstance(items, list) else list(items)
-        payloads = None if options.unique_key is not None else self._encode_all(task, calls)
-        if payloads is None:  # signatures among the items, or a unique key: the general path
+        plain = options.unique_key is None and _TRANSACTION.get() is None
+        payloads = self._encode_all(task, calls) if plain else None
+        if payloads is None:  # signatures, a unique key or a transaction: the general path
             return self.submit([_signature(task, c, options) for c in calls], defaults)
         now = self.clock.now()
         opts = self._resolved(Signature(task, (), EMPTY_MAPPING, options), defaults, now)
@@ -265,7 +297,7 @@ class Conveyor:
                     opts.meta,
                 )
             )
-        stored = self.backend.enqueue(news)
+        stored = self._store(news)
         found = [s.id for s in stored if not s.created]
         existing = dict(zip(found, self.backend.get(found), strict=True)) if found else {}
         jobs: list[Job[Any]] = []

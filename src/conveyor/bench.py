@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -95,10 +96,12 @@ class _Bench:
         )
         self.in_process = url.startswith("memory://")
         self.round = 0
+        # Queues are new per run: a server engine may hold an earlier run's jobs.
+        self.run_id = secrets.token_hex(3)
 
     def run(self, name: str, processes: int = 1) -> Result:
         self.round += 1
-        queue = f"{name}-{self.round}"
+        queue = f"{name}-{self.run_id}-{self.round}"
         runner: Callable[..., Result] = getattr(self, f"_{name}")
         return runner(queue, processes) if name.startswith("drain") else runner(queue)
 

@@ -490,11 +490,19 @@ def resume(ctx: click.Context, queues: Sequence[str]) -> None:
 @cli.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Create or upgrade the engine's schema (engines also do this on first use)."""
+    """Create or upgrade the engine's schema. SQLite migrates on first use; PostgreSQL
+    only here, or at start with ?migrate=1 in its URL."""
     app = _app(ctx)
-    backend = app.backend
-    version = getattr(backend, "schema_version", lambda: 0)()
-    console.print(f"{redact_url(app.settings.url)}: schema version {version}")
+    where = redact_url(app.settings.url)
+    if app.settings.url.split("://", 1)[0].lower() in {"postgresql", "postgres"}:
+        from conveyor.backends.postgres import migrate_database
+
+        applied, version = migrate_database(app.settings.url, app.settings.prefix)
+        done = f"applied {', '.join(map(str, applied))}" if applied else "already current"
+        console.print(f"{where} schema {app.settings.prefix!r}: {done}; schema version {version}")
+        return
+    version = getattr(app.backend, "schema_version", lambda: 0)()
+    console.print(f"{where}: schema version {version}")
 
 
 @cli.command()

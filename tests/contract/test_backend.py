@@ -223,6 +223,14 @@ def test_unique_key_returns_the_live_job(backend: Backend) -> None:
     assert after.created and after.id != first.id
 
 
+def test_unique_keys_are_scoped_to_their_queue(backend: Backend) -> None:
+    a, b, again = backend.enqueue(
+        [new(unique_key="k"), new(queue="q2", unique_key="k"), new(queue="q2", unique_key="k")]
+    )
+    assert a.created and b.created and a.id != b.id
+    assert again == (b.id, False)
+
+
 def test_cancel_unfinished_jobs_only(backend: Backend) -> None:
     queued, scheduled, active = backend.enqueue([new(), new(run_at=time.time() * 2), new(queue="q2")])
     job = claim_one(backend, queue="q2")
@@ -236,6 +244,11 @@ def test_cancel_unfinished_jobs_only(backend: Backend) -> None:
     assert state_of(backend, active.id) is JobState.CANCELLED
     assert backend.finish([done(job, result="1")]) == [Fence.LEASE_LOST]
     assert backend.claim("w1", ["default", "q2"], 10, 30) == []
+
+
+def test_an_id_listed_twice_is_cancelled_once(backend: Backend) -> None:
+    job = backend.enqueue([new()])[0]
+    assert backend.cancel([job.id, job.id]) == [True, False]
 
 
 def test_retry_requeues_dead_and_cancelled_with_a_fresh_budget(backend: Backend) -> None:

@@ -18,7 +18,7 @@ from tests.crash.crashapp import record, slow
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.crash
-PROCESS_ENGINES = ["sqlite", "redis"]  # engines several processes can share; PostgreSQL joins
+PROCESS_ENGINES = ["sqlite", "redis", "postgres"]  # engines several processes can share
 
 
 @pytest.fixture(params=PROCESS_ENGINES)
@@ -125,10 +125,15 @@ def test_three_processes_run_each_of_2000_jobs_exactly_once(
     crash_app: Conveyor, shared_url: str, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    jobs = record.enqueue_many([(str(runs), i) for i in range(2000)])
-    worker = start_worker(shared_url, "--processes=3", "--concurrency=20", "--burst")
+    worker = start_worker(shared_url, "--processes=3", "--concurrency=20")
     try:
-        assert worker.wait(timeout=120) == 0
+        # All three must be up before the jobs land: on a busy machine the first process
+        # to start would otherwise drain 2,000 no-op jobs before the others exist.
+        eventually(lambda: len(crash_app.backend.workers()) == 3, timeout=30, message="workers")
+        jobs = record.enqueue_many([(str(runs), i) for i in range(2000)])
+        eventually(lambda: crash_app.stats()["totals"]["completed"] == 2000, timeout=120)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
     finally:
         worker.kill()
     seen = [line.split() for line in lines(runs)]

@@ -10,7 +10,7 @@ _REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster", 
 
 
 def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK) -> Backend:
-    """Open the engine a URL names: sqlite:///file.db, redis://..., or memory://."""
+    """Open the engine a URL names: sqlite:///file.db, redis://..., postgresql://... or memory://."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "sqlite":
         from conveyor.backends.sqlite import SQLiteBackend
@@ -29,13 +29,16 @@ def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK
             ) from None
         return RedisBackend(url, prefix=prefix, clock=clock)
     if scheme in {"postgresql", "postgres"}:
-        raise ConfigError(
-            f"the {scheme}:// engine is not available in this version of Conveyor; "
-            "use sqlite:///conveyor.db, redis://host:6379/0 or memory://"
-        )
+        try:
+            from conveyor.backends.postgres import PostgresBackend
+        except ImportError as exc:
+            raise ConfigError(
+                f"the {scheme}:// engine needs psycopg 3: pip install 'conveyor[postgres]' ({exc})"
+            ) from None
+        return PostgresBackend(url, prefix=prefix, clock=clock)
     raise ConfigError(
         f"unsupported engine URL {redact_url(url)!r}: expected sqlite:///path.db, "
-        "redis://host:6379/0 or memory://"
+        "redis://host:6379/0, postgresql://host/dbname or memory://"
     )
 
 

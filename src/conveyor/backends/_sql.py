@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from importlib import resources
+from typing import Any
+
+from conveyor.job import AttemptRecord
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 
@@ -46,3 +50,18 @@ def split_statements(script: str) -> list[str]:
     if buffer:
         statements.append("\n".join(buffer))
     return statements
+
+
+def attempts_from(items: Iterable[Mapping[str, Any]]) -> list[AttemptRecord]:
+    """A job's failed-attempt history from its stored JSON objects, oldest first."""
+    return [
+        AttemptRecord(
+            attempt=item.get("attempt") or i,
+            error=item.get("error") or "",
+            traceback=item.get("traceback"),
+            started_at=item.get("started_at"),
+            finished_at=item.get("finished_at") or 0.0,
+            worker=item.get("worker"),
+        )
+        for i, item in enumerate(items, start=1)
+    ]

@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
-from conveyor.errors import BackendUnavailable
-from conveyor.job import JobRecord, JobState, LogEntry
+from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -266,6 +266,15 @@ class Backend(ABC):
         ]  # fmt: skip
         return [stored.id for stored in self.enqueue(jobs)]
 
+    def enqueue_on(self, connection: Any, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Store jobs on the application's own database connection, inside whatever
+        transaction it has open; only an engine in the application's database can."""
+        from conveyor.backends import redact_url
+
+        raise ConfigError(
+            f"transactional enqueue needs the PostgreSQL engine; this app uses {redact_url(self.url)}"
+        )
+
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Refuse (ConfigError) to run workers on an engine set up to lose jobs; default: nothing."""
 
@@ -281,7 +290,7 @@ class Backend(ABC):
         pause = 0.002
         while True:
             record = self.get([job_id])[0]
-            if record is None or record.state in _TERMINAL:
+            if record is None or record.state in TERMINAL_STATES:
                 return record
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -290,6 +299,15 @@ class Backend(ABC):
                 pause = min(pause, left)
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+
+def purgeable(states: Sequence[JobState]) -> list[JobState]:
+    """The finished states among `states` (every finished state when none is given), in
+    one fixed order, so every engine purges them alike."""
+    return [s for s in _FINISHED if s in (states or _FINISHED)]
+
+
+_FINISHED = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 
 
 def translate_errors(
@@ -309,6 +327,3 @@ def translate_errors(
         return wrapper
 
     return decorate
-
-
-_TERMINAL = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})

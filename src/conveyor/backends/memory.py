@@ -26,6 +26,7 @@ from conveyor.backends.base import (
     OutcomeKind,
     Renewal,
     WorkerInfo,
+    purgeable,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.job import (
@@ -49,7 +50,7 @@ class MemoryBackend(Backend):
         self._ready: dict[str, list[tuple[int, int, str]]] = {}
         self._scheduled: list[tuple[float, int, str]] = []
         self._active: set[str] = set()
-        self._unique: dict[str, str] = {}
+        self._unique: dict[tuple[str, str], str] = {}  # (queue, unique_key) -> live job id
         self._logs: dict[str, list[LogEntry]] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
@@ -74,14 +75,15 @@ class MemoryBackend(Backend):
             return stored.id if stored.created else None
 
     def _insert(self, new: NewJob, now: float) -> Enqueued:
-        if new.unique_key is not None and new.unique_key in self._unique:
-            return Enqueued(self._unique[new.unique_key], created=False)
+        key = None if new.unique_key is None else (new.queue, new.unique_key)
+        if key is not None and key in self._unique:
+            return Enqueued(self._unique[key], created=False)
         job_id = str(self._next_id)
         self._next_id += 1
         record = new.to_record(job_id, now)
         self._jobs[job_id] = record
-        if new.unique_key is not None:
-            self._unique[new.unique_key] = job_id
+        if key is not None:
+            self._unique[key] = job_id
         self._place(record)
         return Enqueued(job_id, created=True)
 
@@ -96,8 +98,12 @@ class MemoryBackend(Backend):
             self._active.add(record.id)
         if record.state is not JobState.ACTIVE:
             self._active.discard(record.id)
-        key = record.unique_key
-        if record.state in TERMINAL_STATES and key is not None and self._unique.get(key) == record.id:
+        if record.state in TERMINAL_STATES:
+            self._forget_unique(record)
+
+    def _forget_unique(self, record: JobRecord) -> None:
+        key = _unique_of(record)
+        if key is not None and self._unique.get(key) == record.id:
             del self._unique[key]
 
     # -- working -----------------------------------------------------------
@@ -320,7 +326,7 @@ class MemoryBackend(Backend):
             done = []
             for job_id in ids:
                 record = self._jobs.get(job_id)
-                key = None if record is None else record.unique_key
+                key = _unique_of(record)
                 if (
                     record is None
                     or record.state not in RETRYABLE_STATES
@@ -357,10 +363,9 @@ class MemoryBackend(Backend):
         older_than: float | None = None,
         limit: int | None = None,
     ) -> int:
-        wanted = set(states or TERMINAL_STATES) & TERMINAL_STATES
         with self._cond:
             doomed: list[str] = []
-            for state in wanted:
+            for state in purgeable(states):
                 matches = [
                     r.id
                     for r in self._jobs.values()
@@ -380,8 +385,7 @@ class MemoryBackend(Backend):
             record = self._jobs.pop(job_id)
             self._logs.pop(job_id, None)
             self._active.discard(job_id)
-            if record.unique_key is not None and self._unique.get(record.unique_key) == job_id:
-                del self._unique[record.unique_key]
+            self._forget_unique(record)
         self._cond.notify_all()
         return len(ids)
 
@@ -405,3 +409,10 @@ class MemoryBackend(Backend):
 
     def close(self) -> None:
         return None
+
+
+def _unique_of(record: JobRecord | None) -> tuple[str, str] | None:
+    """A record's unique key, which is scoped to its queue as on every engine."""
+    if record is None or record.unique_key is None:
+        return None
+    return (record.queue, record.unique_key)

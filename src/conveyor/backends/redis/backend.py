@@ -34,6 +34,7 @@ from conveyor.backends.base import (
     Outcome,
     Renewal,
     WorkerInfo,
+    purgeable,
     translate_errors,
 )
 from conveyor.backends.redis.connect import connect, parse_redis_url
@@ -468,11 +469,10 @@ class RedisBackend(Backend):
         older_than: float | None = None,
         limit: int | None = None,
     ) -> int:
-        wanted = [s for s in (states or TERMINAL_STATES) if s in TERMINAL_STATES]
         older = "+inf" if older_than is None else repr(older_than)
         queues = [queue] if queue is not None else self._queues()
         deleted = 0
-        for state in sorted(wanted):
+        for state in purgeable(states):
             left = limit
             for name in queues:
                 while left is None or left > 0:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from conveyor.backends._sql import load_migrations, load_queries, split_statements
+from conveyor.backends._sql import attempts_from, load_migrations, load_queries, split_statements
 from conveyor.backends.base import (
     LEASE_EXPIRED,
     WORKER_SEEN_SECONDS,
@@ -33,11 +33,12 @@ from conveyor.backends.base import (
     OutcomeKind,
     Renewal,
     WorkerInfo,
+    purgeable,
     translate_errors,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
-from conveyor.job import AttemptRecord, JobRecord, JobState, LogEntry
+from conveyor.job import JobRecord, JobState, LogEntry
 
 _PACKAGE = "conveyor.backends.sqlite"
 _MIN_SHARED = 8  # below this, one multi-row INSERT is as cheap as building the JSON array
@@ -276,7 +277,7 @@ class SQLiteBackend(Backend):
         inserted = conn.execute(self._q["insert_unique"], row).fetchone()
         if inserted is not None:
             return Enqueued(str(inserted[0]), True)
-        existing = conn.execute(self._q["find_unique"], (row[10],)).fetchone()
+        existing = conn.execute(self._q["find_unique"], (row[1], row[10])).fetchone()
         return Enqueued(str(existing[0]), False)
 
     # -- working -----------------------------------------------------------
@@ -496,10 +497,9 @@ class SQLiteBackend(Backend):
         older_than: float | None = None,
         limit: int | None = None,
     ) -> int:
-        wanted = [s for s in (states or _TERMINAL) if s in _TERMINAL]
         deleted = 0
         with self._write() as conn:
-            for state in wanted:
+            for state in purgeable(states):
                 params = {"state": state.value, "queue": queue, "older_than": older_than,
                           "limit": -1 if limit is None else limit}  # fmt: skip
                 ids = [(row[0],) for row in conn.execute(self._q["purge"], params).fetchall()]
@@ -579,7 +579,6 @@ class SQLiteBackend(Backend):
         self._local = threading.local()
 
 
-_TERMINAL = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 _STATES = {state.value: state for state in JobState}  # 10x cheaper than JobState(value)
 
 
@@ -613,19 +612,5 @@ def _record(row: Sequence[Any]) -> JobRecord:
     values[0] = str(row[0])
     values[3] = _STATES[row[3]]
     values[15] = json.loads(row[15]) if row[15] else {}
-    values[21] = _attempts(row[21]) if row[21] else []
+    values[21] = attempts_from(json.loads(row[21])) if row[21] else []
     return JobRecord(*values)
-
-
-def _attempts(text: str) -> list[AttemptRecord]:
-    return [
-        AttemptRecord(
-            attempt=item.get("attempt") or i,
-            error=item.get("error") or "",
-            traceback=item.get("traceback"),
-            started_at=item.get("started_at"),
-            finished_at=item.get("finished_at") or 0.0,
-            worker=item.get("worker"),
-        )
-        for i, item in enumerate(json.loads(text), start=1)
-    ]

@@ -40,7 +40,7 @@ RETURNING id
 
 -- name: find_unique
 SELECT id FROM {p}_jobs
-WHERE unique_key = ? AND state IN ('scheduled', 'queued', 'active', 'waiting')
+WHERE queue = ? AND unique_key = ? AND state IN ('scheduled', 'queued', 'active', 'waiting')
 
 -- name: promote_due
 UPDATE {p}_jobs SET state = 'queued'

@@ -1,0 +1,496 @@
+"""PostgreSQL engine: psycopg 3 and its pool, `FOR UPDATE SKIP LOCKED`, LISTEN/NOTIFY.
+
+Every change is one statement or one short transaction, batch-first: a batch of
+enqueues, completions or lease renewals is one statement over arrays. Claims run in
+the schema's `claim()` function, the same one operators call from psql. Times come
+from the database's clock unless a test injects one. Workers wake on NOTIFY and poll
+as a fallback, so nothing depends on a notification arriving.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from conveyor.backends._sql import attempts_from, load_queries
+from conveyor.backends.base import (
+    LEASE_EXPIRED,
+    WORKER_SEEN_SECONDS,
+    Backend,
+    Enqueued,
+    Fence,
+    JobQuery,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Renewal,
+    WorkerInfo,
+    purgeable,
+    translate_errors,
+)
+from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
+from conveyor.backends.postgres.listener import Listener
+from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
+from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import BackendUnavailable
+from conveyor.job import JobRecord, JobState, LogEntry
+
+_PACKAGE = "conveyor.backends.postgres"
+_POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
+_PAYLOADS_PER_INSERT = 10_000  # payloads in one array: bounds one statement's memory
+_STATES = {state.value: state for state in JobState}
+
+_guarded = translate_errors(
+    (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout),
+    lambda backend: f"PostgreSQL at {backend.where}",
+)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+Executor = Conn | psycopg.Cursor[tuple[Any, ...]]  # both have execute() -> fetchone/fetchall
+
+
+class PostgresBackend(Backend):
+    """Jobs in one PostgreSQL schema, shared by every process that opens it."""
+
+    def __init__(self, url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK):
+        self.url, self.prefix, self.clock = url, prefix, clock
+        self.schema = check_schema(prefix)
+        self.where = redact(url).split("?", 1)[0]
+        target = parse_postgres_url(url)
+        self._timeout = target.timeout
+        columns = load_queries(_PACKAGE)["columns"]
+        self._q = {
+            name: sql.replace("{p}", self.schema).replace("{columns}", columns)
+            for name, sql in load_queries(_PACKAGE).items()
+        }
+        self._pool = ConnectionPool(
+            target.conninfo,
+            min_size=1,
+            max_size=target.pool,
+            timeout=target.timeout,
+            kwargs={"autocommit": True, "prepare_threshold": 5 if target.prepare else None},
+            name=f"conveyor-{self.schema}",
+            open=False,
+        )
+        self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
+        try:
+            self._pool.open(wait=True, timeout=target.timeout)
+            with self._pool.connection() as conn:
+                if target.migrate:
+                    migrate(conn, self.schema)
+                else:
+                    require_current(conn, self.schema)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            self.close()
+            raise BackendUnavailable(f"PostgreSQL at {self.where}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections -------------------------------------------------------
+    def _at(self) -> float | None:
+        """The time to store: None lets the database's clock decide; tests inject one."""
+        return None if self.clock is SYSTEM_CLOCK else self.clock.now()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Conn]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def _one(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one statement on a pooled connection (its own transaction)."""
+        with self._pool.connection() as conn:
+            return conn.execute(self._q[query], params).fetchall()
+
+    # -- producing ---------------------------------------------------------
+    @_guarded
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if not jobs:
+            return []
+        if all(job.unique_key is None for job in jobs):
+            with self._pool.connection() as conn:  # one statement: atomic without BEGIN
+                return [Enqueued(i, True) for i in self._insert(conn, jobs)]
+        with self._tx() as conn:
+            return self._store(conn, jobs)
+
+    @_guarded
+    def enqueue_on(self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Store jobs on the caller's connection, inside whatever transaction it has open:
+        they exist (and wake workers) when it commits, and vanish if it rolls back."""
+        if not jobs:
+            return []
+        return self._store(conn.cursor(row_factory=tuple_row), jobs)
+
+    def _store(self, conn: Executor, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        out: list[Enqueued] = []
+        start = 0
+        while start < len(jobs):
+            if jobs[start].unique_key is not None:
+                out.append(self._insert_unique(conn, jobs[start]))
+                start += 1
+                continue
+            end = start
+            while end < len(jobs) and jobs[end].unique_key is None:
+                end += 1
+            out.extend(Enqueued(i, True) for i in self._insert(conn, jobs[start:end]))
+            start = end
+        return out
+
+    def _insert(self, conn: Executor, jobs: Sequence[NewJob]) -> list[str]:
+        if len(jobs) == 1:
+            row = conn.execute(self._q["insert_one"], self._scalars(jobs[0])).fetchone()
+            return [str(row[0])] if row else []
+        params = {
+            "at": self._at(),
+            "task": [j.task for j in jobs],
+            "queue": [j.queue for j in jobs],
+            "payload": [j.payload for j in jobs],
+            "priority": [j.priority for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "retries": [j.retries for j in jobs],
+            "timeout": [j.timeout for j in jobs],
+            "run_at": [j.run_at for j in jobs],
+            "meta": [_json_or_none(j.meta) for j in jobs],
+        }
+        rows = conn.execute(self._q["insert"], params).fetchall()
+        return _ids_in_order(rows, len(jobs))
+
+    def _scalars(self, job: NewJob) -> dict[str, Any]:
+        return {
+            "at": self._at(), "task": job.task, "queue": job.queue, "payload": job.payload,
+            "priority": job.priority, "max_attempts": job.max_attempts, "retries": job.retries,
+            "timeout": job.timeout, "run_at": job.run_at, "unique_key": job.unique_key,
+            "meta": _json_or_none(job.meta),
+        }  # fmt: skip
+
+    def _insert_unique(self, conn: Executor, job: NewJob) -> Enqueued:
+        params = self._scalars(job)
+        # The holder of the key may finish between the two statements: look again.
+        for _ in range(10):
+            inserted = conn.execute(self._q["insert_unique"], params).fetchone()
+            if inserted is not None:
+                return Enqueued(str(inserted[0]), True)
+            existing = conn.execute(self._q["find_unique"], params).fetchone()
+            if existing is not None:
+                return Enqueued(str(existing[0]), False)
+        raise BackendUnavailable(f"PostgreSQL at {self.where}: unique key {job.unique_key!r} kept changing")
+
+    @_guarded
+    def enqueue_payloads(self, template: NewJob, payloads: Sequence[str]) -> list[str]:
+        params = {
+            "at": self._at(), "task": template.task, "queue": template.queue,
+            "priority": template.priority, "max_attempts": template.max_attempts,
+            "retries": template.retries, "timeout": template.timeout, "run_at": template.run_at,
+            "meta": _json_or_none(template.meta),
+        }  # fmt: skip
+        ids: list[str] = []
+        with self._tx() as conn:
+            for start in range(0, len(payloads), _PAYLOADS_PER_INSERT):
+                chunk = list(payloads[start : start + _PAYLOADS_PER_INSERT])
+                rows = conn.execute(self._q["insert_shared"], {**params, "payloads": chunk}).fetchall()
+                ids.extend(_ids_in_order(rows, len(chunk)))
+        return ids
+
+    @_guarded
+    def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:
+        with self._tx() as conn:
+            if conn.execute(self._q["claim_tick"], {"name": schedule, "tick": tick}).fetchone() is None:
+                return None
+            stored = self._store(conn, [job])[0]
+            return stored.id if stored.created else None
+
+    # -- working -----------------------------------------------------------
+    @_guarded
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[JobRecord]:
+        params = {"worker": worker_id, "queues": list(queues), "limit": limit,
+                  "lease": lease_seconds, "at": self._at()}  # fmt: skip
+        records = [_record(row) for row in self._one("claim", params)]
+        # RETURNING gives no order: restore queue order, then priority, then FIFO.
+        order = {queue: i for i, queue in enumerate(queues)}
+        records.sort(key=lambda r: (order[r.queue], -r.priority, int(r.id)))
+        return records
+
+    @_guarded
+    def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
+        if not renewals:
+            return []
+        params = {
+            "at": self._at(),
+            "lease": lease_seconds,
+            "ids": [_int_id(r.job_id) for r in renewals],
+            "tokens": [r.token for r in renewals],
+            "progress": [r.progress for r in renewals],
+        }
+        with self._tx() as conn:
+            held = {(str(i), token) for i, token in conn.execute(self._q["extend_leases"], params)}
+            self._save_logs(conn, [(r.job_id, r.logs) for r in renewals if (r.job_id, r.token) in held])
+        return [Fence.OK if (r.job_id, r.token) in held else Fence.LEASE_LOST for r in renewals]
+
+    def _save_logs(self, conn: Conn, entries: list[tuple[str, list[LogEntry]]]) -> None:
+        lines = [(job_id, e) for job_id, logs in entries for e in logs]
+        if lines:
+            conn.execute(
+                self._q["insert_logs"],
+                {
+                    "ids": [_int_id(job_id) for job_id, _ in lines],
+                    "at": [e.at for _, e in lines],
+                    "messages": [e.message for _, e in lines],
+                    "fields": [_json_or_none(e.fields) for _, e in lines],
+                },
+            )
+
+    @_guarded
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        """At most three statements per batch, whatever its size: completions, failures,
+        and releases (shutdown and snoozes), all in one transaction."""
+        if not outcomes:
+            return []
+        done = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
+        failed = [o for o in outcomes if o.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD)]
+        back = [o for o in outcomes if o.kind in (OutcomeKind.RELEASED, OutcomeKind.SNOOZED)]
+        held: set[tuple[str, str]] = set()  # (id, token) of each outcome that was stored
+        with self._tx() as conn:
+            for query, batch, params in (
+                ("complete_batch", done, self._completions),
+                ("fail_batch", failed, self._failures),
+                ("release_batch", back, self._releases),
+            ):
+                if batch:
+                    rows = conn.execute(self._q[query], {**params(batch), "at": self._at()})
+                    held.update((str(row[0]), row[1]) for row in rows)
+            self._save_logs(conn, [(o.job_id, o.logs) for o in outcomes if (o.job_id, o.token) in held])
+        return [Fence.OK if (o.job_id, o.token) in held else Fence.LEASE_LOST for o in outcomes]
+
+    @staticmethod
+    def _fenced(batch: Sequence[Outcome]) -> dict[str, Any]:
+        return {
+            "ids": [_int_id(o.job_id) for o in batch],
+            "tokens": [o.token for o in batch],
+            "progress": [o.progress for o in batch],
+        }
+
+    def _completions(self, batch: Sequence[Outcome]) -> dict[str, Any]:
+        return {**self._fenced(batch), "results": [o.result for o in batch]}
+
+    def _failures(self, batch: Sequence[Outcome]) -> dict[str, Any]:
+        return {
+            **self._fenced(batch),
+            "errors": [o.error for o in batch],
+            "tracebacks": [o.traceback for o in batch],
+            "retry_at": [o.retry_at if o.kind is OutcomeKind.RETRY else None for o in batch],
+            "final": [o.kind is OutcomeKind.DEAD for o in batch],
+            "workers": [o.worker for o in batch],
+        }
+
+    def _releases(self, batch: Sequence[Outcome]) -> dict[str, Any]:
+        now = self.clock.now()  # a snooze without a time runs again at once
+        run_at = [(o.retry_at or now) if o.kind is OutcomeKind.SNOOZED else None for o in batch]
+        return {**self._fenced(batch), "run_at": run_at}
+
+    @_guarded
+    def recover_expired(self) -> list[str]:
+        rows = self._one("expire", {"at": self._at(), "error": LEASE_EXPIRED})
+        return [str(row[0]) for row in rows]
+
+    @_guarded
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        # Jittered, so idle workers started together do not poll in step.
+        deadline = time.monotonic() + timeout * random.uniform(0.8, 1.0)
+        while True:
+            seen = self._listener.generation(queues)
+            ready, due_in = self._one("look", {"queues": list(queues), "at": self._at()})[0]
+            if ready or (due_in is not None and due_in <= 0):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if due_in is not None:
+                left = min(left, due_in)
+            if not self._listener.listening:
+                left = min(left, _POLL_SECONDS * random.uniform(0.5, 1.0))
+            self._listener.wait(queues, seen, left)
+
+    # -- reading -----------------------------------------------------------
+    @_guarded
+    def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        if not ids:
+            return []
+        rows = self._one("get", {"ids": [_int_id(i) for i in ids]})
+        found = {record.id: record for record in map(_record, rows)}
+        return [found.get(str(_int_id(i))) for i in ids]
+
+    @_guarded
+    def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        params = {
+            "queue": query.queue,
+            "state": None if query.state is None else query.state.value,
+            "task": query.task,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+        return [_record(row) for row in self._one("list", params)]
+
+    @_guarded
+    def counts(self) -> dict[str, dict[JobState, int]]:
+        out: dict[str, dict[JobState, int]] = {}
+        for queue, state, count in self._one("counts", {}):
+            out.setdefault(queue, {})[_STATES[state]] = int(count)
+        return out
+
+    @_guarded
+    def logs(self, job_id: str) -> list[LogEntry]:
+        rows = self._one("logs", {"id": _int_id(job_id)})
+        return [LogEntry(at, message, fields or {}) for at, message, fields in rows]
+
+    # -- operating ---------------------------------------------------------
+    @_guarded
+    def cancel(self, ids: Sequence[str]) -> list[bool]:
+        rows = self._one("cancel", {"ids": [_int_id(i) for i in ids], "at": self._at()})
+        cancelled = {str(row[0]) for row in rows}
+        # An id listed twice is cancelled once: only its first mention says True.
+        out = []
+        for job_id in ids:
+            out.append(job_id in cancelled)
+            cancelled.discard(job_id)
+        return out
+
+    @_guarded
+    def retry(self, ids: Sequence[str]) -> list[bool]:
+        done: list[bool] = []
+        queues: set[str] = set()
+        with self._tx() as conn:
+            for job_id in ids:
+                try:
+                    with conn.transaction():  # a savepoint: a key clash undoes only this job
+                        row = conn.execute(self._q["retry"], {"id": _int_id(job_id), "at": self._at()})
+                        found = row.fetchone()
+                except psycopg.errors.UniqueViolation:
+                    found = None  # a live job already holds this job's unique key
+                done.append(found is not None)
+                if found is not None:
+                    queues.add(found[0])
+            if queues:
+                conn.execute(self._q["wake"], {"queues": sorted(queues)})
+        return done
+
+    @_guarded
+    def set_paused(self, queues: Sequence[str], paused: bool) -> None:
+        with self._tx() as conn:
+            conn.execute(self._q["set_paused"], {"queues": list(queues), "paused": paused, "at": self._at()})
+            if not paused:
+                conn.execute(self._q["wake"], {"queues": list(queues)})  # their jobs count again
+
+    @_guarded
+    def paused(self) -> list[str]:
+        return [row[0] for row in self._one("paused", {})]
+
+    @_guarded
+    def purge(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] = (),
+        older_than: float | None = None,
+        limit: int | None = None,
+    ) -> int:
+        deleted = 0
+        with self._tx() as conn:
+            for state in purgeable(states):
+                params = {"state": state.value, "queue": queue, "older_than": older_than, "limit": limit}
+                ids = [row[0] for row in conn.execute(self._q["purge"], params)]
+                if ids:
+                    conn.execute(self._q["delete_logs"], {"ids": ids})
+                deleted += len(ids)
+        return deleted
+
+    @_guarded
+    def delete(self, ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            found = [row[0] for row in conn.execute(self._q["delete"], {"ids": [_int_id(i) for i in ids]})]
+            if found:
+                conn.execute(self._q["delete_logs"], {"ids": found})
+        return len(found)
+
+    @_guarded
+    def report_worker(self, info: WorkerInfo | None, *, remove: str | None = None) -> None:
+        at = self._at()
+        with self._tx() as conn:
+            if info is not None:
+                conn.execute(
+                    self._q["report_worker"],
+                    {"id": info.id, "host": info.host, "pid": info.pid, "queues": ",".join(info.queues),
+                     "concurrency": info.concurrency, "started_at": info.started_at, "at": at,
+                     "active": info.active, "processed": info.processed},
+                )  # fmt: skip
+            if remove is not None:
+                conn.execute(self._q["remove_worker"], {"id": remove})
+            conn.execute(self._q["forget_workers"], {"at": at})
+
+    @_guarded
+    def workers(self) -> list[WorkerInfo]:
+        rows = self._one("workers", {"at": self._at(), "seen": WORKER_SEEN_SECONDS})
+        return [
+            WorkerInfo(id=r[0], host=r[1], pid=r[2], queues=tuple(r[3].split(",")), concurrency=r[4],
+                       started_at=r[5], last_seen=r[6], active=r[7], processed=r[8])
+            for r in rows
+        ]  # fmt: skip
+
+    @_guarded
+    def ping(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._listener.close()
+        self._pool.close()
+
+
+def migrate_database(url: str, prefix: str = "conveyor") -> tuple[list[int], int]:
+    """Apply the migrations the prefix's schema lacks: (versions applied, version now)."""
+    schema = check_schema(prefix)
+    target = parse_postgres_url(url)
+    try:
+        with psycopg.connect(target.conninfo, autocommit=True) as conn:
+            applied = migrate(conn, schema)
+            return applied, schema_version(conn, schema)
+    except psycopg.OperationalError as exc:
+        raise BackendUnavailable(f"PostgreSQL at {redact(url).split('?', 1)[0]}: {exc}") from exc
+
+
+def _ids_in_order(rows: list[tuple[Any, ...]], expected: int) -> list[str]:
+    """Ids of one INSERT ... SELECT ORDER BY: identity values follow insertion order."""
+    if len(rows) != expected:
+        raise BackendUnavailable(f"PostgreSQL stored {len(rows)} of {expected} jobs in a batch")
+    return [str(i) for i in sorted(row[0] for row in rows)]
+
+
+def _int_id(job_id: str) -> int:
+    """Ids are decimal strings on PostgreSQL; anything else matches no job."""
+    try:
+        return int(job_id)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _json_or_none(value: dict[str, Any]) -> str | None:
+    return json.dumps(value, default=str, separators=(",", ":")) if value else None
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    """A JobRecord from a row in `columns` order, which is JobRecord's field order."""
+    values = list(row)
+    values[0] = str(row[0])
+    values[3] = _STATES[row[3]]
+    values[15] = row[15] or {}
+    values[21] = attempts_from(row[21]) if row[21] else []
+    return JobRecord(*values)

@@ -1,0 +1,107 @@
+"""Turn a Conveyor PostgreSQL URL into libpq connection settings and Conveyor's options.
+
+    postgresql://user:password@host:5432/dbname?sslmode=require   (Supabase, Neon, RDS)
+    postgresql:///dbname                                           the local socket
+
+libpq's own query options (sslmode, options, application_name, ...) pass through.
+Conveyor's are taken off first:
+
+    pool=10        most connections the backend opens (the LISTEN connection is one more)
+    timeout=5      seconds to wait for a connection: an enqueue while the server is down
+                   raises within it
+    migrate=1      apply missing migrations when the backend opens (else: `conveyor migrate`)
+    listen=0       no LISTEN/NOTIFY; workers poll (behind PgBouncer in transaction mode)
+    pgbouncer=1    listen=0, and no server-side prepared statements
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from conveyor.errors import ConfigError
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_POOL = 10  # a worker uses about 4 at once: claim/finish, waiter, leases, maintenance
+_OWN_OPTIONS = {"pool", "timeout", "migrate", "listen", "pgbouncer"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# The prefix is the schema name: unquoted identifiers only, so psql users type it as is.
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    """What a URL asks for, before connecting."""
+
+    conninfo: str  # the URL libpq sees (Conveyor's options removed)
+    pool: int = DEFAULT_POOL
+    timeout: float = DEFAULT_TIMEOUT
+    migrate: bool = False
+    listen: bool = True
+    prepare: bool = True
+
+
+def parse_postgres_url(url: str) -> PostgresTarget:
+    """Validate a PostgreSQL URL; ConfigError names what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in {"postgresql", "postgres"}:
+        raise ConfigError(f"not a PostgreSQL URL: {redact(url)!r}")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    own = {k: options.pop(k) for k in list(options) if k in _OWN_OPTIONS}
+    pgbouncer = _flag(own, "pgbouncer", False, url)
+    timeout = _number(own, "timeout", DEFAULT_TIMEOUT, url)
+    # libpq takes whole seconds and treats 1 as 2; the pool's own wait enforces `timeout`.
+    options.setdefault("connect_timeout", str(max(2, round(timeout))))
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(options), ""))
+    return PostgresTarget(
+        conninfo=conninfo,
+        pool=int(_number(own, "pool", DEFAULT_POOL, url, minimum=1)),
+        timeout=timeout,
+        migrate=_flag(own, "migrate", False, url),
+        listen=_flag(own, "listen", True, url) and not pgbouncer,
+        prepare=not pgbouncer,
+    )
+
+
+def check_schema(prefix: str) -> str:
+    """The schema a prefix maps to; ConfigError if it is not a plain identifier."""
+    if not _SCHEMA.match(prefix):
+        raise ConfigError(
+            f"prefix {prefix!r} cannot be a PostgreSQL schema name: use lowercase letters, "
+            "digits and _, starting with a letter or _ (at most 63 characters)"
+        )
+    return prefix
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _number(own: dict[str, str], name: str, default: float, url: str, minimum: float = 0.1) -> float:
+    if name not in own:
+        return default
+    try:
+        value = float(own[name])
+    except ValueError:
+        value = -1.0
+    if value < minimum:
+        raise ConfigError(
+            f"PostgreSQL URL {redact(url)!r}: {name}={own[name]!r} must be a number >= {minimum}"
+        )
+    return value
+
+
+def _flag(own: dict[str, str], name: str, default: bool, url: str) -> bool:
+    if name not in own:
+        return default
+    value = own[name].lower()
+    if value not in _TRUE | _FALSE:
+        raise ConfigError(f"PostgreSQL URL {redact(url)!r}: {name}={own[name]!r} must be 1 or 0")
+    return value in _TRUE

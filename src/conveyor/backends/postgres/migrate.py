@@ -1,0 +1,86 @@
+"""Forward-only schema migrations, applied under an advisory lock.
+
+Each `migrations/NNNN_name.sql` runs once per schema, in one transaction with its
+bookkeeping row, so a failed migration leaves nothing half-applied. The lock makes
+concurrent `conveyor migrate` runs (or workers started with `migrate=1`) queue up
+instead of racing: the second finds the work done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from conveyor.backends._sql import load_migrations
+from conveyor.errors import ConfigError
+
+_PACKAGE = "conveyor.backends.postgres"
+
+
+def latest_version() -> int:
+    """The newest migration this Conveyor ships."""
+    return max(version for version, _, _ in load_migrations(_PACKAGE))
+
+
+def schema_version(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> int:
+    """The highest migration applied to `schema`; 0 when it has none."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.migrations",)).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute(sql.SQL("SELECT max(version) FROM {}.migrations").format(sql.Identifier(schema)))
+    found = row.fetchone()
+    return int(found[0] or 0) if found else 0
+
+
+def migrate(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> list[int]:
+    """Apply the migrations `schema` lacks; returns the versions applied by this call."""
+    applied: list[int] = []
+    with conn.transaction():
+        # One lock per schema: two environments on one server migrate independently.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"conveyor.migrate.{schema}",))
+        ident = sql.Identifier(schema)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.migrations "
+                "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)"
+            ).format(ident)
+        )
+        current = schema_version(conn, schema)
+        _refuse_newer(current, schema)
+        for version, name, script in load_migrations(_PACKAGE):
+            if version <= current:
+                continue
+            # No parameters: psycopg sends the script as one simple query, so function
+            # bodies with their own semicolons stay whole.
+            conn.execute(script.replace("{p}", schema).encode())
+            conn.execute(
+                sql.SQL("INSERT INTO {}.migrations VALUES (%s, %s, to_timestamp(%s))").format(ident),
+                (version, name, time.time()),
+            )
+            applied.append(version)
+    return applied
+
+
+def require_current(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> None:
+    """ConfigError unless `schema` is at exactly the version this Conveyor ships."""
+    current, latest = schema_version(conn, schema), latest_version()
+    _refuse_newer(current, schema)
+    if current < latest:
+        where = "has no Conveyor tables" if current == 0 else f"is at version {current}"
+        raise ConfigError(
+            f"PostgreSQL schema {schema!r} {where}; this Conveyor needs version {latest}. "
+            "Run `conveyor migrate` (or add ?migrate=1 to the URL to migrate at start)"
+        )
+
+
+def _refuse_newer(current: int, schema: str) -> None:
+    latest = latest_version()
+    if current > latest:
+        raise ConfigError(
+            f"PostgreSQL schema {schema!r} is at version {current}, newer than this Conveyor "
+            f"knows ({latest}): upgrade Conveyor on this machine"
+        )

@@ -1,0 +1,303 @@
+"""PostgreSQL specifics: URLs, migrations, transactional enqueue, the SQL surface, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from conveyor import BackendUnavailable, ConfigError, Conveyor, Job, JobState
+from conveyor.backends import open_backend
+from conveyor.backends.postgres import migrate_database
+from conveyor.backends.postgres.connect import parse_postgres_url
+from conveyor.task import Task
+from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
+from tests.postgres import schema, server
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_SQL = ROOT / "src/conveyor/backends/postgres/schema.sql"
+
+
+@pytest.fixture
+def url() -> str:
+    fresh_postgres(POSTGRES_URL)
+    return f"{POSTGRES_URL}?migrate=1"
+
+
+@pytest.fixture
+def app(url: str) -> Iterator[Conveyor]:
+    application = Conveyor(url, prefix="pg")
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[server.Server]:
+    found = server.server()
+    yield found
+    found.remove()
+
+
+def psql(*sql: str) -> str:
+    """Run statements the way an operator would, in psql, and return its unaligned output."""
+    command = ["psql", POSTGRES_URL, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+    for statement in sql:
+        command += ["-c", statement]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://h/db?pool=0", "pool='0' must be a number >= 1"),
+        ("postgresql://h/db?timeout=soon", "timeout='soon' must be a number"),
+        ("postgresql://h/db?migrate=maybe", "migrate='maybe' must be 1 or 0"),
+        ("mysql://h/db", "not a PostgreSQL URL"),
+    ],
+)
+def test_bad_urls_name_what_is_wrong(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        parse_postgres_url(url)
+
+
+def test_url_options_are_taken_off_and_libpq_options_pass_through() -> None:
+    target = parse_postgres_url("postgres://u:pw@db.example.com/app?sslmode=require&pool=3&pgbouncer=1")
+    assert target.conninfo == "postgresql://u:pw@db.example.com/app?sslmode=require&connect_timeout=5"
+    assert (target.pool, target.listen, target.prepare, target.migrate) == (3, False, False, False)
+
+
+def test_a_prefix_must_be_a_plain_schema_name() -> None:
+    with pytest.raises(ConfigError, match="cannot be a PostgreSQL schema name"):
+        open_backend(POSTGRES_URL, prefix="My-App")
+
+
+def test_a_password_never_shows_in_errors() -> None:
+    with pytest.raises(BackendUnavailable) as caught:
+        open_backend("postgresql://app:s3cret@127.0.0.1:1/db?timeout=1", prefix="x")
+    assert "s3cret" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
+
+
+def test_an_unmigrated_schema_asks_for_conveyor_migrate_which_installs_it() -> None:
+    fresh_postgres(POSTGRES_URL)
+    with pytest.raises(ConfigError, match="has no Conveyor tables.*conveyor migrate"):
+        open_backend(POSTGRES_URL, prefix="fresh")
+    command = [sys.executable, "-m", "conveyor", "--url", POSTGRES_URL, "--prefix", "fresh", "migrate"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "applied 1" in out.stdout
+    open_backend(POSTGRES_URL, prefix="fresh").close()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "already current" in again.stdout
+
+
+def test_a_schema_newer_than_this_conveyor_is_refused(url: str) -> None:
+    open_backend(url, prefix="newer").close()
+    psql("INSERT INTO newer.migrations VALUES (999, 'future', now())")
+    with pytest.raises(ConfigError, match="version 999, newer than this Conveyor"):
+        open_backend(url, prefix="newer")
+
+
+def test_all_migrations_applied_equal_schema_sql() -> None:
+    fresh_postgres(POSTGRES_URL)
+    assert schema.dump(POSTGRES_URL) == SCHEMA_SQL.read_text(), (
+        "schema.sql is stale: regenerate it with `python -m tests.postgres.schema`"
+    )
+
+
+def test_schema_sql_applied_by_hand_counts_as_migrated() -> None:
+    fresh_postgres(POSTGRES_URL)
+    subprocess.run(["psql", POSTGRES_URL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(SCHEMA_SQL)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    assert migrate_database(POSTGRES_URL, "conveyor")[0] == []
+    open_backend(POSTGRES_URL, prefix="conveyor").close()
+
+
+def test_concurrent_migrations_apply_each_version_once() -> None:
+    fresh_postgres(POSTGRES_URL)
+    applied: list[list[int]] = []
+    threads = [
+        threading.Thread(target=lambda: applied.append(migrate_database(POSTGRES_URL, "race")[0]))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(applied) == [[], [], [], [1]]
+
+
+def test_prefixes_keep_apps_apart_on_one_server(url: str) -> None:
+    first, second = Conveyor(url, prefix="app_a"), Conveyor(url, prefix="app_b")
+    job = first.enqueue("t.any", 1)
+    assert second.jobs() == [] and [j.id for j in first.jobs()] == [job.id]
+    first.close()
+    second.close()
+
+
+def test_enqueue_joins_the_callers_transaction(app: Conveyor, url: str) -> None:
+    @app.task
+    def signup(email: str) -> str:
+        return f"welcome {email}"
+
+    with running(app), psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute("CREATE TEMPORARY TABLE users (email text)")
+        with conn.transaction(), app.transaction(conn):
+            conn.execute("INSERT INTO users VALUES ('a@example.com')")
+            kept = signup.enqueue("a@example.com")
+            assert app.jobs() == []  # not visible outside the transaction until it commits
+        assert kept.result(timeout=10) == "welcome a@example.com"
+
+        with pytest.raises(RuntimeError, match="request failed"):
+            _sign_up_then_fail(conn, app, signup)
+        assert [j.id for j in app.jobs()] == [kept.id]  # the rollback took the jobs with it
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+
+def _sign_up_then_fail(conn: psycopg.Connection[Any], app: Conveyor, signup: Task[..., str]) -> None:
+    with conn.transaction(), app.transaction(conn):
+        conn.execute("INSERT INTO users VALUES ('b@example.com')")
+        signup.enqueue_many([("b@example.com",), ("c@example.com",)])
+        raise RuntimeError("the request failed")
+
+
+def test_transactional_enqueue_needs_postgres_and_a_connection(app: Conveyor, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a psycopg 3 connection, got str"), app.transaction("conn"):
+        pass
+    other = Conveyor(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(ConfigError, match="needs the PostgreSQL engine"), other.transaction(object()):
+        pass
+    other.close()
+
+
+def test_operators_work_jobs_from_psql(app: Conveyor) -> None:
+    first = app.enqueue("t.report", 1)
+    urgent = app.ref("t.report").options(priority=5).enqueue(2)
+    later = app.ref("t.report").options(delay=3600).enqueue(3)
+    pending = psql("SELECT id, position, state FROM pg.pending ORDER BY position")
+    assert pending.split() == [f"{urgent.id}|1|queued", f"{first.id}|2|queued", f"{later.id}|3|scheduled"]
+
+    claimed = psql("SELECT id || ' ' || lease_token FROM pg.claim('psql', ARRAY['default'], 2)").split("\n")
+    (id1, token1), (id2, token2) = sorted(line.split() for line in claimed if line)
+    assert psql("SELECT worker FROM pg.active_jobs ORDER BY id").split() == ["psql", "psql"]
+    assert psql(f"SELECT pg.complete({id1}, '{token1}', '\"done\"')").strip() == "t"
+    assert psql(f"SELECT pg.complete({id1}, '{token1}')").strip() == "f"  # already finished
+    assert psql(f"SELECT pg.fail({id2}, '{token2}', 'ValueError: bad row')").strip() == "t"
+    assert app.get_job(id1).result() == "done"
+    failed = app.get_job(id2)
+    assert failed.state is JobState.SCHEDULED and failed.error == "ValueError: bad row"  # retries left
+    (again,) = psql("SELECT id || ' ' || lease_token FROM pg.claim('psql', ARRAY['default'], 1)").split("\n")[
+        :1
+    ]
+    job_id, token = again.split()
+    assert psql(f"SELECT pg.fail({job_id}, '{token}', 'ValueError: no', final => true)").strip() == "t"
+    assert app.get_job(job_id).state is JobState.DEAD
+    stats = psql("SELECT state || '=' || jobs FROM pg.queue_stats ORDER BY state")
+    assert stats.split() == ["completed=1", "dead=1", "scheduled=1"]
+
+
+def test_notify_wakes_a_waiting_worker_long_before_its_timeout(url: str) -> None:
+    waiter, producer = open_backend(url, prefix="wake"), Conveyor(url, prefix="wake")
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: woke.set() if waiter.wait_for_work(["default"], 30) else None)
+    thread.start()
+    eventually(lambda: waiter._listener.listening, message="LISTEN")  # type: ignore[attr-defined]
+    producer.enqueue("t.any", 1)
+    assert woke.wait(10), "the worker slept through the notification"
+    thread.join(timeout=5)
+    waiter.close()
+    producer.close()
+
+
+def test_without_listen_workers_poll_and_still_run_everything(url: str) -> None:
+    app = Conveyor(f"{url}&pgbouncer=1", prefix="bouncer")
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    with running(app):
+        jobs = double.enqueue_many([(i,) for i in range(20)])
+        assert [job.result(timeout=10) for job in jobs] == [2 * i for i in range(20)]
+    app.close()
+
+
+def test_a_pool_of_two_connections_serves_a_worker_of_twenty(url: str) -> None:
+    app = Conveyor(f"{url}&pool=2", prefix="small")
+
+    @app.task
+    async def nap(i: int) -> int:
+        await asyncio.sleep(0.02)
+        return i
+
+    with running(app, concurrency=20):
+        jobs = nap.enqueue_many([(i,) for i in range(200)])
+        assert [job.result(timeout=60) for job in jobs] == list(range(200))
+    app.close()
+
+
+def test_enqueue_while_the_server_is_down_fails_within_its_timeout(own_server: server.Server) -> None:
+    app = Conveyor(f"{own_server.url}?migrate=1&timeout=1", prefix="down")
+    job = app.enqueue("t.any", 1)
+    own_server.stop()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{own_server.port}"):
+        app.enqueue("t.any", 2)
+    assert time.monotonic() - started < 5
+    own_server.start()
+    eventually(lambda: _reachable(app), timeout=15, message="pool reconnect")
+    assert [j.id for j in app.jobs()] == [job.id]  # the failed enqueue stored nothing
+    app.close()
+
+
+def _reachable(app: Conveyor) -> bool:
+    try:
+        app.backend.ping()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_workers_ride_out_a_server_restart_and_lose_nothing(
+    own_server: server.Server, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Conveyor(f"{own_server.url}?migrate=1&timeout=2", prefix="restart")
+
+    @app.task(retries=0)
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.01)
+        return i
+
+    stored: list[Job[Any]] = []
+    # The lease outlasts the outage: retries=0 then proves each job ran exactly once.
+    with caplog.at_level(logging.WARNING), running(app, concurrency=10, lease_timeout=30):
+        stored += work.enqueue_many([(i,) for i in range(100)])
+        eventually(lambda: any(j.refresh().state is JobState.COMPLETED for j in stored))
+        own_server.stop(mode)  # immediate: like a crash; committed work survives in the WAL
+        eventually(lambda: "PostgreSQL" in caplog.text, timeout=10, message="worker noticed")
+        own_server.start()
+        stored += _enqueue_when_up(lambda: work.enqueue_many([(i,) for i in range(100, 150)]))
+        results = [job.result(timeout=60) for job in stored]
+    assert results == list(range(150))
+    app.close()
+
+
+def _enqueue_when_up(enqueue: Callable[[], list[Job[Any]]]) -> list[Job[Any]]:
+    """Enqueue as a producer would after an outage: retry until the pool reconnects."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return enqueue()
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
