@@ -14,6 +14,7 @@ from conveyor.errors import (
     SerializationError,
     Snooze,
 )
+from conveyor.flows import ChildFailed, chain, flow, group
 from conveyor.job import Job, JobState
 from conveyor.task import Signature, Task
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "ChildFailed",
     "ConfigError",
     "Conveyor",
     "ConveyorError",
@@ -36,5 +38,8 @@ __all__ = [
     "Signature",
     "Snooze",
     "Task",
+    "chain",
     "current_job",
+    "flow",
+    "group",
 ]

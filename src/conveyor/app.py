@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from conveyor.backends import Backend, open_backend
-from conveyor.backends.base import Enqueued, JobQuery, NewJob
+from conveyor.backends.base import Enqueued, JobQuery, Links, NewJob, flow_links
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
 from conveyor.job import Job, JobRecord, JobState
@@ -23,6 +23,7 @@ from conveyor.settings import Settings, validate_queue
 from conveyor.task import EMPTY_MAPPING, EMPTY_OPTIONS, JobOptions, Signature, Task, parse_options
 
 if TYPE_CHECKING:
+    from conveyor.flows import _Plan
     from conveyor.worker import Worker
 
 P = ParamSpec("P")
@@ -278,32 +279,40 @@ class Conveyor:
     def submit(self, calls: Sequence[Signature], defaults: JobOptions) -> list[Job[Any]]:
         """Store calls as jobs in one engine round trip; the common path of every enqueue."""
         now = self.clock.now()
+        return self._submit([self._new_job(call, defaults, now) for call in calls], now)
+
+    def submit_flow(self, plan: _Plan) -> list[Job[Any]]:
+        """Store a flow's jobs, linked, in one atomic engine call; their handles in plan order."""
+        now = self.clock.now()
         news = []
-        for call in calls:
-            opts = self._resolved(call, defaults, now)
-            payload = encode_call(self.serializer, call.task, call.args, call.kwargs)
-            self._check_size(call.task, payload)
-            news.append(
-                NewJob(
-                    call.task,
-                    opts.queue,
-                    payload,
-                    opts.priority,
-                    opts.retries + 1,
-                    opts.retries,
-                    opts.timeout,
-                    opts.run_at,
-                    opts.unique_key,
-                    opts.meta,
+        for planned in plan.jobs:
+            new = self._new_job(planned.call, self.ref(planned.call.task).defaults, now)
+            if new.unique_key is not None:
+                raise ConfigError(f"task {new.task!r} in a flow: unique_key cannot be used inside a flow")
+            if planned.waiting and new.run_at is not None:
+                raise ConfigError(
+                    f"task {new.task!r} in a flow waits for other jobs, so it cannot have a delay or run_at"
                 )
-            )
+            new.parent, new.waiting, new.flow = planned.parent, planned.waiting, planned.flow_json
+            news.append(new)
+        return self._submit(news, now)
+
+    def _new_job(self, call: Signature, defaults: JobOptions, now: float) -> NewJob:
+        opts = self._resolved(call, defaults, now)
+        payload = encode_call(self.serializer, call.task, call.args, call.kwargs)
+        self._check_size(call.task, payload)
+        return NewJob(call.task, opts.queue, payload, opts.priority, opts.retries + 1, opts.retries,
+                      opts.timeout, opts.run_at, opts.unique_key, opts.meta)  # fmt: skip
+
+    def _submit(self, news: list[NewJob], now: float) -> list[Job[Any]]:
         stored = self._store(news)
         found = [s.id for s in stored if not s.created]
         existing = dict(zip(found, self.backend.get(found), strict=True)) if found else {}
+        links: Sequence[Links | None] = flow_links(news, [w.id for w in stored]) or [None] * len(news)
         jobs: list[Job[Any]] = []
-        for new, where in zip(news, stored, strict=True):
+        for new, where, link in zip(news, stored, links, strict=True):
             record = existing.get(where.id) if not where.created else None
-            jobs.append(Job(self, record or functools.partial(new.to_record, where.id, now)))
+            jobs.append(Job(self, record or functools.partial(new.to_record, where.id, now, link)))
         return jobs
 
     def _resolved(self, call: Signature, defaults: JobOptions, now: float) -> _Resolved:
@@ -373,6 +382,22 @@ class Conveyor:
             offset=_count("offset", offset, minimum=0),
         )
         return [Job(self, record) for record in self.backend.list_jobs(query)]
+
+    def cancel(self, *job_ids: str) -> list[bool]:
+        """Cancel unfinished jobs; True for each one this call cancelled. A flow's
+        cancelled job takes its unfinished children with it, and its parent is settled
+        (under the default policy a cancelled child fails the parent)."""
+        from conveyor.flows import settle
+
+        done = self.backend.cancel(list(job_ids))
+        records = [r for r, ok in zip(self.backend.get(list(job_ids)), done, strict=True) if ok and r]
+        children = [c for r in records for c in r.children]
+        if children:
+            self.cancel(*children)
+        parents = [r.parent_id for r in records if r.parent_id]
+        if parents:
+            settle(self.backend, parents)
+        return done
 
     def pause(self, *queues: str) -> None:
         """Stop every worker from taking jobs from `queues`; running jobs finish, queued ones wait."""

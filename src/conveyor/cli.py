@@ -413,7 +413,7 @@ def retry(ctx: click.Context, job_ids: Sequence[str], all_dead: bool, queue: str
 def cancel(ctx: click.Context, job_ids: Sequence[str]) -> None:
     """Cancel jobs that have not finished; a cancelled job never starts again."""
     app = _app(ctx)
-    done = app.backend.cancel(list(job_ids))
+    done = app.cancel(*job_ids)
     for job_id, ok in zip(job_ids, done, strict=True):
         if not ok:
             console.print(f"job {job_id}: not cancelled (unknown or already finished)")

@@ -37,6 +37,7 @@ class JobContext:
         self._logs: list[LogEntry] = []
         self._progress: float | None = None
         self._cancelled = False  # written by the worker's loop, read by the task: a bool is enough
+        self._child_results: list[Any] = []
 
     @property
     def id(self) -> str:
@@ -62,6 +63,23 @@ class JobContext:
     @property
     def meta(self) -> dict[str, Any]:
         return self._record.meta
+
+    @property
+    def parent_id(self) -> str | None:
+        """The flow job waiting for this one, if any."""
+        return self._record.parent_id
+
+    def child_results(self) -> list[Any]:
+        """The results of the jobs this one waited for, in the order the flow gave them.
+
+        Under `on_child_failure="ignore"` failed children are left out; under
+        "continue" each has a `ChildFailed` in its place. Empty for a job with no children.
+        """
+        return list(self._child_results)
+
+    def set_child_results(self, values: list[Any]) -> None:
+        """The worker hands over the children's results before the task runs."""
+        self._child_results = values
 
     @property
     def cancelled(self) -> bool:

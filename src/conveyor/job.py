@@ -52,6 +52,9 @@ class Event(StrEnum):
     LEASE_EXPIRED_FINAL = "lease_expired_final"
     CANCEL = "cancel"
     RETRY = "retry"
+    ENQUEUE_WAITING = "enqueue_waiting"
+    CHILDREN_DONE = "children_done"
+    CHILD_FAILED = "child_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(_S.ACTIVE, _E.CANCEL, _S.CANCELLED),
     Transition(_S.DEAD, _E.RETRY, _S.QUEUED),
     Transition(_S.CANCELLED, _E.RETRY, _S.QUEUED),
+    Transition(None, _E.ENQUEUE_WAITING, _S.WAITING),
+    Transition(_S.WAITING, _E.CHILDREN_DONE, _S.QUEUED),
+    Transition(_S.WAITING, _E.CHILD_FAILED, _S.DEAD),
+    Transition(_S.WAITING, _E.CANCEL, _S.CANCELLED),
 )
 
 
@@ -141,6 +148,9 @@ class JobRecord:
     error: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     progress: float | None = None
+    parent_id: str | None = None  # the flow job that waits for this one
+    children: list[str] = field(default_factory=list)  # the jobs this one waits for, in order
+    flow: str | None = None  # a waiting job's flow options, JSON (see conveyor.flows)
 
 
 class Job(Generic[R]):
@@ -270,7 +280,7 @@ class Job(Generic[R]):
 
     def cancel(self) -> bool:
         """Cancel the job if it has not finished; True if this call cancelled it."""
-        done = self._app.backend.cancel([self.id])[0]
+        done = self._app.cancel(self.id)[0]
         self.refresh()
         return done
 

@@ -152,6 +152,7 @@ class Signature:
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     options: JobOptions = EMPTY_OPTIONS
+    app: Conveyor | None = field(default=None, compare=False, repr=False)  # for flows' enqueue()
 
 
 class Task(Generic[P, R]):
@@ -213,7 +214,7 @@ class Task(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this call, for flows and bulk enqueue."""
-        return Signature(self.name, args, kwargs)
+        return Signature(self.name, args, kwargs, app=self.app)
 
 
 def _positional_range(signature: inspect.Signature | None) -> tuple[int, float]:
@@ -254,4 +255,4 @@ class BoundTask(Generic[P, R]):
         return self.task.app.submit_many(self.task.name, self.task.defaults, self.opts, calls)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        return Signature(self.task.name, args, kwargs, self.opts)
+        return Signature(self.task.name, args, kwargs, self.opts, self.task.app)

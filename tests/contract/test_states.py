@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
+from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind, Resumption
 from conveyor.clock import FakeClock
 from conveyor.job import TRANSITIONS, Event, JobRecord, JobState, Transition, next_state
 
@@ -37,8 +37,20 @@ def _finish(backend: Backend, job: JobRecord, kind: OutcomeKind, clock: FakeCloc
     return job.id
 
 
+def _waiting(backend: Backend, clock: FakeClock) -> tuple[str, str]:
+    """(parent, child): a flow of two jobs, the parent waiting for the child."""
+    child = _new(clock)
+    child.parent = 1
+    parent = _new(clock)
+    parent.waiting = True
+    stored = backend.enqueue([child, parent])
+    return stored[1].id, stored[0].id
+
+
 def _in_state(backend: Backend, clock: FakeClock, state: JobState) -> str:
     """A job already in `state`, made the fastest way."""
+    if state is JobState.WAITING:
+        return _waiting(backend, clock)[0]
     if state is JobState.SCHEDULED:
         return backend.enqueue([_new(clock, delayed=True)])[0].id
     if state is JobState.QUEUED:
@@ -60,6 +72,14 @@ def _fire(backend: Backend, clock: FakeClock, t: Transition) -> str:
         return backend.enqueue([_new(clock)])[0].id
     if t.event is e.ENQUEUE_DELAYED:
         return backend.enqueue([_new(clock, delayed=True)])[0].id
+    if t.event is e.ENQUEUE_WAITING:
+        return _in_state(backend, clock, JobState.WAITING)
+    if t.event in (e.CHILDREN_DONE, e.CHILD_FAILED):
+        parent_id, _ = _waiting(backend, clock)
+        error = "ChildFailed: job x ended dead" if t.event is e.CHILD_FAILED else None
+        assert backend.resume_waiting([Resumption(parent_id, error)]) == [True]
+        assert backend.resume_waiting([Resumption(parent_id, error)]) == [False]  # moved once
+        return parent_id
     if t.event is e.PROMOTE:
         job_id = _in_state(backend, clock, JobState.SCHEDULED)
         clock.advance(61)

@@ -41,15 +41,28 @@ class NewJob:
     run_at: float | None = None
     unique_key: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Flows: `parent` is the index, within the same enqueue batch, of the job that waits
+    # for this one; `waiting` marks a job that has children (it starts `waiting`);
+    # `flow` is its flow options as JSON, stored as given.
+    parent: int | None = None
+    waiting: bool = False
+    flow: str | None = None
 
-    def to_record(self, job_id: str, now: float) -> JobRecord:
-        """The record this job has the moment it is stored at `now`."""
+    def initial_state(self, run_at: float, now: float) -> JobState:
+        if self.waiting:
+            return JobState.WAITING
+        return JobState.SCHEDULED if run_at > now else JobState.QUEUED
+
+    def to_record(self, job_id: str, now: float, links: Links | None = None) -> JobRecord:
+        """The record this job has the moment it is stored at `now`; `links` gives its
+        parent and children ids when it belongs to a flow."""
         run_at = now if self.run_at is None else self.run_at
+        parent, children = links if links is not None else (None, [])
         return JobRecord(
             id=job_id,
             task=self.task,
             queue=self.queue,
-            state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+            state=self.initial_state(run_at, now),
             payload=self.payload,
             priority=self.priority,
             max_attempts=self.max_attempts,
@@ -59,7 +72,34 @@ class NewJob:
             enqueued_at=now,
             unique_key=self.unique_key,
             meta=dict(self.meta),
+            parent_id=parent,
+            children=children,
+            flow=self.flow,
         )
+
+
+Links = tuple[str | None, list[str]]  # (parent id, children ids) of one job in a batch
+
+
+def flow_links(jobs: Sequence[NewJob], ids: Sequence[str]) -> list[Links] | None:
+    """Each job's (parent id, children ids) once the batch's ids are known; None when
+    the batch holds no flow, so engines skip the linking step."""
+    if all(job.parent is None for job in jobs):
+        return None
+    links: list[Links] = [(None, []) for _ in jobs]
+    for index, job in enumerate(jobs):
+        if job.parent is not None:
+            links[index] = (ids[job.parent], links[index][1])
+            links[job.parent][1].append(ids[index])
+    return links
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """What becomes of a waiting job: run it (error None) or kill it with `error`."""
+
+    job_id: str
+    error: str | None = None
 
 
 class Enqueued(NamedTuple):
@@ -187,6 +227,12 @@ class Backend(ABC):
 
         Returns False on timeout. Spurious wake-ups are allowed; missed ones are not.
         """
+
+    @abstractmethod
+    def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
+        """Move waiting jobs on: to `queued`, or to `dead` with the given error. True for
+        each job this call moved; a job no longer waiting is left alone (False), so
+        racing callers move it once."""
 
     # -- reading -----------------------------------------------------------
     @abstractmethod

@@ -25,7 +25,9 @@ from conveyor.backends.base import (
     Outcome,
     OutcomeKind,
     Renewal,
+    Resumption,
     WorkerInfo,
+    flow_links,
     purgeable,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -62,6 +64,10 @@ class MemoryBackend(Backend):
         with self._cond:
             now = self.clock.now()
             out = [self._insert(new, now) for new in jobs]
+            links = flow_links(jobs, [stored.id for stored in out])
+            for stored, (parent, children) in zip(out, links or (), strict=False):
+                record = self._jobs[stored.id]
+                record.parent_id, record.children = parent, children
             self._cond.notify_all()
         return out
 
@@ -237,6 +243,25 @@ class MemoryBackend(Backend):
             if expired:
                 self._cond.notify_all()
             return [r.id for r in expired]
+
+    def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
+        with self._cond:
+            now = self.clock.now()
+            moved = []
+            for resumption in resumptions:
+                record = self._jobs.get(resumption.job_id)
+                if record is None or record.state is not JobState.WAITING:
+                    moved.append(False)
+                    continue
+                if resumption.error is None:
+                    record.state, record.run_at = JobState.QUEUED, now
+                else:
+                    record.state, record.finished_at = JobState.DEAD, now
+                    record.error = resumption.error
+                self._place(record)
+                moved.append(True)
+            self._cond.notify_all()
+            return moved
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.backends.base import Outcome, OutcomeKind
 from conveyor.context import JobContext
-from conveyor.errors import Fail, Retry, SerializationError
+from conveyor.errors import BackendUnavailable, Fail, Retry, SerializationError
+from conveyor.flows import child_values, piped
 from conveyor.job import JobRecord
 from conveyor.retry import backoff_delay
 from conveyor.settings import Settings
@@ -63,8 +64,9 @@ class _Unrunnable(Exception):
     """A job that can never run; it goes to dead without retries."""
 
 
-def prepare(app: Conveyor, record: JobRecord) -> Call:
-    """Find the task and decode and bind the arguments; _Unrunnable says what is wrong."""
+def prepare(app: Conveyor, record: JobRecord, leading: tuple[Any, ...] = ()) -> Call:
+    """Find the task and decode and bind the arguments (after `leading`, a chain step's
+    previous result); _Unrunnable says what is wrong."""
     task = app.registered(record.task)
     if task is None or task.fn is None:
         raise _Unrunnable(f"UnknownTask: no task named {record.task!r} is registered in this worker")
@@ -72,6 +74,8 @@ def prepare(app: Conveyor, record: JobRecord) -> Call:
         args, kwargs = app.decode_payload(record.payload)
     except ValueError as exc:
         raise _Unrunnable(f"PayloadError: {exc}") from None
+    if leading:
+        args = [*leading, *args]
     try:
         task.check_arguments(args, kwargs)
     except TypeError as exc:
@@ -93,8 +97,18 @@ async def run_attempt(
 ) -> Outcome:
     """Run one attempt to its outcome. Must run in a context where the job is bound."""
     record = job.record
+    leading: tuple[Any, ...] = ()
+    if record.children:
+        try:
+            kids = await asyncio.to_thread(app.backend.get, record.children)
+        except BackendUnavailable:
+            return released(job, worker_id)  # the engine is away: run it again later, attempt unspent
+        values = child_values(record, kids, app.serializer.loads)
+        job.context.set_child_results(values)
+        pipe, value = piped(record, values)
+        leading = (value,) if pipe else ()
     try:
-        call = prepare(app, record)
+        call = prepare(app, record, leading)
     except _Unrunnable as exc:
         return _outcome(job, OutcomeKind.DEAD, worker_id, error=str(exc))
     limit = timeout_of(record, call.task, settings)

@@ -1,4 +1,5 @@
-"""Maintenance: recover expired leases (any worker may) and report this worker."""
+"""Maintenance: recover expired leases (any worker may), settle flows a crash left
+waiting, prune past retention, and report this worker."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-from conveyor.backends.base import Backend, WorkerInfo
+from conveyor.backends.base import Backend, JobQuery, WorkerInfo
 from conveyor.errors import BackendUnavailable
-from conveyor.job import JobState
+from conveyor.flows import settle
+from conveyor.job import TERMINAL_STATES, JobState
 from conveyor.worker._aio import in_thread
 
 log = logging.getLogger("conveyor.worker")
 _PRUNE_EVERY = 60.0  # seconds between retention passes
 _PRUNE_BATCH = 5_000  # rows per delete: keeps each write transaction short
+_FLOWS_EVERY = 30.0  # seconds between passes over waiting flow jobs
+_FLOWS_BATCH = 500  # waiting jobs read per pass; the offset walks through the rest
 
 
 class Maintenance:
@@ -41,6 +45,8 @@ class Maintenance:
         self.retention = dict(retention or {})
         self.now = now
         self._pruned_at = -_PRUNE_EVERY
+        self._flows_at = -_FLOWS_EVERY
+        self._flows_offset = 0
 
     async def run(self) -> None:
         """Sweep forever; the worker cancels this task after its last flush."""
@@ -56,11 +62,15 @@ class Maintenance:
                 shown = ", ".join(recovered[:10])
                 log.warning("recovered %d job(s) whose lease expired: %s", len(recovered), shown)
                 self.on_recovered()
+                await in_thread(self.thread, self._settle_parents_of, recovered)
             await in_thread(self.thread, self.backend.report_worker, self.report())
             await in_thread(self.thread, self.backend.maintain)
             if time.monotonic() - self._pruned_at >= _PRUNE_EVERY:
                 self._pruned_at = time.monotonic()
                 await self.prune()
+            if time.monotonic() - self._flows_at >= _FLOWS_EVERY:
+                self._flows_at = time.monotonic()
+                await in_thread(self.thread, self.settle_flows)
         except BackendUnavailable as exc:
             log.error("maintenance failed: %s", exc)
 
@@ -81,3 +91,21 @@ class Maintenance:
         if total:
             log.info("pruned %d finished job(s) past their retention", total)
         return total
+
+    def _settle_parents_of(self, job_ids: list[str]) -> None:
+        """A lease that expired for good ended a job: its flow parent may move on."""
+        ended = [r for r in self.backend.get(job_ids) if r is not None and r.state in TERMINAL_STATES]
+        parents = [r.parent_id for r in ended if r.parent_id]
+        if parents:
+            settle(self.backend, parents)
+
+    def settle_flows(self) -> list[str]:
+        """Settle a batch of waiting jobs: the worker that finished their last child may
+        have died between storing it and settling the parent. Returns the ids moved."""
+        query = JobQuery(state=JobState.WAITING, limit=_FLOWS_BATCH, offset=self._flows_offset)
+        waiting = [r.id for r in self.backend.list_jobs(query)]
+        self._flows_offset = self._flows_offset + _FLOWS_BATCH if len(waiting) == _FLOWS_BATCH else 0
+        moved = settle(self.backend, waiting) if waiting else []
+        if moved:
+            log.warning("settled %d flow job(s) left waiting: %s", len(moved), ", ".join(moved[:10]))
+        return moved

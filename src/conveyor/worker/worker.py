@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from conveyor.backends.base import Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
+from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
 from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
@@ -45,6 +46,7 @@ log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 _IDLE_WAIT = 0.5  # longest single engine wait: bounds shutdown and notices dead connections
 _MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
+_ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
 
 
 class Worker:
@@ -283,15 +285,27 @@ class Worker:
                 log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
+        parents = []
         for outcome, fence in zip(outcomes, fences, strict=True):
-            self._unstored.pop(outcome.job_id, None)
+            job = self._unstored.pop(outcome.job_id, None)
+            if job is not None and job.record.parent_id and fence is Fence.OK and outcome.kind in _ENDED:
+                parents.append(job.record.parent_id)
             if fence is Fence.LEASE_LOST:
                 log.warning(
                     "job %s: result discarded, its lease was lost (cancelled, or expired and "
                     "taken over by another worker)",
                     outcome.job_id,
                 )
+        if parents:
+            await self._settle(parents)
         return True
+
+    async def _settle(self, parents: list[str]) -> None:
+        """Move on the flow jobs waiting for jobs that just ended; maintenance retries later."""
+        try:
+            await in_thread(self._db, settle, self.app.backend, parents)
+        except BackendUnavailable as exc:
+            log.error("could not settle %d flow job(s); maintenance will: %s", len(parents), exc)
 
     async def _wait_for_work(self) -> None:
         """Block in the waiter thread until the engine signals work, or a job of ours ends."""

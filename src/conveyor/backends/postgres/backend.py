@@ -28,11 +28,14 @@ from conveyor.backends.base import (
     Enqueued,
     Fence,
     JobQuery,
+    Links,
     NewJob,
     Outcome,
     OutcomeKind,
     Renewal,
+    Resumption,
     WorkerInfo,
+    flow_links,
     purgeable,
     translate_errors,
 )
@@ -115,7 +118,7 @@ class PostgresBackend(Backend):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
-        if all(job.unique_key is None for job in jobs):
+        if all(job.unique_key is None and job.parent is None for job in jobs):
             with self._pool.connection() as conn:  # one statement: atomic without BEGIN
                 return [Enqueued(i, True) for i in self._insert(conn, jobs)]
         with self._tx() as conn:
@@ -142,7 +145,30 @@ class PostgresBackend(Backend):
                 end += 1
             out.extend(Enqueued(i, True) for i in self._insert(conn, jobs[start:end]))
             start = end
+        links = flow_links(jobs, [stored.id for stored in out])
+        if links is not None:
+            self._link(conn, jobs, out, links)
         return out
+
+    def _link(
+        self, conn: Executor, jobs: Sequence[NewJob], stored: Sequence[Enqueued], links: Sequence[Links]
+    ) -> None:
+        """Set a flow batch's parent/children links and waiting states: one statement."""
+        rows = [
+            (int(w.id), p, c, j.flow, j.waiting)
+            for j, w, (p, c) in zip(jobs, stored, links, strict=True)
+            if p or c
+        ]
+        conn.execute(
+            self._q["link"],
+            {
+                "ids": [r[0] for r in rows],
+                "parents": [None if r[1] is None else int(r[1]) for r in rows],
+                "children": ["{" + ",".join(r[2]) + "}" if r[2] else None for r in rows],
+                "flows": [r[3] for r in rows],
+                "waiting": [r[4] for r in rows],
+            },
+        )
 
     def _insert(self, conn: Executor, jobs: Sequence[NewJob]) -> list[str]:
         if len(jobs) == 1:
@@ -365,6 +391,21 @@ class PostgresBackend(Backend):
         return out
 
     @_guarded
+    def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
+        params = {"ids": [_int_id(r.job_id) for r in resumptions], "errors": [r.error for r in resumptions]}
+        with self._tx() as conn:
+            rows = conn.execute(self._q["resume"], {**params, "at": self._at()}).fetchall()
+            queues = sorted({queue for _, queue, state in rows if state == "queued"})
+            if queues:
+                conn.execute(self._q["wake"], {"queues": queues})
+        moved = {str(row[0]) for row in rows}
+        out = []
+        for r in resumptions:  # an id listed twice moved once: only its first mention says True
+            out.append(r.job_id in moved)
+            moved.discard(r.job_id)
+        return out
+
+    @_guarded
     def retry(self, ids: Sequence[str]) -> list[bool]:
         done: list[bool] = []
         queues: set[str] = set()
@@ -493,4 +534,6 @@ def _record(row: Sequence[Any]) -> JobRecord:
     values[3] = _STATES[row[3]]
     values[15] = row[15] or {}
     values[21] = attempts_from(row[21]) if row[21] else []
+    values[23] = None if row[23] is None else str(row[23])
+    values[24] = [str(c) for c in row[24]] if row[24] else []
     return JobRecord(*values)

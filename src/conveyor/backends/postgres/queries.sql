@@ -6,7 +6,7 @@
 -- name: columns
 id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
 enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token,
-lease_expires, result, error, attempts, progress
+lease_expires, result, error, attempts, progress, parent_id, children, flow
 
 -- name: insert
 -- Any number of jobs in one statement: one array per column, unnested together. Identity
@@ -66,6 +66,28 @@ RETURNING id
 SELECT id FROM {p}.jobs
 WHERE queue = %(queue)s AND unique_key = %(unique_key)s
   AND state IN ('scheduled', 'queued', 'active', 'waiting')
+
+-- name: link
+-- A flow's links and waiting states, set in the enqueue transaction once its ids are known.
+UPDATE {p}.jobs AS j
+SET parent_id = l.parent_id, children = l.children::bigint[], flow = l.flow,
+    state = CASE WHEN l.waiting THEN 'waiting' ELSE j.state END
+FROM unnest(%(ids)s::bigint[], %(parents)s::bigint[], %(children)s::text[], %(flows)s::text[],
+            %(waiting)s::bool[]) AS l(id, parent_id, children, flow, waiting)
+WHERE j.id = l.id
+
+-- name: resume
+-- Waiting jobs move on once: to queued (error NULL) or to dead with the error.
+UPDATE {p}.jobs AS j
+SET state = CASE WHEN r.error IS NULL THEN 'queued' ELSE 'dead' END,
+    run_at = CASE WHEN r.error IS NULL THEN c.now ELSE j.run_at END,
+    finished_at = CASE WHEN r.error IS NULL THEN NULL ELSE c.now END,
+    error = coalesce(r.error, j.error)
+FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
+     (SELECT DISTINCT ON (id) id, error
+      FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS u(id, error)) AS r
+WHERE j.id = r.id AND j.state = 'waiting'
+RETURNING j.id, j.queue, j.state
 
 -- name: claim_tick
 -- Compare-and-set: a row comes back only for a tick later than the last one stored. A

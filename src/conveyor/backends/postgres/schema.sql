@@ -59,6 +59,9 @@ CREATE TABLE conveyor.jobs (
     error text,
     attempts jsonb,
     progress double precision,
+    parent_id bigint,
+    children bigint[],
+    flow text,
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['scheduled'::text, 'queued'::text, 'active'::text, 'waiting'::text, 'completed'::text, 'dead'::text, 'cancelled'::text])))
 );
 
@@ -431,6 +434,13 @@ CREATE UNIQUE INDEX jobs_unique ON conveyor.jobs USING btree (queue, unique_key)
 
 
 --
+-- Name: jobs_waiting; Type: INDEX; Schema: conveyor; Owner: -
+--
+
+CREATE INDEX jobs_waiting ON conveyor.jobs USING btree (id) WHERE (state = 'waiting'::text);
+
+
+--
 -- Name: logs_job; Type: INDEX; Schema: conveyor; Owner: -
 --
 
@@ -450,4 +460,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows')) AS m(version, name);

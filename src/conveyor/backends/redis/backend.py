@@ -33,7 +33,9 @@ from conveyor.backends.base import (
     NewJob,
     Outcome,
     Renewal,
+    Resumption,
     WorkerInfo,
+    flow_links,
     purgeable,
     translate_errors,
 )
@@ -44,7 +46,7 @@ from conveyor.errors import BackendUnavailable, ConfigError
 from conveyor.job import TERMINAL_STATES, AttemptRecord, JobRecord, JobState, LogEntry
 
 _SCRIPTS = ("enqueue", "enqueue_many", "enqueue_tick", "claim", "extend", "finish", "recover",
-            "cancel", "retry", "purge", "delete", "watch")  # fmt: skip
+            "cancel", "retry", "purge", "delete", "watch", "resume")  # fmt: skip
 _BATCH = 1_000  # jobs per recover/purge script call: each call blocks Redis for ~1 ms
 _MAX_PRIORITY = 2**53  # scores are doubles: larger priorities would lose their order
 _WAIT_SLICE = 1.0  # longest block on a pub/sub wake-up before looking again
@@ -133,14 +135,18 @@ class RedisBackend(Backend):
             groups.setdefault(job.queue, []).append(index)
         self._register(groups)
         now = _num(self.clock.now())
-        # Seqs follow the batch's order across queues: several queues take them up front.
-        first = self._first_seq(len(jobs)) if len(groups) == 1 else self._take_seqs(len(jobs))
+        flows = any(job.parent is not None for job in jobs)
+        # Seqs follow the batch's order across queues: several queues take them up front,
+        # and so does a flow, whose jobs store each other's ids.
+        first = self._first_seq(len(jobs)) if len(groups) == 1 and not flows else self._take_seqs(len(jobs))
+        links = _links(jobs, first) if flows else [""] * len(jobs)
         calls = []
         for queue, indexes in groups.items():
             args: list[str | int] = [queue, now, first]
             for i in indexes:
                 args.append(i)
                 args.extend(self._job_args(jobs[i], now))
+                args.append(links[i])
             calls.append((queue, args))
         replies = self._run_atomic("enqueue", calls)
         out: list[Enqueued] = [Enqueued("", False)] * len(jobs)
@@ -424,6 +430,18 @@ class RedisBackend(Backend):
         return [bool(r) for r in self._per_queue("cancel", ids, [repr(self.clock.now())])]
 
     @_guarded
+    def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
+        out: list[bool] = []
+        for r in resumptions:  # one script call per job: a flow settles a few parents at a time
+            where = split_id(r.job_id)
+            if where is None:
+                out.append(False)
+                continue
+            args = [repr(self.clock.now()), where[1], r.error or ""]
+            out.append(bool(self._s["resume"]([self._base(where[0])], args)[0]))
+        return out
+
+    @_guarded
     def retry(self, ids: Sequence[str]) -> list[bool]:
         return [bool(r) for r in self._per_queue("retry", ids, [repr(self.clock.now())])]
 
@@ -541,7 +559,8 @@ class RedisBackend(Backend):
 _FIELDS = (
     "task", "queue", "state", "payload", "priority", "attempt", "max_attempts", "retries", "timeout",
     "run_at", "enqueued_at", "started_at", "finished_at", "unique_key", "meta", "lease_owner",
-    "lease_token", "lease_expires", "result", "error", "attempts", "progress",
+    "lease_token", "lease_expires", "result", "error", "attempts", "progress", "parent_id",
+    "children", "flow",
 )  # fmt: skip
 
 
@@ -560,7 +579,7 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
     """A JobRecord from a script's row: seq, then the _FIELDS values in order."""
     (seq, task, _queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
      enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token, lease_expires,
-     result, error, attempts, progress) = row  # fmt: skip
+     result, error, attempts, progress, parent_id, children, flow) = row  # fmt: skip
     return JobRecord(
         f"{queue}:{seq}", task, queue, JobState(state), payload, int(priority), int(attempt or 0),
         int(max_attempts), int(retries), _opt_float(timeout), float(run_at), float(enqueued_at),
@@ -568,8 +587,27 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
         json.loads(meta) if meta and meta != _EMPTY_META else {}, lease_owner or None,
         lease_token or None, _opt_float(lease_expires), result, error,
         [AttemptRecord(*a) for a in json.loads(attempts)] if attempts and attempts != "[]" else [],
-        _opt_float(progress),
+        _opt_float(progress), parent_id or None, json.loads(children) if children else [], flow or None,
     )  # fmt: skip
+
+
+def _links(jobs: Sequence[NewJob], first: int) -> list[str]:
+    """Each job's flow links for the enqueue script (see insert in _lib.lua), its ids
+    known up front: the job at index i gets seq first + i."""
+    ids = [f"{job.queue}:{first + i}" for i, job in enumerate(jobs)]
+    out = []
+    for job, (parent, children) in zip(jobs, flow_links(jobs, ids) or [], strict=True):
+        links: dict[str, Any] = {}
+        if parent is not None:
+            links["p"] = parent
+        if children:
+            links["c"] = json.dumps(children)
+        if job.flow is not None:
+            links["f"] = job.flow
+        if job.waiting:
+            links["w"] = True
+        out.append(json.dumps(links, separators=(",", ":")) if links else "")
+    return out
 
 
 def _logs(entries: Sequence[LogEntry]) -> list[str]:

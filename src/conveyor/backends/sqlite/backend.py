@@ -28,11 +28,14 @@ from conveyor.backends.base import (
     Enqueued,
     Fence,
     JobQuery,
+    Links,
     NewJob,
     Outcome,
     OutcomeKind,
     Renewal,
+    Resumption,
     WorkerInfo,
+    flow_links,
     purgeable,
     translate_errors,
 )
@@ -183,6 +186,9 @@ class SQLiteBackend(Backend):
                     end += 1
                 out.extend(self._insert_plain(conn, rows[start:end]))
                 start = end
+            links = flow_links(jobs, [stored.id for stored in out])
+            if links is not None:
+                conn.executemany(self._q["link"], _link_rows(jobs, out, links))
         return out
 
     @_guarded
@@ -199,7 +205,7 @@ class SQLiteBackend(Backend):
 
     def _row(self, job: NewJob, now: float) -> tuple[Any, ...]:
         run_at = now if job.run_at is None else job.run_at
-        state = "scheduled" if run_at > now else "queued"
+        state = job.initial_state(run_at, now).value
         meta = json.dumps(job.meta, separators=(",", ":")) if job.meta else None
         return (
             job.task,
@@ -394,6 +400,19 @@ class SQLiteBackend(Backend):
             requeued = conn.execute(self._q["expire_requeue"], params).fetchall()
             killed = conn.execute(self._q["expire_kill"], params).fetchall()
         return [str(row[0]) for row in requeued + killed]
+
+    @_guarded
+    def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
+        now = self.clock.now()
+        with self._write() as conn:
+            return [
+                conn.execute(
+                    self._q["resume" if r.error is None else "resume_dead"],
+                    {"id": _int_id(r.job_id), "now": now, "error": r.error},
+                ).rowcount
+                == 1
+                for r in resumptions
+            ]
 
     @_guarded
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
@@ -613,4 +632,17 @@ def _record(row: Sequence[Any]) -> JobRecord:
     values[3] = _STATES[row[3]]
     values[15] = json.loads(row[15]) if row[15] else {}
     values[21] = attempts_from(json.loads(row[21])) if row[21] else []
+    values[23] = None if row[23] is None else str(row[23])
+    values[24] = [str(c) for c in json.loads(row[24])] if row[24] else []
     return JobRecord(*values)
+
+
+def _link_rows(
+    jobs: Sequence[NewJob], stored: Sequence[Enqueued], links: Sequence[Links]
+) -> list[tuple[Any, ...]]:
+    """Parameters of the `link` statement for each job of a flow batch that has links."""
+    return [
+        (parent, json.dumps([int(c) for c in children]) if children else None, job.flow, int(where.id))
+        for job, where, (parent, children) in zip(jobs, stored, links, strict=True)
+        if parent is not None or children
+    ]

@@ -5,7 +5,7 @@
 -- name: columns
 id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
 enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token,
-lease_expires, result, error, attempts, progress
+lease_expires, result, error, attempts, progress, parent_id, children, flow
 
 -- name: insert
 -- The backend appends one "(?, ...)" group per row: one statement for up to 80 rows is
@@ -41,6 +41,17 @@ RETURNING id
 -- name: find_unique
 SELECT id FROM {p}_jobs
 WHERE queue = ? AND unique_key = ? AND state IN ('scheduled', 'queued', 'active', 'waiting')
+
+-- name: link
+-- A flow's links, set in the enqueue transaction once the batch's ids are known.
+UPDATE {p}_jobs SET parent_id = ?, children = ?, flow = ? WHERE id = ?
+
+-- name: resume
+UPDATE {p}_jobs SET state = 'queued', run_at = :now WHERE id = :id AND state = 'waiting'
+
+-- name: resume_dead
+UPDATE {p}_jobs SET state = 'dead', finished_at = :now, error = :error
+WHERE id = :id AND state = 'waiting'
 
 -- name: promote_due
 UPDATE {p}_jobs SET state = 'queued'

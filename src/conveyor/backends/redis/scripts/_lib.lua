@@ -10,6 +10,7 @@
 --                        to 16 digits, so equal priorities pop in enqueue order
 --   :scheduled    zset   score run_at; :active  zset  score lease deadline
 --   :completed, :dead, :cancelled   zset  score finished_at (retention order)
+--   :waiting      zset   flow jobs waiting for their children, score seq
 --   :all          zset   every job, score seq (listing, newest first)
 --   :unique       hash   unique key -> seq of the live job holding it
 --   :ticks        hash   schedule -> last tick that got its job
@@ -23,7 +24,8 @@ local function jkey(seq) return base .. ':j:' .. seq end
 
 local FIELDS = {'task', 'queue', 'state', 'payload', 'priority', 'attempt', 'max_attempts',
   'retries', 'timeout', 'run_at', 'enqueued_at', 'started_at', 'finished_at', 'unique_key',
-  'meta', 'lease_owner', 'lease_token', 'lease_expires', 'result', 'error', 'attempts', 'progress'}
+  'meta', 'lease_owner', 'lease_token', 'lease_expires', 'result', 'error', 'attempts', 'progress',
+  'parent_id', 'children', 'flow'}
 local TERMINAL = {completed = true, dead = true, cancelled = true}
 local LIVE = {scheduled = true, queued = true, active = true, waiting = true}
 
@@ -112,7 +114,7 @@ end
 
 -- Zset writes of a batch, sent as one ZADD per set at the end: on a slow host each
 -- redis.call costs ~3.6 us, so per-job ZADDs were a third of a script's time.
-local function batch() return {queued = {}, scheduled = {}, all = {}} end
+local function batch() return {queued = {}, scheduled = {}, waiting = {}, all = {}} end
 
 local function zadd(name, pairs)
   for i = 1, #pairs, 2000 do  -- unpack() has a C-stack limit: 1000 pairs a call
@@ -133,9 +135,11 @@ end
 
 -- Store one job into `pending` (see batch). Fields left at their defaults are not
 -- written (attempt 0, no attempts, meta {}): a bulk enqueue writes 9 fields a job.
+-- `links` ('' or nil for a job outside a flow) is JSON with any of p (parent id),
+-- c (children ids, JSON text), f (flow options, JSON text), w (true: the job waits).
 -- Returns seq, created (0/1); when a live job holds the unique key, that job's seq.
 local function insert(pending, seq, now, task, payload, priority, max_attempts, retries, timeout,
-                      run_at, unique, meta)
+                      run_at, unique, meta, links)
   if unique ~= '' then
     local holder = redis.call('HGET', key('unique'), unique)
     if holder then return holder, 0 end
@@ -149,7 +153,19 @@ local function insert(pending, seq, now, task, payload, priority, max_attempts, 
   if timeout ~= '' then redis.call('HSET', job, 'timeout', timeout) end
   if unique ~= '' then redis.call('HSET', job, 'unique_key', unique) end
   if meta ~= '{}' then redis.call('HSET', job, 'meta', meta) end
-  if state == 'queued' then
+  if links and links ~= '' then
+    local l = cjson.decode(links)
+    if l.p then redis.call('HSET', job, 'parent_id', l.p) end
+    if l.c then redis.call('HSET', job, 'children', l.c) end
+    if l.f then redis.call('HSET', job, 'flow', l.f) end
+    if l.w then
+      state = 'waiting'
+      redis.call('HSET', job, 'state', state)
+    end
+  end
+  if state == 'waiting' then
+    push(pending.waiting, seq, seq)
+  elseif state == 'queued' then
     push(pending.queued, -tonumber(priority), pad(seq))
   else
     push(pending.scheduled, run_at, seq)
