@@ -40,6 +40,9 @@ class Settings:
     # cancelled after 7 days, dead after 30, so failures stay around to be looked at.
     keep_completed: float | None = 7 * 86400.0
     keep_dead: float | None = 30 * 86400.0
+    # And at most this many per queue (None: no count limit), the newest kept.
+    keep_completed_count: int | None = None
+    keep_dead_count: int | None = None
     # Whether workers run the periodic scheduler (when the app has schedules): one
     # deployment can run only cron, another only processing.
     scheduler: bool = True
@@ -147,6 +150,12 @@ def _log_level(value: Any) -> str:
     return level
 
 
+def _optional_count(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return _non_negative_int(value)
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -177,4 +186,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "processors": _bool,
     "keep_completed": _optional_seconds,
     "keep_dead": _optional_seconds,
+    "keep_completed_count": _optional_count,
+    "keep_dead_count": _optional_count,
 }

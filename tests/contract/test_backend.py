@@ -419,3 +419,12 @@ def test_purge_with_a_limit_deletes_in_batches(backend: Backend) -> None:
     assert backend.purge(limit=2) == 2
     assert backend.purge(limit=2) == 1
     assert backend.purge() == 0
+
+
+def test_purge_with_a_limit_deletes_the_longest_finished_first(backend: Backend, clock: FakeClock) -> None:
+    ids = [s.id for s in backend.enqueue([new() for _ in range(3)])]
+    for job_id in (ids[2], ids[0], ids[1]):  # finished in another order than enqueued
+        backend.cancel([job_id])
+        clock.advance(1)
+    assert backend.purge(queue="default", states=[JobState.CANCELLED], limit=2) == 2
+    assert [r.id for r in backend.list_jobs(JobQuery())] == [ids[1]]

@@ -51,6 +51,7 @@ def test_environment_then_keywords() -> None:
         ({"CONVEYOR_URL": "nope"}, "CONVEYOR_URL: invalid URL 'nope'"),
         ({"CONVEYOR_LOG_LEVEL": "LOUD"}, "must be one of DEBUG"),
         ({"CONVEYOR_RETRY_BACKOFF": "-1"}, "must be a number > 0"),
+        ({"CONVEYOR_KEEP_COMPLETED_COUNT": "-5"}, "CONVEYOR_KEEP_COMPLETED_COUNT: must be an integer >= 0"),
     ],
 )
 def test_bad_environment_is_named(env: dict[str, str], message: str) -> None:
@@ -80,3 +81,8 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
         full = 2.0 * 2 ** (n - 1)
         assert full / 2 <= delay <= full
     assert backoff_delay(40, base=2.0, cap=60, rng=rng) <= 60
+
+
+def test_retention_counts_come_from_the_environment() -> None:
+    s = Settings.load(env={"CONVEYOR_KEEP_COMPLETED_COUNT": "1000", "CONVEYOR_KEEP_DEAD_COUNT": "none"})
+    assert (s.keep_completed_count, s.keep_dead_count) == (1000, None)

@@ -108,3 +108,22 @@ def test_retention_prunes_old_finished_jobs_in_batches() -> None:
         module._PRUNE_BATCH = original
     thread.shutdown()
     assert {r.state for r in backend.list_jobs(JobQuery())} == {JobState.DEAD}
+
+
+def test_retention_by_count_keeps_the_newest_per_queue_and_state() -> None:
+    from conveyor.backends.base import Outcome, OutcomeKind
+
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    for queue in ("a", "b"):
+        backend.enqueue([NewJob("t", queue, "[[],{}]") for _ in range(4)])
+        for record in backend.claim("w", [queue], 4, 10):
+            clock.advance(1)
+            backend.finish([Outcome(record.id, record.lease_token or "", OutcomeKind.COMPLETED, result="1")])
+    newest = {q: [r.id for r in backend.list_jobs(JobQuery(queue=q))][:2] for q in ("a", "b")}
+    thread = concurrent.futures.ThreadPoolExecutor(1)
+    counts = {JobState.COMPLETED: 2, JobState.DEAD: None}
+    sweeper = Maintenance(backend, thread, 10, lambda: None, lambda: None, keep_counts=counts)  # type: ignore[arg-type, return-value]
+    assert asyncio.run(sweeper.prune()) == 4
+    thread.shutdown()
+    assert {q: [r.id for r in backend.list_jobs(JobQuery(queue=q))] for q in ("a", "b")} == newest

@@ -277,8 +277,9 @@ class Backend(ABC):
         older_than: float | None = None,
         limit: int | None = None,
     ) -> int:
-        """Delete finished jobs (and their logs), at most `limit` per state; returns how
-        many were deleted. Batches keep the engine's write lock short."""
+        """Delete finished jobs (and their logs), at most `limit` per state, the longest
+        finished first (within each queue); returns how many were deleted. Batches keep
+        the engine's write lock short."""
 
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> int:

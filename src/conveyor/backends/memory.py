@@ -398,6 +398,7 @@ class MemoryBackend(Backend):
                     and (queue is None or r.queue == queue)
                     and (older_than is None or (r.finished_at or 0) < older_than)
                 ]
+                matches.sort(key=lambda job_id: (self._jobs[job_id].finished_at or 0.0, int(job_id)))
                 doomed.extend(matches[:limit])
             return self._drop(doomed)
 

@@ -36,6 +36,7 @@ class Maintenance:
         on_recovered: Callable[[], None],
         retention: Mapping[JobState, float | None] | None = None,
         now: Callable[[], float] = time.time,
+        keep_counts: Mapping[JobState, int | None] | None = None,
     ) -> None:
         self.backend = backend
         self.thread = thread
@@ -43,6 +44,7 @@ class Maintenance:
         self.report = report
         self.on_recovered = on_recovered
         self.retention = dict(retention or {})
+        self.keep_counts = {state: n for state, n in (keep_counts or {}).items() if n is not None}
         self.now = now
         self._pruned_at = -_PRUNE_EVERY
         self._flows_at = -_FLOWS_EVERY
@@ -88,8 +90,25 @@ class Maintenance:
                 total += deleted
                 if deleted < _PRUNE_BATCH:
                     break
+        if self.keep_counts:
+            total += await in_thread(self.thread, self._prune_counts)
         if total:
             log.info("pruned %d finished job(s) past their retention", total)
+        return total
+
+    def _prune_counts(self) -> int:
+        """Keep at most the configured number of finished jobs per queue and state,
+        deleting the longest finished first."""
+        total = 0
+        for queue, per_state in self.backend.counts().items():
+            for state, keep in self.keep_counts.items():
+                excess = per_state.get(state, 0) - keep
+                while excess > 0:
+                    deleted = self.backend.purge(queue=queue, states=[state], limit=min(excess, _PRUNE_BATCH))
+                    if deleted == 0:
+                        break
+                    total += deleted
+                    excess -= deleted
         return total
 
     def _settle_parents_of(self, job_ids: list[str]) -> None:

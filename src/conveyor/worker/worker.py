@@ -131,9 +131,11 @@ class Worker:
         )
         done, dead = self.settings.keep_completed, self.settings.keep_dead
         keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
+        most, most_dead = self.settings.keep_completed_count, self.settings.keep_dead_count
+        counts = {JobState.COMPLETED: most, JobState.CANCELLED: most, JobState.DEAD: most_dead}
         self._maintenance = Maintenance(
             backend, self._leases.thread, self.settings.lease_timeout, self._info, self._request_wake,
-            retention=keep, now=self.app.clock.now,
+            retention=keep, now=self.app.clock.now, keep_counts=counts,
         )  # fmt: skip
         self._burst = burst
         self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")

@@ -237,6 +237,7 @@ WHERE id IN (
     WHERE state = %(state)s
       AND (%(queue)s::text IS NULL OR queue = %(queue)s)
       AND (%(older_than)s::float8 IS NULL OR finished_at < %(older_than)s)
+    ORDER BY finished_at, id
     LIMIT %(limit)s
 )
 RETURNING id

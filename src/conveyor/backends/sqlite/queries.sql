@@ -201,6 +201,7 @@ WHERE id IN (
     WHERE state = :state
       AND (:queue IS NULL OR queue = :queue)
       AND (:older_than IS NULL OR finished_at < :older_than)
+    ORDER BY finished_at, id
     LIMIT :limit
 )
 RETURNING id
