@@ -301,8 +301,10 @@ class Conveyor:
         opts = self._resolved(call, defaults, now)
         payload = encode_call(self.serializer, call.task, call.args, call.kwargs)
         self._check_size(call.task, payload)
-        return NewJob(call.task, opts.queue, payload, opts.priority, opts.retries + 1, opts.retries,
-                      opts.timeout, opts.run_at, opts.unique_key, opts.meta)  # fmt: skip
+        new = NewJob(call.task, opts.queue, payload, opts.priority, opts.retries + 1, opts.retries,
+                     opts.timeout, opts.run_at, opts.unique_key, opts.meta)  # fmt: skip
+        new.unique_for, new.debounce = opts.unique_for, opts.debounce
+        return new
 
     def _submit(self, news: list[NewJob], now: float) -> list[Job[Any]]:
         stored = self._store(news)
@@ -323,7 +325,7 @@ class Conveyor:
         if hit is not None and hit[0] is call.options and hit[1] is defaults:
             return hit[2]
         resolved = self._resolve(call, defaults, now)
-        if call.options.delay is None and defaults.delay is None:  # else run_at depends on now
+        if resolved.run_at is None:  # else run_at depends on now (delay, debounce)
             if len(self._resolutions) >= 1024:
                 self._resolutions.clear()
             self._resolutions[key] = (call.options, defaults, resolved)
@@ -334,14 +336,21 @@ class Conveyor:
         base = registered.defaults if registered is not None else defaults
         opts = base.merged(call.options)
         retries = self.settings.retries if opts.retries is None else opts.retries
+        if (opts.unique_for or opts.debounce) and opts.unique_key is None:
+            raise ConfigError(f"task {call.task!r}: unique_for and debounce need a unique_key")
+        run_at = opts.run_at
+        if opts.delay or opts.debounce:
+            run_at = now + (opts.debounce or opts.delay or 0.0)
         return _Resolved(
             queue=opts.queue or "default",
             priority=opts.priority or 0,
             retries=retries,
             timeout=opts.timeout,
-            run_at=now + opts.delay if opts.delay else opts.run_at,
+            run_at=run_at,
             unique_key=opts.unique_key,
             meta=dict(opts.meta),
+            unique_for=opts.unique_for,
+            debounce=opts.debounce is not None,
         )
 
     def _check_size(self, task: str, payload: str) -> None:
@@ -434,6 +443,8 @@ class _Resolved:
     run_at: float | None
     unique_key: str | None
     meta: dict[str, Any]
+    unique_for: float | None = None
+    debounce: bool = False
 
 
 def _code_of(fn: Callable[..., Any] | None) -> object:

@@ -33,6 +33,8 @@ class JobOptions:
     retries: int | None = None
     timeout: float | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    unique_for: float | None = None  # the key stays taken this long after the job completed
+    debounce: float | None = None  # run this long after the last enqueue with the key
 
     def merged(self, other: JobOptions) -> JobOptions:
         """These options with every option set in `other` taking precedence."""
@@ -49,6 +51,8 @@ class JobOptions:
             retries=_pick(other.retries, self.retries),
             timeout=_pick(other.timeout, self.timeout),
             meta={**self.meta, **other.meta},
+            unique_for=_pick(other.unique_for, self.unique_for),
+            debounce=_pick(other.debounce, self.debounce),
         )
 
 
@@ -75,6 +79,8 @@ def parse_options(**options: Any) -> JobOptions:
             parsed[name] = _VALIDATORS[name](value)
     if "delay" in parsed and "run_at" in parsed:
         raise ConfigError("give either delay or run_at, not both")
+    if "debounce" in parsed and ("delay" in parsed or "run_at" in parsed):
+        raise ConfigError("debounce sets when the job runs: give it without delay or run_at")
     return JobOptions(**parsed)
 
 
@@ -141,6 +147,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "retries": _retries,
     "timeout": _seconds("timeout", allow_zero=False),
     "meta": _meta,
+    "unique_for": _seconds("unique_for", allow_zero=False),
+    "debounce": _seconds("debounce", allow_zero=False),
 }
 
 
@@ -196,7 +204,7 @@ class Task(Generic[P, R]):
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         """This task with enqueue options set: queue, priority, delay, run_at,
-        unique_key, retries, timeout, meta."""
+        unique_key, retries, timeout, meta, unique_for, debounce."""
         return BoundTask(self, parse_options(**options))
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:

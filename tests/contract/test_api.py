@@ -583,3 +583,21 @@ def test_snooze_runs_later_without_spending_an_attempt(app: Conveyor) -> None:
     with running(app):
         assert job.result(timeout=10) == "ready"  # retries=0, yet it ran three times
     assert runs == [1, 1, 1] and job.attempt == 1 and job.attempts == []
+
+
+def test_debounce_runs_once_with_the_last_arguments(app: Conveyor) -> None:
+    seen: list[int] = []
+
+    @app.task
+    def save(version: int) -> int:
+        seen.append(version)
+        return version
+
+    debounced = save.options(unique_key="doc-1", debounce=0.3)
+    jobs = [debounced.enqueue(v) for v in (1, 2, 3)]
+    assert len({job.id for job in jobs}) == 1
+    with running(app):
+        assert jobs[0].result(timeout=10) == 3
+    assert seen == [3]
+    again = save.options(unique_key="doc-1", unique_for=60).enqueue(4)
+    assert again.id == jobs[0].id and again.state is JobState.COMPLETED  # completed within the window

@@ -11,6 +11,7 @@ import pytest
 
 from conveyor.backends.base import (
     Backend,
+    Enqueued,
     Fence,
     JobQuery,
     NewJob,
@@ -428,3 +429,52 @@ def test_purge_with_a_limit_deletes_the_longest_finished_first(backend: Backend,
         clock.advance(1)
     assert backend.purge(queue="default", states=[JobState.CANCELLED], limit=2) == 2
     assert [r.id for r in backend.list_jobs(JobQuery())] == [ids[1]]
+
+
+def _done(backend: Backend, job_id: str, kind: OutcomeKind) -> None:
+    [record] = backend.claim("w", ["default"], 1, 30)
+    assert record.id == job_id
+    backend.finish([Outcome(job_id, record.lease_token or "", kind, result="1", error="E: x")])
+
+
+def test_unique_for_keeps_the_key_taken_after_the_job_completed(backend: Backend, clock: FakeClock) -> None:
+    first = backend.enqueue([new(unique_key="k")])[0].id
+    _done(backend, first, OutcomeKind.COMPLETED)
+    clock.advance(10)
+    windowed = NewJob("t.a", "default", "[[],{}]", unique_key="k", unique_for=60)
+    assert backend.enqueue([windowed]) == [Enqueued(first, False)]
+    assert backend.enqueue([NewJob("t.a", "other", "[[],{}]", unique_key="k", unique_for=60)])[0].created
+    clock.advance(60)  # 70 s after it completed: the window has passed
+    later = backend.enqueue([windowed])[0]
+    assert later.created and later.id != first
+
+
+def test_unique_for_does_not_count_a_dead_job(backend: Backend, clock: FakeClock) -> None:
+    first = backend.enqueue([new(unique_key="k")])[0].id
+    _done(backend, first, OutcomeKind.DEAD)
+    again = backend.enqueue([NewJob("t.a", "default", "[[],{}]", unique_key="k", unique_for=60)])[0]
+    assert again.created and again.id != first
+
+
+def test_debounce_replaces_the_payload_and_time_of_a_job_not_yet_started(
+    backend: Backend, clock: FakeClock
+) -> None:
+    def debounced(payload: str, delay: float) -> NewJob:
+        job = NewJob("t.a", "default", payload, unique_key="k", run_at=clock.now() + delay)
+        job.debounce = True
+        return job
+
+    first = backend.enqueue([debounced("[[1],{}]", 5)])[0]
+    assert first.created
+    clock.advance(3)
+    assert backend.enqueue([debounced("[[2],{}]", 5)]) == [Enqueued(first.id, False)]
+    record = backend.get([first.id])[0]
+    assert record is not None and record.payload == "[[2],{}]"
+    assert record.state is JobState.SCHEDULED and record.run_at == clock.now() + 5
+    clock.advance(4)  # 7 s after the first enqueue, 4 s after the second: not due yet
+    assert backend.claim("w", ["default"], 5, 30) == []
+    clock.advance(2)
+    [claimed] = backend.claim("w", ["default"], 5, 30)
+    assert claimed.id == first.id and claimed.payload == "[[2],{}]"
+    assert backend.enqueue([debounced("[[3],{}]", 5)]) == [Enqueued(first.id, False)]  # running: kept
+    assert backend.get([first.id])[0].payload == "[[2],{}]"  # type: ignore[union-attr]

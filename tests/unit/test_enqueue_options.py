@@ -41,3 +41,23 @@ def test_delay_is_relative_to_each_enqueue() -> None:
     first = delayed.enqueue()
     second = delayed.enqueue()
     assert second.run_at - second.enqueued_at == first.run_at - first.enqueued_at == 60
+
+
+def test_unique_for_and_debounce_are_validated_by_name() -> None:
+    import pytest
+
+    from conveyor import ConfigError
+
+    app = Conveyor("memory://")
+
+    @app.task
+    def work(x: int) -> int:
+        return x
+
+    with pytest.raises(ConfigError, match="unique_for and debounce need a unique_key"):
+        work.options(debounce=5).enqueue(1)
+    with pytest.raises(ConfigError, match="debounce sets when the job runs"):
+        work.options(unique_key="k", debounce=5, delay=1)
+    with pytest.raises(ConfigError, match="option 'unique_for' must be a number of seconds > 0"):
+        work.options(unique_key="k", unique_for=0)
+    assert app.jobs() == []

@@ -47,6 +47,11 @@ class NewJob:
     parent: int | None = None
     waiting: bool = False
     flow: str | None = None
+    # With a unique key: a job with the key that completed less than `unique_for` seconds
+    # ago is returned as well; `debounce` makes a later enqueue replace the payload and
+    # run_at of a matching job that has not started (it is returned, not created).
+    unique_for: float | None = None
+    debounce: bool = False
 
     def initial_state(self, run_at: float, now: float) -> JobState:
         if self.waiting:
@@ -188,7 +193,8 @@ class Backend(ABC):
     # -- producing ---------------------------------------------------------
     @abstractmethod
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
-        """Store jobs atomically, in order; a live job's unique key returns that job."""
+        """Store jobs atomically, in order; a live job's unique key returns that job
+        (see NewJob for `unique_for` and `debounce`)."""
 
     @abstractmethod
     def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:

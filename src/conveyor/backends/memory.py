@@ -83,7 +83,16 @@ class MemoryBackend(Backend):
     def _insert(self, new: NewJob, now: float) -> Enqueued:
         key = None if new.unique_key is None else (new.queue, new.unique_key)
         if key is not None and key in self._unique:
-            return Enqueued(self._unique[key], created=False)
+            holder = self._jobs[self._unique[key]]
+            if new.debounce and holder.state in (JobState.SCHEDULED, JobState.QUEUED):
+                holder.payload, holder.run_at = new.payload, new.run_at or now
+                holder.state = JobState.SCHEDULED if holder.run_at > now else JobState.QUEUED
+                self._place(holder)
+            return Enqueued(holder.id, created=False)
+        if key is not None and new.unique_for is not None:
+            recent = self._recently_completed(key, now - new.unique_for)
+            if recent is not None:
+                return Enqueued(recent, created=False)
         job_id = str(self._next_id)
         self._next_id += 1
         record = new.to_record(job_id, now)
@@ -92,6 +101,14 @@ class MemoryBackend(Backend):
             self._unique[key] = job_id
         self._place(record)
         return Enqueued(job_id, created=True)
+
+    def _recently_completed(self, key: tuple[str, str], since: float) -> str | None:
+        """The newest job holding `key` that completed after `since` (a scan: tests only)."""
+        for record in reversed(self._jobs.values()):
+            completed = record.state is JobState.COMPLETED and (record.finished_at or 0.0) > since
+            if completed and _unique_of(record) == key:
+                return record.id
+        return None
 
     def _place(self, record: JobRecord) -> None:
         """Index a record by its (new) state."""

@@ -199,6 +199,10 @@ class PostgresBackend(Backend):
 
     def _insert_unique(self, conn: Executor, job: NewJob) -> Enqueued:
         params = self._scalars(job)
+        if job.unique_for is not None:
+            recent = conn.execute(self._q["find_recent"], {**params, "unique_for": job.unique_for}).fetchone()
+            if recent is not None:
+                return Enqueued(str(recent[0]), False)
         # The holder of the key may finish between the two statements: look again.
         for _ in range(10):
             inserted = conn.execute(self._q["insert_unique"], params).fetchone()
@@ -206,6 +210,8 @@ class PostgresBackend(Backend):
                 return Enqueued(str(inserted[0]), True)
             existing = conn.execute(self._q["find_unique"], params).fetchone()
             if existing is not None:
+                if job.debounce:
+                    conn.execute(self._q["debounce"], {**params, "id": existing[0]})
                 return Enqueued(str(existing[0]), False)
         raise BackendUnavailable(f"PostgreSQL at {self.where}: unique key {job.unique_key!r} kept changing")
 

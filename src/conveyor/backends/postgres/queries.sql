@@ -89,6 +89,21 @@ FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
 WHERE j.id = r.id AND j.state = 'waiting'
 RETURNING j.id, j.queue, j.state
 
+-- name: find_recent
+-- `unique_for`: the newest job with the key that completed within the window.
+SELECT id FROM {p}.jobs
+WHERE queue = %(queue)s AND unique_key = %(unique_key)s AND state = 'completed'
+  AND finished_at > coalesce(%(at)s::float8, {p}.epoch()) - %(unique_for)s
+ORDER BY finished_at DESC LIMIT 1
+
+-- name: debounce
+-- A later enqueue with the key replaces the arguments and time of a job not yet started.
+UPDATE {p}.jobs AS j
+SET payload = %(payload)s, run_at = coalesce(%(run_at)s::float8, c.now),
+    state = CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END
+FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
+WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued')
+
 -- name: claim_tick
 -- Compare-and-set: a row comes back only for a tick later than the last one stored. A
 -- racing scheduler waits on the row lock, then sees the new tick and gets nothing.

@@ -434,6 +434,13 @@ CREATE UNIQUE INDEX jobs_unique ON conveyor.jobs USING btree (queue, unique_key)
 
 
 --
+-- Name: jobs_unique_done; Type: INDEX; Schema: conveyor; Owner: -
+--
+
+CREATE INDEX jobs_unique_done ON conveyor.jobs USING btree (queue, unique_key, finished_at) WHERE ((unique_key IS NOT NULL) AND (state = 'completed'::text));
+
+
+--
 -- Name: jobs_waiting; Type: INDEX; Schema: conveyor; Owner: -
 --
 
@@ -460,4 +467,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window')) AS m(version, name);

@@ -139,7 +139,8 @@ class RedisBackend(Backend):
         # Seqs follow the batch's order across queues: several queues take them up front,
         # and so does a flow, whose jobs store each other's ids.
         first = self._first_seq(len(jobs)) if len(groups) == 1 and not flows else self._take_seqs(len(jobs))
-        links = _links(jobs, first) if flows else [""] * len(jobs)
+        special = flows or any(job.unique_for is not None or job.debounce for job in jobs)
+        links = _extras(jobs, first, flows) if special else [""] * len(jobs)
         calls = []
         for queue, indexes in groups.items():
             args: list[str | int] = [queue, now, first]
@@ -591,13 +592,19 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
     )  # fmt: skip
 
 
-def _links(jobs: Sequence[NewJob], first: int) -> list[str]:
-    """Each job's flow links for the enqueue script (see insert in _lib.lua), its ids
-    known up front: the job at index i gets seq first + i."""
+def _extras(jobs: Sequence[NewJob], first: int, flows: bool) -> list[str]:
+    """Each job's rarely used fields for the enqueue script (see insert in _lib.lua):
+    flow links, with the ids known up front (the job at index i gets seq first + i),
+    and the unique key's window and debounce."""
     ids = [f"{job.queue}:{first + i}" for i, job in enumerate(jobs)]
+    found = flow_links(jobs, ids) if flows else None
     out = []
-    for job, (parent, children) in zip(jobs, flow_links(jobs, ids) or [], strict=True):
+    for job, (parent, children) in zip(jobs, found or [(None, [])] * len(jobs), strict=True):
         links: dict[str, Any] = {}
+        if job.unique_for is not None:
+            links["uf"] = job.unique_for
+        if job.debounce:
+            links["d"] = True
         if parent is not None:
             links["p"] = parent
         if children:

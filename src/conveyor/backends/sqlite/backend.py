@@ -178,7 +178,7 @@ class SQLiteBackend(Backend):
             start = 0
             while start < len(rows):
                 if rows[start][10] is not None:
-                    out.append(self._insert_unique(conn, rows[start]))
+                    out.append(self._insert_unique(conn, rows[start], jobs[start]))
                     start += 1
                     continue
                 end = start
@@ -199,7 +199,7 @@ class SQLiteBackend(Backend):
                 return None
             row = self._row(job, now)
             if job.unique_key is not None:
-                stored = self._insert_unique(conn, row)
+                stored = self._insert_unique(conn, row, job)
                 return stored.id if stored.created else None
             return self._insert_values(conn, [row])[0].id
 
@@ -279,11 +279,20 @@ class SQLiteBackend(Backend):
                 ids.extend(self._insert_shared(conn, row, chunk))
         return ids
 
-    def _insert_unique(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> Enqueued:
+    def _insert_unique(self, conn: sqlite3.Connection, row: tuple[Any, ...], job: NewJob) -> Enqueued:
+        queue, key, now = row[1], row[10], row[9]
+        if job.unique_for is not None:
+            params = {"queue": queue, "key": key, "since": now - job.unique_for}
+            recent = conn.execute(self._q["find_recent"], params).fetchone()
+            if recent is not None:
+                return Enqueued(str(recent[0]), False)
         inserted = conn.execute(self._q["insert_unique"], row).fetchone()
         if inserted is not None:
             return Enqueued(str(inserted[0]), True)
-        existing = conn.execute(self._q["find_unique"], (row[1], row[10])).fetchone()
+        existing = conn.execute(self._q["find_unique"], (queue, key)).fetchone()
+        if job.debounce:
+            params = {"id": existing[0], "payload": row[3], "run_at": row[8], "now": now}
+            conn.execute(self._q["debounce"], params)
         return Enqueued(str(existing[0]), False)
 
     # -- working -----------------------------------------------------------

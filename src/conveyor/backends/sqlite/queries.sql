@@ -53,6 +53,19 @@ UPDATE {p}_jobs SET state = 'queued', run_at = :now WHERE id = :id AND state = '
 UPDATE {p}_jobs SET state = 'dead', finished_at = :now, error = :error
 WHERE id = :id AND state = 'waiting'
 
+-- name: find_recent
+-- `unique_for`: the newest job with the key that completed after :since.
+SELECT id FROM {p}_jobs
+WHERE queue = :queue AND unique_key = :key AND state = 'completed' AND finished_at > :since
+ORDER BY finished_at DESC LIMIT 1
+
+-- name: debounce
+-- A later enqueue with the key replaces the arguments and time of a job not yet started.
+UPDATE {p}_jobs
+SET payload = :payload, run_at = :run_at,
+    state = CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END
+WHERE id = :id AND state IN ('scheduled', 'queued')
+
 -- name: promote_due
 UPDATE {p}_jobs SET state = 'queued'
 WHERE state = 'scheduled' AND queue = :queue AND run_at <= :now

@@ -13,6 +13,7 @@
 --   :waiting      zset   flow jobs waiting for their children, score seq
 --   :all          zset   every job, score seq (listing, newest first)
 --   :unique       hash   unique key -> seq of the live job holding it
+--   :unique_done  hash   unique key -> seq of the last job that completed with it
 --   :ticks        hash   schedule -> last tick that got its job
 --   :paused       string present while the queue is paused
 -- Channels: <base>:wake (work arrived on an empty queue), <base>:done (message: the seq of
@@ -68,11 +69,21 @@ local function finished(seq, watched)
   end
 end
 
--- A final job gives its unique key back, so a new job may take it.
-local function release_unique(seq, unique)
+-- A final job gives its unique key back, so a new job may take it; a completed one is
+-- remembered in :unique_done for `unique_for`.
+local function release_unique(seq, unique, completed)
   if unique == nil then unique = redis.call('HGET', jkey(seq), 'unique_key') end
   if unique and redis.call('HGET', key('unique'), unique) == seq then
     redis.call('HDEL', key('unique'), unique)
+  end
+  if unique and completed then redis.call('HSET', key('unique_done'), unique, seq) end
+end
+
+-- A deleted job's key no longer points at it in :unique_done.
+local function forget_done(seq)
+  local unique = redis.call('HGET', jkey(seq), 'unique_key')
+  if unique and redis.call('HGET', key('unique_done'), unique) == seq then
+    redis.call('HDEL', key('unique_done'), unique)
   end
 end
 
@@ -135,14 +146,46 @@ end
 
 -- Store one job into `pending` (see batch). Fields left at their defaults are not
 -- written (attempt 0, no attempts, meta {}): a bulk enqueue writes 9 fields a job.
--- `links` ('' or nil for a job outside a flow) is JSON with any of p (parent id),
--- c (children ids, JSON text), f (flow options, JSON text), w (true: the job waits).
+-- A later enqueue with a debounced key: the holder, if not started, takes the new
+-- payload and run time.
+local function debounce(seq, payload, run_at, now)
+  local state = redis.call('HGET', jkey(seq), 'state')
+  if state ~= 'scheduled' and state ~= 'queued' then return end
+  redis.call('HSET', jkey(seq), 'payload', payload, 'run_at', run_at)
+  if tonumber(run_at) > tonumber(now) then
+    move(seq, state, 'scheduled', run_at)
+  else
+    move(seq, state, 'queued', queued_score(seq))
+  end
+end
+
+-- The job that completed with `unique` less than `window` seconds ago, if any.
+local function recently_completed(unique, window, now)
+  local seq = redis.call('HGET', key('unique_done'), unique)
+  if not seq then return nil end
+  local done = redis.call('HMGET', jkey(seq), 'state', 'finished_at')
+  if done[1] == 'completed' and tonumber(done[2]) > tonumber(now) - tonumber(window) then return seq end
+  return nil
+end
+
+-- `extras` ('' or nil for most jobs) is JSON with any of p (parent id), c (children
+-- ids, JSON text), f (flow options, JSON text), w (true: the job waits), uf (the
+-- unique_for window in seconds), d (true: debounce).
 -- Returns seq, created (0/1); when a live job holds the unique key, that job's seq.
 local function insert(pending, seq, now, task, payload, priority, max_attempts, retries, timeout,
-                      run_at, unique, meta, links)
+                      run_at, unique, meta, extras)
+  local l = {}
+  if extras and extras ~= '' then l = cjson.decode(extras) end
   if unique ~= '' then
     local holder = redis.call('HGET', key('unique'), unique)
-    if holder then return holder, 0 end
+    if holder then
+      if l.d then debounce(holder, payload, run_at, now) end
+      return holder, 0
+    end
+    if l.uf then
+      local recent = recently_completed(unique, l.uf, now)
+      if recent then return recent, 0 end
+    end
     redis.call('HSET', key('unique'), unique, seq)
   end
   local state = 'queued'
@@ -153,8 +196,7 @@ local function insert(pending, seq, now, task, payload, priority, max_attempts, 
   if timeout ~= '' then redis.call('HSET', job, 'timeout', timeout) end
   if unique ~= '' then redis.call('HSET', job, 'unique_key', unique) end
   if meta ~= '{}' then redis.call('HSET', job, 'meta', meta) end
-  if links and links ~= '' then
-    local l = cjson.decode(links)
+  do
     if l.p then redis.call('HSET', job, 'parent_id', l.p) end
     if l.c then redis.call('HSET', job, 'children', l.c) end
     if l.f then redis.call('HSET', job, 'flow', l.f) end

@@ -7,6 +7,7 @@ for _, seq in ipairs(ARGV) do
   local state = redis.call('HGET', jkey(seq), 'state')
   if state then
     release_unique(seq)
+    forget_done(seq)
     redis.call('ZREM', key(state), member(state, seq))
     redis.call('ZREM', key('all'), seq)
     redis.call('DEL', jkey(seq), key('logs:' .. seq))

@@ -2,7 +2,7 @@
 -- KEYS[1] queue base; KEYS[2] the prefix's sequence counter (single server only)
 -- ARGV: queue, now, first seq (0: take them from KEYS[2]), then per job 11 values:
 --       offset (the job's seq is first + offset), task, payload, priority, max_attempts,
---       retries, timeout, run_at, unique_key, meta, flow links ('' for none; see insert)
+--       retries, timeout, run_at, unique_key, meta, extras ('' for none; see insert)
 -- Returns: per job {seq, created}: created 0 when a live job held the unique key
 --          (seq is then that job's). Publishes <base>:wake if the queue was empty.
 local queue, now = ARGV[1], ARGV[2]

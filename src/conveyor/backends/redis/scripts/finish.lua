@@ -47,7 +47,7 @@ while a <= #ARGV do
       end
     end
     if kind == 'completed' or kind == 'dead' then
-      if held[3] then release_unique(seq, held[3]) end
+      if held[3] then release_unique(seq, held[3], kind == 'completed') end
       finished(seq, held[4] ~= false)
     end
     out[#out + 1] = 1

@@ -8,6 +8,7 @@ local bound = older
 if older ~= '+inf' then bound = '(' .. older end
 local doomed = redis.call('ZRANGEBYSCORE', key(state), '-inf', bound, 'LIMIT', 0, limit)
 for _, seq in ipairs(doomed) do
+  if state == 'completed' then forget_done(seq) end
   redis.call('DEL', jkey(seq), key('logs:' .. seq))
   redis.call('ZREM', key('all'), seq)
 end
