@@ -17,6 +17,7 @@ from conveyor.backends.base import Enqueued, JobQuery, Links, NewJob, flow_links
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
 from conveyor.job import Job, JobRecord, JobState
+from conveyor.limits import KeyOf, Limit, QueueLimits, TaskLimit, key_function, make_limit
 from conveyor.scheduler.cron import Missed, Schedule
 from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
 from conveyor.settings import Settings, validate_queue
@@ -54,6 +55,7 @@ class Conveyor:
         self.clock = clock or SYSTEM_CLOCK
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._schedules: dict[str, Schedule] = {}
+        self._queue_limits: dict[str, Limit] = {}
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         # Holding the options objects keeps their ids from being reused while cached.
@@ -139,6 +141,9 @@ class Conveyor:
         retries: int | None = None,
         timeout: float | None = None,
         priority: int | None = None,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: str | KeyOf | None = None,
     ) -> Callable[[Callable[P, Any]], Task[P, Any]]: ...
 
     def task(
@@ -151,9 +156,21 @@ class Conveyor:
         retries: int | None = None,
         timeout: float | None = None,
         priority: int | None = None,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: str | KeyOf | None = None,
     ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
-        """Register a sync or async function as a task: `@app.task` or `@app.task(...)`."""
+        """Register a sync or async function as a task: `@app.task` or `@app.task(...)`.
+
+        rate_limit ("10/s", "100/m", "20/10s") and concurrency_limit hold across all
+        workers, in the task's queue; with limit_key (an argument or meta name, or a
+        function of (args, kwargs, meta)) they count per key value instead.
+        """
         defaults = parse_options(queue=queue, retries=retries, timeout=timeout, priority=priority)
+        task_limit = make_limit(rate_limit, concurrency_limit, "task")
+        key_of = None if limit_key is None else key_function(limit_key)
+        if key_of is not None and task_limit is None:
+            raise ConfigError("limit_key needs a rate_limit or concurrency_limit to count by it")
 
         def register(function: Callable[P, Any]) -> Task[P, Any]:
             if not callable(function):
@@ -163,11 +180,34 @@ class Conveyor:
             if registered is not None and _code_of(registered.fn) != _code_of(function):
                 raise ConfigError(f"task name {task_name!r} is already registered to another function")
             task: Task[P, Any] = Task(self, task_name, function, defaults)
+            task.limit, task.key_of = task_limit, key_of
             self._tasks[task_name] = task
             self._resolutions.clear()
             return task
 
         return register(fn) if fn is not None else register
+
+    def limit(self, queue: str, *, rate: str | None = None, concurrency: int | None = None) -> None:
+        """Limit a whole queue across all workers: at most `rate` job starts ("100/s")
+        and at most `concurrency` jobs running at once."""
+        name = validate_queue(queue)
+        found = make_limit(rate, concurrency, f"queue {name!r}")
+        if found is None:
+            raise ConfigError(f"app.limit({name!r}) needs rate= or concurrency=")
+        self._queue_limits[name] = found
+
+    def limits_for(self, queues: Sequence[str]) -> dict[str, QueueLimits]:
+        """The limits a worker on `queues` hands to each claim (only limited queues)."""
+        out = {}
+        for queue in queues:
+            tasks = {
+                t.name: TaskLimit(t.limit, t.key_of is not None)
+                for t in self._tasks.values()
+                if t.limit is not None and t.queue == queue
+            }
+            if tasks or queue in self._queue_limits:
+                out[queue] = QueueLimits(self._queue_limits.get(queue), tasks)
+        return out
 
     def periodic(
         self,
@@ -245,9 +285,11 @@ class Conveyor:
         """Bulk enqueue of one task's calls with shared options: the engine receives a
         template and the encoded payloads, so no per-job Signature or NewJob is built."""
         calls = items if isinstance(items, list) else list(items)
-        plain = options.unique_key is None and _TRANSACTION.get() is None
+        registered = self._tasks.get(task)
+        keyed = registered is not None and registered.key_of is not None  # each job has its key
+        plain = options.unique_key is None and _TRANSACTION.get() is None and not keyed
         payloads = self._encode_all(task, calls) if plain else None
-        if payloads is None:  # signatures, a unique key or a transaction: the general path
+        if payloads is None:  # signatures, a unique key, a limit key or a transaction: the general path
             return self.submit([_signature(task, c, options) for c in calls], defaults)
         now = self.clock.now()
         opts = self._resolved(Signature(task, (), EMPTY_MAPPING, options), defaults, now)
@@ -304,6 +346,10 @@ class Conveyor:
         new = NewJob(call.task, opts.queue, payload, opts.priority, opts.retries + 1, opts.retries,
                      opts.timeout, opts.run_at, opts.unique_key, opts.meta)  # fmt: skip
         new.unique_for, new.debounce = opts.unique_for, opts.debounce
+        task = self._tasks.get(call.task)
+        if task is not None and task.key_of is not None:
+            value = task.key_of(call.args, call.kwargs, new.meta)
+            new.limit_key = None if value is None else str(value)
         return new
 
     def _submit(self, news: list[NewJob], now: float) -> list[Job[Any]]:

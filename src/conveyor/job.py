@@ -151,6 +151,7 @@ class JobRecord:
     parent_id: str | None = None  # the flow job that waits for this one
     children: list[str] = field(default_factory=list)  # the jobs this one waits for, in order
     flow: str | None = None  # a waiting job's flow options, JSON (see conveyor.flows)
+    limit_key: str | None = None  # the value a per-key limit counts this job by
 
 
 class Job(Generic[R]):

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.errors import ConfigError
+from conveyor.limits import KeyOf, Limit
 from conveyor.settings import validate_queue
 
 if TYPE_CHECKING:
@@ -180,6 +181,8 @@ class Task(Generic[P, R]):
         self.is_async = fn is not None and inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn) if fn is not None else None
         self._positional = _positional_range(self.signature)
+        self.limit: Limit | None = None  # rate / concurrency limit, set by app.task
+        self.key_of: KeyOf | None = None  # the per-key limit's key, from (args, kwargs, meta)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """TypeError if the arguments do not fit the function (checked before it runs)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, ParamSpec, TypeVar
@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
 from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
+from conveyor.limits import QueueLimits
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class NewJob:
     # run_at of a matching job that has not started (it is returned, not created).
     unique_for: float | None = None
     debounce: bool = False
+    limit_key: str | None = None  # the value its task's per-key limit counts it by
 
     def initial_state(self, run_at: float, now: float) -> JobState:
         if self.waiting:
@@ -80,6 +82,7 @@ class NewJob:
             parent_id=parent,
             children=children,
             flow=self.flow,
+            limit_key=self.limit_key,
         )
 
 
@@ -205,9 +208,18 @@ class Backend(ABC):
     # -- working -----------------------------------------------------------
     @abstractmethod
     def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, QueueLimits] | None = None,
     ) -> list[JobRecord]:
         """Lease up to `limit` ready jobs, due scheduled ones included.
+
+        `limits` (per queue) holds back jobs over a rate or concurrency limit, counted
+        atomically with the claim; a claim that held any back returns a `Claimed` with
+        `held_back` set.
 
         Paused queues are skipped. Queues are taken in the order given (the first is drained first); within a
         queue, higher priority first, then enqueue order. Each job's attempt is

@@ -7,12 +7,13 @@ entry whose job has since changed state is skipped when it reaches the top.
 
 from __future__ import annotations
 
+import collections
 import copy
 import heapq
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from conveyor.backends.base import (
     LEASE_EXPIRED,
@@ -40,6 +41,7 @@ from conveyor.job import (
     JobState,
     LogEntry,
 )
+from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 
 class MemoryBackend(Backend):
@@ -57,6 +59,7 @@ class MemoryBackend(Backend):
         self._workers: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
         self._ticks: dict[str, float] = {}
+        self._starts: dict[tuple[str, str], collections.deque[float]] = {}  # rate windows
         self._next_id = 1
 
     # -- producing ---------------------------------------------------------
@@ -131,27 +134,65 @@ class MemoryBackend(Backend):
 
     # -- working -----------------------------------------------------------
     def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, QueueLimits] | None = None,
     ) -> list[JobRecord]:
         with self._cond:
             now = self.clock.now()
             self._promote_due(now)
-            token = secrets.token_hex(8)
-            claimed: list[JobRecord] = []
+            lease = (worker_id, secrets.token_hex(8), now, now + lease_seconds)
+            claimed = Claimed()
             for queue in queues:
                 heap = None if queue in self._paused else self._ready.get(queue)
+                limited = limits.get(queue) if limits else None
+                if heap and limited is not None:
+                    self._claim_limited(queue, heap, limited, limit - len(claimed), lease, claimed)
+                    continue
                 while heap and len(claimed) < limit:
                     record = self._jobs.get(heapq.heappop(heap)[2])
                     if record is None or record.state is not JobState.QUEUED:
                         continue  # stale heap entry
-                    record.state = JobState.ACTIVE
-                    record.attempt += 1
-                    record.started_at = now
-                    record.lease_owner, record.lease_token = worker_id, token
-                    record.lease_expires = now + lease_seconds
-                    self._active.add(record.id)
-                    claimed.append(copy.deepcopy(record))
+                    claimed.append(self._lease(record, lease))
             return claimed
+
+    def _lease(self, record: JobRecord, lease: tuple[str, str, float, float]) -> JobRecord:
+        record.state = JobState.ACTIVE
+        record.attempt += 1
+        record.lease_owner, record.lease_token, record.started_at, record.lease_expires = lease
+        self._active.add(record.id)
+        return copy.deepcopy(record)
+
+    def _claim_limited(
+        self,
+        queue: str,
+        heap: list[tuple[int, int, str]],
+        limited: QueueLimits,
+        want: int,
+        lease: tuple[str, str, float, float],
+        claimed: Claimed,
+    ) -> None:
+        """Lease what fits the queue's limits from the first SCAN ready jobs; the rest wait."""
+        now = lease[2]
+        ready = [self._jobs[e[2]] for e in heapq.nsmallest(SCAN, heap) if e[2] in self._jobs]
+        candidates = [(r.id, r.task, r.limit_key) for r in ready if r.state is JobState.QUEUED]
+        active = [
+            (r.task, r.limit_key) for r in map(self._jobs.__getitem__, self._active) if r.queue == queue
+        ]
+        recent = {}
+        for scope, per in windows(limited, candidates).items():
+            log = self._starts.setdefault((queue, scope), collections.deque())
+            while log and log[0] <= now - per:
+                log.popleft()
+            recent[scope] = len(log)
+        admission = admit(limited, candidates, active, recent, want)
+        for scope in admission.starts:
+            self._starts[(queue, scope)].append(now)
+        claimed.extend(self._lease(self._jobs[job_id], lease) for job_id in admission.ids)
+        claimed.held_back = claimed.held_back or admission.held_back
 
     def _promote_due(self, now: float) -> int:
         promoted = 0

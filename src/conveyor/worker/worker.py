@@ -32,6 +32,7 @@ from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
+from conveyor.limits import HELD_BACK_POLL, Claimed
 from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
 from conveyor.worker._aio import call_soon, in_thread, wait_event
@@ -75,6 +76,7 @@ class Worker:
         self._waiting: asyncio.Future[bool] | None = None
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
+        self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
         self.started = threading.Event()  # set once the worker can be stopped
 
@@ -240,10 +242,13 @@ class Worker:
                 return
             if self._outcomes or self._stopping or (want and len(claimed) == want):
                 continue  # more to store, or the queue may hold more: go round at once
-            if not claimed and not self._running and self._burst:
+            held_back = isinstance(claimed, Claimed) and claimed.held_back
+            if not claimed and not self._running and self._burst and not held_back:
                 self._begin_stop(hard=False)
                 continue
-            if want > len(claimed):
+            if held_back:  # ready jobs wait for a limit: look again soon, or when one of ours ends
+                await wait_event(self._wake, HELD_BACK_POLL)
+            elif want > len(claimed):
                 await self._wait_for_work()
             else:
                 await self._wake.wait()
@@ -251,9 +256,9 @@ class Worker:
     async def _claim(self, want: int) -> list[JobRecord]:
         backend = self.app.backend
         try:
-            claimed = await in_thread(
-                self._db, backend.claim, self.id, self.queues, want, self.settings.lease_timeout
-            )
+            lease = self.settings.lease_timeout
+            claim = functools.partial(backend.claim, limits=self._limits)
+            claimed = await in_thread(self._db, claim, self.id, self.queues, want, lease)
         except BackendUnavailable as exc:
             self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
             log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)

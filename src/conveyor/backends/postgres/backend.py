@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,6 +46,7 @@ from conveyor.backends.postgres.migrate import migrate, require_current, schema_
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
 from conveyor.job import JobRecord, JobState, LogEntry
+from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 _PACKAGE = "conveyor.backends.postgres"
 _POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
@@ -118,7 +120,7 @@ class PostgresBackend(Backend):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
-        if all(job.unique_key is None and job.parent is None for job in jobs):
+        if all(job.unique_key is None and job.parent is None and job.limit_key is None for job in jobs):
             with self._pool.connection() as conn:  # one statement: atomic without BEGIN
                 return [Enqueued(i, True) for i in self._insert(conn, jobs)]
         with self._tx() as conn:
@@ -148,6 +150,13 @@ class PostgresBackend(Backend):
         links = flow_links(jobs, [stored.id for stored in out])
         if links is not None:
             self._link(conn, jobs, out, links)
+        keyed = [
+            (int(w.id), j.limit_key) for j, w in zip(jobs, out, strict=True) if j.limit_key and w.created
+        ]
+        if keyed:
+            conn.execute(
+                self._q["set_limit_keys"], {"ids": [k[0] for k in keyed], "keys": [k[1] for k in keyed]}
+            )
         return out
 
     def _link(
@@ -242,6 +251,30 @@ class PostgresBackend(Backend):
     # -- working -----------------------------------------------------------
     @_guarded
     def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, QueueLimits] | None = None,
+    ) -> list[JobRecord]:
+        if not limits:
+            return self._claim(worker_id, queues, limit, lease_seconds)
+        claimed = Claimed()
+        token = secrets.token_hex(16)
+        for queue in queues:  # in order: the first queue is drained first
+            want = limit - len(claimed)
+            if want <= 0:
+                break
+            limited = limits.get(queue)
+            if limited is None:
+                claimed.extend(self._claim(worker_id, [queue], want, lease_seconds))
+            else:
+                lease = {"worker": worker_id, "token": token, "lease": lease_seconds}
+                self._claim_limited(queue, limited, want, lease, claimed)
+        return claimed
+
+    def _claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[JobRecord]:
         params = {"worker": worker_id, "queues": list(queues), "limit": limit,
@@ -251,6 +284,40 @@ class PostgresBackend(Backend):
         order = {queue: i for i, queue in enumerate(queues)}
         records.sort(key=lambda r: (order[r.queue], -r.priority, int(r.id)))
         return records
+
+    def _claim_limited(
+        self, queue: str, limited: QueueLimits, want: int, lease: dict[str, Any], claimed: Claimed
+    ) -> None:
+        """Lease what fits the queue's limits from its first SCAN ready jobs, counted and
+        leased in one transaction under the queue's advisory lock."""
+        with self._tx() as conn:
+            _, paused, now = conn.execute(
+                self._q["limited_begin"], {"queue": queue, "at": self._at()}
+            ).fetchone() or (None, True, 0.0)
+            if paused:
+                return
+            conn.execute(self._q["promote_queue"], {"queue": queue, "now": now})
+            scan = conn.execute(self._q["ready_scan"], {"queue": queue, "scan": SCAN}).fetchall()
+            candidates = [(str(i), task, key) for i, task, key in scan]
+            active = conn.execute(self._q["active_of"], {"queue": queue}).fetchall()
+            spans = windows(limited, candidates)
+            recent: dict[str, int] = {}
+            if spans:
+                since = [now - per for per in spans.values()]
+                params = {"queue": queue, "scopes": list(spans), "since": since}
+                recent = dict(conn.execute(self._q["recent_starts"], params).fetchall())
+                conn.execute(self._q["trim_starts"], {"queue": queue, "before": now - max(spans.values())})
+            admission = admit(limited, candidates, active, recent, want)
+            claimed.held_back = claimed.held_back or admission.held_back
+            if not admission.ids:
+                return
+            if admission.starts:
+                conn.execute(self._q["log_starts"], {"queue": queue, "scopes": admission.starts, "now": now})
+            ids = [int(i) for i in admission.ids]
+            rows = conn.execute(self._q["claim_ids"], {**lease, "ids": ids, "now": now}).fetchall()
+        records = [_record(row) for row in rows]
+        records.sort(key=lambda r: (-r.priority, int(r.id)))
+        claimed.extend(records)
 
     @_guarded
     def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:

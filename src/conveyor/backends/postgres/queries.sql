@@ -6,7 +6,7 @@
 -- name: columns
 id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
 enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token,
-lease_expires, result, error, attempts, progress, parent_id, children, flow
+lease_expires, result, error, attempts, progress, parent_id, children, flow, limit_key
 
 -- name: insert
 -- Any number of jobs in one statement: one array per column, unnested together. Identity
@@ -103,6 +103,50 @@ SET payload = %(payload)s, run_at = coalesce(%(run_at)s::float8, c.now),
     state = CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
 WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued')
+
+-- name: set_limit_keys
+UPDATE {p}.jobs AS j SET limit_key = k.key
+FROM unnest(%(ids)s::bigint[], %(keys)s::text[]) AS k(id, key)
+WHERE j.id = k.id
+
+-- name: limited_begin
+-- A limited claim of one queue: serialise with the others on it, promote its due jobs,
+-- and say whether it is paused and what time it is.
+SELECT pg_advisory_xact_lock(hashtextextended('conveyor.limits.{p}.' || %(queue)s, 0)),
+       EXISTS (SELECT 1 FROM {p}.queues WHERE name = %(queue)s AND paused),
+       coalesce(%(at)s::float8, {p}.epoch())
+
+-- name: promote_queue
+UPDATE {p}.jobs SET state = 'queued'
+WHERE state = 'scheduled' AND queue = %(queue)s AND run_at <= %(now)s
+
+-- name: ready_scan
+SELECT id, task, limit_key FROM {p}.jobs
+WHERE state = 'queued' AND queue = %(queue)s
+ORDER BY priority DESC, id
+LIMIT %(scan)s FOR UPDATE SKIP LOCKED
+
+-- name: active_of
+SELECT task, limit_key FROM {p}.jobs WHERE state = 'active' AND queue = %(queue)s
+
+-- name: recent_starts
+SELECT s.scope, (SELECT count(*) FROM {p}.starts AS t
+                 WHERE t.queue = %(queue)s AND t.scope = s.scope AND t.at > s.since)
+FROM unnest(%(scopes)s::text[], %(since)s::float8[]) AS s(scope, since)
+
+-- name: log_starts
+INSERT INTO {p}.starts (queue, scope, at)
+SELECT %(queue)s, scope, %(now)s FROM unnest(%(scopes)s::text[]) AS scope
+
+-- name: trim_starts
+DELETE FROM {p}.starts WHERE queue = %(queue)s AND at <= %(before)s
+
+-- name: claim_ids
+UPDATE {p}.jobs
+SET state = 'active', attempt = attempt + 1, started_at = %(now)s,
+    lease_owner = %(worker)s, lease_token = %(token)s, lease_expires = %(now)s + %(lease)s
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'queued'
+RETURNING {columns}
 
 -- name: claim_tick
 -- Compare-and-set: a row comes back only for a tick later than the last one stored. A

@@ -62,6 +62,7 @@ CREATE TABLE conveyor.jobs (
     parent_id bigint,
     children bigint[],
     flow text,
+    limit_key text,
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['scheduled'::text, 'queued'::text, 'active'::text, 'waiting'::text, 'completed'::text, 'dead'::text, 'cancelled'::text])))
 );
 
@@ -334,6 +335,17 @@ CREATE TABLE conveyor.schedules (
 
 
 --
+-- Name: starts; Type: TABLE; Schema: conveyor; Owner: -
+--
+
+CREATE TABLE conveyor.starts (
+    queue text NOT NULL,
+    scope text NOT NULL,
+    at double precision NOT NULL
+);
+
+
+--
 -- Name: workers; Type: TABLE; Schema: conveyor; Owner: -
 --
 
@@ -455,6 +467,13 @@ CREATE INDEX logs_job ON conveyor.logs USING btree (job_id);
 
 
 --
+-- Name: starts_scope; Type: INDEX; Schema: conveyor; Owner: -
+--
+
+CREATE INDEX starts_scope ON conveyor.starts USING btree (queue, scope, at);
+
+
+--
 -- Name: jobs jobs_inserted; Type: TRIGGER; Schema: conveyor; Owner: -
 --
 
@@ -467,4 +486,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits')) AS m(version, name);

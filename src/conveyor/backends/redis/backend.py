@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -44,9 +44,10 @@ from conveyor.backends.redis.waker import Waker
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
 from conveyor.job import TERMINAL_STATES, AttemptRecord, JobRecord, JobState, LogEntry
+from conveyor.limits import SCAN, Claimed, QueueLimits
 
 _SCRIPTS = ("enqueue", "enqueue_many", "enqueue_tick", "claim", "extend", "finish", "recover",
-            "cancel", "retry", "purge", "delete", "watch", "resume")  # fmt: skip
+            "cancel", "retry", "purge", "delete", "watch", "resume", "claim_limited")  # fmt: skip
 _BATCH = 1_000  # jobs per recover/purge script call: each call blocks Redis for ~1 ms
 _MAX_PRIORITY = 2**53  # scores are doubles: larger priorities would lose their order
 _WAIT_SLICE = 1.0  # longest block on a pub/sub wake-up before looking again
@@ -139,7 +140,7 @@ class RedisBackend(Backend):
         # Seqs follow the batch's order across queues: several queues take them up front,
         # and so does a flow, whose jobs store each other's ids.
         first = self._first_seq(len(jobs)) if len(groups) == 1 and not flows else self._take_seqs(len(jobs))
-        special = flows or any(job.unique_for is not None or job.debounce for job in jobs)
+        special = flows or any(job.unique_for is not None or job.debounce or job.limit_key for job in jobs)
         links = _extras(jobs, first, flows) if special else [""] * len(jobs)
         calls = []
         for queue, indexes in groups.items():
@@ -204,17 +205,28 @@ class RedisBackend(Backend):
     # -- working -----------------------------------------------------------
     @_guarded
     def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, QueueLimits] | None = None,
     ) -> list[JobRecord]:
         now = self.clock.now()
         token = secrets.token_hex(8)
-        args = [repr(now), 0, worker_id, token, repr(now + lease_seconds)]
-        claimed: list[JobRecord] = []
+        args: list[str | int] = [repr(now), 0, worker_id, token, repr(now + lease_seconds)]
+        claimed = Claimed()
         for queue in queues:
             if len(claimed) >= limit:
                 break
             args[1] = limit - len(claimed)
-            rows = self._s["claim"]([self._base(queue)], args)
+            limited = limits.get(queue) if limits else None
+            if limited is None:
+                rows = self._s["claim"]([self._base(queue)], args)
+            else:
+                limits_json = json.dumps(limited.to_json(), separators=(",", ":"))
+                held, *rows = self._s["claim_limited"]([self._base(queue)], [*args, SCAN, limits_json])
+                claimed.held_back = claimed.held_back or bool(held)
             claimed.extend(_record(queue, row) for row in rows)
         return claimed
 
@@ -561,7 +573,7 @@ _FIELDS = (
     "task", "queue", "state", "payload", "priority", "attempt", "max_attempts", "retries", "timeout",
     "run_at", "enqueued_at", "started_at", "finished_at", "unique_key", "meta", "lease_owner",
     "lease_token", "lease_expires", "result", "error", "attempts", "progress", "parent_id",
-    "children", "flow",
+    "children", "flow", "limit_key",
 )  # fmt: skip
 
 
@@ -580,7 +592,7 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
     """A JobRecord from a script's row: seq, then the _FIELDS values in order."""
     (seq, task, _queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
      enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token, lease_expires,
-     result, error, attempts, progress, parent_id, children, flow) = row  # fmt: skip
+     result, error, attempts, progress, parent_id, children, flow, limit_key) = row  # fmt: skip
     return JobRecord(
         f"{queue}:{seq}", task, queue, JobState(state), payload, int(priority), int(attempt or 0),
         int(max_attempts), int(retries), _opt_float(timeout), float(run_at), float(enqueued_at),
@@ -589,6 +601,7 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
         lease_token or None, _opt_float(lease_expires), result, error,
         [AttemptRecord(*a) for a in json.loads(attempts)] if attempts and attempts != "[]" else [],
         _opt_float(progress), parent_id or None, json.loads(children) if children else [], flow or None,
+        limit_key or None,
     )  # fmt: skip
 
 
@@ -605,6 +618,8 @@ def _extras(jobs: Sequence[NewJob], first: int, flows: bool) -> list[str]:
             links["uf"] = job.unique_for
         if job.debounce:
             links["d"] = True
+        if job.limit_key is not None:
+            links["k"] = job.limit_key
         if parent is not None:
             links["p"] = parent
         if children:

@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -42,6 +42,7 @@ from conveyor.backends.base import (
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
 from conveyor.job import JobRecord, JobState, LogEntry
+from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 _PACKAGE = "conveyor.backends.sqlite"
 _MIN_SHARED = 8  # below this, one multi-row INSERT is as cheap as building the JSON array
@@ -169,7 +170,7 @@ class SQLiteBackend(Backend):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         now = self.clock.now()
         rows = [self._row(job, now) for job in jobs]
-        if len(rows) == 1 and rows[0][10] is None:
+        if len(rows) == 1 and rows[0][10] is None and jobs[0].limit_key is None:
             # A single plain job is one autocommit INSERT: no BEGIN/COMMIT round trips.
             cursor = self._conn().execute(self._q["insert"] + _values(1), rows[0])
             return [Enqueued(str(cursor.lastrowid), True)]
@@ -189,6 +190,11 @@ class SQLiteBackend(Backend):
             links = flow_links(jobs, [stored.id for stored in out])
             if links is not None:
                 conn.executemany(self._q["link"], _link_rows(jobs, out, links))
+            keyed = [
+                (j.limit_key, int(w.id)) for j, w in zip(jobs, out, strict=True) if j.limit_key and w.created
+            ]
+            if keyed:
+                conn.executemany(self._q["set_limit_key"], keyed)
         return out
 
     @_guarded
@@ -298,7 +304,12 @@ class SQLiteBackend(Backend):
     # -- working -----------------------------------------------------------
     @_guarded
     def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, QueueLimits] | None = None,
     ) -> list[JobRecord]:
         now = self.clock.now()
         params = {
@@ -307,7 +318,7 @@ class SQLiteBackend(Backend):
             "token": secrets.token_hex(8),
             "expires": now + lease_seconds,
         }
-        claimed: list[JobRecord] = []
+        claimed = Claimed()
         with self._write() as conn:
             paused = {row[0] for row in conn.execute(self._q["paused"])}
             for queue in queues:
@@ -316,6 +327,10 @@ class SQLiteBackend(Backend):
                 if queue in paused:
                     continue
                 conn.execute(self._q["promote_due"], {"queue": queue, "now": now})
+                limited = limits.get(queue) if limits else None
+                if limited is not None:
+                    self._claim_limited(conn, queue, limited, limit - len(claimed), params, claimed)
+                    continue
                 rows = conn.execute(
                     self._q["claim"], {**params, "queue": queue, "limit": limit - len(claimed)}
                 ).fetchall()
@@ -323,6 +338,40 @@ class SQLiteBackend(Backend):
                 rows.sort(key=lambda r: (-r[5], r[0]))
                 claimed.extend(_record(row) for row in rows)
         return claimed
+
+    def _claim_limited(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        limited: QueueLimits,
+        want: int,
+        params: dict[str, Any],
+        claimed: Claimed,
+    ) -> None:
+        """Lease what fits the queue's limits from its first SCAN ready jobs; under the
+        write lock, so the counts cannot change before the jobs are leased."""
+        now = params["now"]
+        scan = conn.execute(self._q["ready_scan"], {"queue": queue, "scan": SCAN})
+        candidates = [(str(i), task, key) for i, task, key in scan]
+        active = conn.execute(self._q["active_of"], {"queue": queue}).fetchall()
+        spans = windows(limited, candidates)
+        recent = {
+            scope: conn.execute(
+                self._q["recent_starts"], {"queue": queue, "scope": scope, "since": now - per}
+            ).fetchone()[0]
+            for scope, per in spans.items()
+        }
+        admission = admit(limited, candidates, active, recent, want)
+        claimed.held_back = claimed.held_back or admission.held_back
+        if spans:
+            conn.execute(self._q["trim_starts"], {"queue": queue, "before": now - max(spans.values())})
+        if not admission.ids:
+            return
+        conn.executemany(self._q["log_start"], [(queue, scope, now) for scope in admission.starts])
+        ids = json.dumps([int(i) for i in admission.ids])
+        rows = conn.execute(self._q["claim_ids"], {**params, "ids": ids}).fetchall()
+        rows.sort(key=lambda r: (-r[5], r[0]))
+        claimed.extend(_record(row) for row in rows)
 
     @_guarded
     def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:

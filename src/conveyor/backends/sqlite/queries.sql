@@ -5,7 +5,7 @@
 -- name: columns
 id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
 enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token,
-lease_expires, result, error, attempts, progress, parent_id, children, flow
+lease_expires, result, error, attempts, progress, parent_id, children, flow, limit_key
 
 -- name: insert
 -- The backend appends one "(?, ...)" group per row: one statement for up to 80 rows is
@@ -65,6 +65,35 @@ UPDATE {p}_jobs
 SET payload = :payload, run_at = :run_at,
     state = CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END
 WHERE id = :id AND state IN ('scheduled', 'queued')
+
+-- name: set_limit_key
+UPDATE {p}_jobs SET limit_key = ? WHERE id = ?
+
+-- name: ready_scan
+-- A limited claim's candidates, in run order.
+SELECT id, task, limit_key FROM {p}_jobs
+WHERE state = 'queued' AND queue = :queue
+ORDER BY priority DESC, id
+LIMIT :scan
+
+-- name: active_of
+SELECT task, limit_key FROM {p}_jobs WHERE state = 'active' AND queue = :queue
+
+-- name: recent_starts
+SELECT count(*) FROM {p}_starts WHERE queue = :queue AND scope = :scope AND at > :since
+
+-- name: log_start
+INSERT INTO {p}_starts (queue, scope, at) VALUES (?, ?, ?)
+
+-- name: trim_starts
+DELETE FROM {p}_starts WHERE queue = :queue AND at <= :before
+
+-- name: claim_ids
+UPDATE {p}_jobs
+SET state = 'active', attempt = attempt + 1, started_at = :now,
+    lease_owner = :worker, lease_token = :token, lease_expires = :expires
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
+RETURNING {columns}
 
 -- name: promote_due
 UPDATE {p}_jobs SET state = 'queued'

@@ -11,6 +11,7 @@
 --   :scheduled    zset   score run_at; :active  zset  score lease deadline
 --   :completed, :dead, :cancelled   zset  score finished_at (retention order)
 --   :waiting      zset   flow jobs waiting for their children, score seq
+--   :starts:<scope>  zset  starts of a rate-limited scope (see claim_limited), score time
 --   :all          zset   every job, score seq (listing, newest first)
 --   :unique       hash   unique key -> seq of the live job holding it
 --   :unique_done  hash   unique key -> seq of the last job that completed with it
@@ -26,7 +27,7 @@ local function jkey(seq) return base .. ':j:' .. seq end
 local FIELDS = {'task', 'queue', 'state', 'payload', 'priority', 'attempt', 'max_attempts',
   'retries', 'timeout', 'run_at', 'enqueued_at', 'started_at', 'finished_at', 'unique_key',
   'meta', 'lease_owner', 'lease_token', 'lease_expires', 'result', 'error', 'attempts', 'progress',
-  'parent_id', 'children', 'flow'}
+  'parent_id', 'children', 'flow', 'limit_key'}
 local TERMINAL = {completed = true, dead = true, cancelled = true}
 local LIVE = {scheduled = true, queued = true, active = true, waiting = true}
 
@@ -170,7 +171,7 @@ end
 
 -- `extras` ('' or nil for most jobs) is JSON with any of p (parent id), c (children
 -- ids, JSON text), f (flow options, JSON text), w (true: the job waits), uf (the
--- unique_for window in seconds), d (true: debounce).
+-- unique_for window in seconds), d (true: debounce), k (the per-key limit's key).
 -- Returns seq, created (0/1); when a live job holds the unique key, that job's seq.
 local function insert(pending, seq, now, task, payload, priority, max_attempts, retries, timeout,
                       run_at, unique, meta, extras)
@@ -200,6 +201,7 @@ local function insert(pending, seq, now, task, payload, priority, max_attempts, 
     if l.p then redis.call('HSET', job, 'parent_id', l.p) end
     if l.c then redis.call('HSET', job, 'children', l.c) end
     if l.f then redis.call('HSET', job, 'flow', l.f) end
+    if l.k then redis.call('HSET', job, 'limit_key', l.k) end
     if l.w then
       state = 'waiting'
       redis.call('HSET', job, 'state', state)
@@ -221,4 +223,24 @@ end
 local function sequence(first, count)
   if tonumber(first) > 0 then return tonumber(first) end
   return redis.call('INCRBY', KEYS[2], count) - count + 1
+end
+
+-- Promote due scheduled jobs, a bounded batch per call so one call stays short.
+local function promote_due(now)
+  local due = redis.call('ZRANGEBYSCORE', key('scheduled'), '-inf', now, 'LIMIT', 0, 1000)
+  for _, seq in ipairs(due) do
+    move(seq, 'scheduled', 'queued', queued_score(seq))
+  end
+end
+
+-- Lease one job taken off :queued (the caller adds it to :active); returns its record
+-- as it now is, seq first (FIELDS positions: 3 state, 6 attempt, 12 started_at, 16-18 lease).
+local function lease(seq, now, worker, token, expires)
+  local rec = record(seq)
+  local attempt = string.format('%d', tonumber(rec[6] or '0') + 1)
+  redis.call('HSET', jkey(seq), 'state', 'active', 'attempt', attempt, 'started_at', now,
+    'lease_owner', worker, 'lease_token', token, 'lease_expires', expires)
+  rec[3], rec[6], rec[12], rec[16], rec[17], rec[18] = 'active', attempt, now, worker, token, expires
+  table.insert(rec, 1, seq)
+  return rec
 end
