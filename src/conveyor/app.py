@@ -16,6 +16,7 @@ from conveyor.backends import Backend, open_backend
 from conveyor.backends.base import Enqueued, JobQuery, Links, NewJob, flow_links
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
+from conveyor.events import EventPublisher, EventStream, JobEvent
 from conveyor.job import Job, JobRecord, JobState
 from conveyor.limits import KeyOf, Limit, QueueLimits, TaskLimit, key_function, make_limit
 from conveyor.scheduler.cron import Missed, Schedule
@@ -56,6 +57,7 @@ class Conveyor:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._schedules: dict[str, Schedule] = {}
         self._queue_limits: dict[str, Limit] = {}
+        self._publisher: EventPublisher | None = None
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         # Holding the options objects keeps their ids from being reused while cached.
@@ -91,11 +93,43 @@ class Conveyor:
         self._resolutions.clear()
 
     def close(self) -> None:
-        """Close the engine's connections."""
+        """Write buffered events, then close the engine's connections."""
         with self._lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
+
+    # -- events ------------------------------------------------------------
+    def publisher(self) -> EventPublisher:
+        """The process's event publisher, started on first use."""
+        backend = self.backend  # outside the lock: opening the engine takes it
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = EventPublisher(backend)
+            return self._publisher
+
+    def emit(self, events: list[JobEvent]) -> None:
+        """Publish events unless this app has event publishing off (`events=False`)."""
+        if events and self.settings.events:
+            self.publisher().emit(events)
+
+    def events(
+        self,
+        *,
+        queue: str | None = None,
+        kinds: Iterable[str] | None = None,
+        after: str | None = None,
+        idle: float | None = None,
+    ) -> EventStream:
+        """Follow job events from every process: `for e in app.events()` or `async for`.
+
+        Starts with the next event (or after `after`, a saved `stream.cursor`); `queue`
+        and `kinds` filter; `idle` stops after that many quiet seconds.
+        """
+        return EventStream(self.backend, after=after, queue=queue, kinds=kinds, idle=idle)
 
     @contextmanager
     def transaction(self, connection: Any) -> Iterator[None]:
@@ -296,6 +330,14 @@ class Conveyor:
         template = NewJob(task, opts.queue, "", opts.priority, opts.retries + 1, opts.retries,
                           opts.timeout, opts.run_at, None, opts.meta)  # fmt: skip
         ids = self.backend.enqueue_payloads(template, payloads)
+        if ids:  # one event for the batch: live views refresh counts, not 100,000 rows
+            self.emit(
+                [
+                    JobEvent(
+                        "enqueued", ids[0], template.queue, task, now, {"count": len(ids), "last": ids[-1]}
+                    )
+                ]
+            )
         make = functools.partial(_stored_record, template, now=now)
         return [Job.lazy(self, functools.partial(make, p, i)) for p, i in zip(payloads, ids, strict=True)]
 
@@ -361,6 +403,9 @@ class Conveyor:
         for new, where, link in zip(news, stored, links, strict=True):
             record = existing.get(where.id) if not where.created else None
             jobs.append(Job(self, record or functools.partial(new.to_record, where.id, now, link)))
+        if self.settings.events and _TRANSACTION.get() is None:  # a rollback would make them lies
+            created = [(n, w.id) for n, w in zip(news, stored, strict=True) if w.created]
+            self.emit([JobEvent("enqueued", i, n.queue, n.task, now) for n, i in created])
         return jobs
 
     def _resolved(self, call: Signature, defaults: JobOptions, now: float) -> _Resolved:
@@ -446,6 +491,7 @@ class Conveyor:
 
         done = self.backend.cancel(list(job_ids))
         records = [r for r, ok in zip(self.backend.get(list(job_ids)), done, strict=True) if ok and r]
+        self.emit([JobEvent("cancelled", r.id, r.queue, r.task, r.finished_at or 0.0) for r in records])
         children = [c for r in records for c in r.children]
         if children:
             self.cancel(*children)

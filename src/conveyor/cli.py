@@ -158,6 +158,12 @@ def cli(
     help="Run the app's periodic schedules in this worker (default: yes).",
 )
 @click.option(
+    "--events/--no-events",
+    envvar="CONVEYOR_EVENTS",
+    default=None,
+    help="Publish job events for app.events() and live views (default: yes).",
+)
+@click.option(
     "--shutdown-grace",
     envvar="CONVEYOR_SHUTDOWN_GRACE",
     type=float,

@@ -47,6 +47,7 @@ class Settings:
     # deployment can run only cron, another only processing.
     scheduler: bool = True
     processors: bool = True  # False: claim nothing (a cron-only or maintenance-only deployment)
+    events: bool = True  # publish job events (app.events(), live dashboards); False saves a write per batch
 
     @property
     def heartbeat_every(self) -> float:
@@ -184,6 +185,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_level": _log_level,
     "scheduler": _bool,
     "processors": _bool,
+    "events": _bool,
     "keep_completed": _optional_seconds,
     "keep_dead": _optional_seconds,
     "keep_completed_count": _optional_count,

@@ -86,3 +86,8 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
 def test_retention_counts_come_from_the_environment() -> None:
     s = Settings.load(env={"CONVEYOR_KEEP_COMPLETED_COUNT": "1000", "CONVEYOR_KEEP_DEAD_COUNT": "none"})
     assert (s.keep_completed_count, s.keep_dead_count) == (1000, None)
+
+
+def test_feature_switches_come_from_the_environment() -> None:
+    s = Settings.load(env={"CONVEYOR_EVENTS": "0", "CONVEYOR_SCHEDULER": "off", "CONVEYOR_PROCESSORS": "yes"})
+    assert (s.events, s.scheduler, s.processors) == (False, False, True)

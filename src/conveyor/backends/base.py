@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.events import JobEvent
 from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
 from conveyor.limits import QueueLimits
 
@@ -268,6 +269,21 @@ class Backend(ABC):
     @abstractmethod
     def logs(self, job_id: str) -> list[LogEntry]:
         """A job's log lines, oldest first."""
+
+    # -- events ------------------------------------------------------------
+    @abstractmethod
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        """Append a batch of events to the engine's event log, as one write (it keeps
+        the newest events.KEEP batches)."""
+
+    @abstractmethod
+    def event_cursor(self) -> str:
+        """A cursor just after the newest event: reading from it returns only later ones."""
+
+    @abstractmethod
+    def read_events(self, cursor: str, timeout: float) -> tuple[list[JobEvent], str]:
+        """Events after `cursor`, oldest first (up to 50 batches), and the cursor after
+        them; blocks up to `timeout` seconds while there are none."""
 
     # -- operating ---------------------------------------------------------
     @abstractmethod

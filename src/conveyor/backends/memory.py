@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import copy
 import heapq
+import itertools
 import secrets
 import threading
 import time
@@ -32,6 +33,7 @@ from conveyor.backends.base import (
     purgeable,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.events import KEEP, JobEvent
 from conveyor.job import (
     CANCELLABLE_STATES,
     RETRYABLE_STATES,
@@ -60,6 +62,8 @@ class MemoryBackend(Backend):
         self._paused: set[str] = set()
         self._ticks: dict[str, float] = {}
         self._starts: dict[tuple[str, str], collections.deque[float]] = {}  # rate windows
+        self._events: collections.deque[JobEvent] = collections.deque(maxlen=KEEP * 10)
+        self._event_seq = 0  # events ever published; the deque holds the newest KEEP
         self._next_id = 1
 
     # -- producing ---------------------------------------------------------
@@ -385,6 +389,26 @@ class MemoryBackend(Backend):
         with self._cond:
             return list(self._logs.get(job_id, []))
 
+    # -- events ------------------------------------------------------------
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        with self._cond:
+            self._events.extend(events)
+            self._event_seq += len(events)
+            self._cond.notify_all()
+
+    def event_cursor(self) -> str:
+        with self._cond:
+            return str(self._event_seq)
+
+    def read_events(self, cursor: str, timeout: float) -> tuple[list[JobEvent], str]:
+        after = _int_or(cursor, self._event_seq)
+        with self._cond:
+            self._cond.wait_for(lambda: self._event_seq > after, timeout)
+            first = self._event_seq - len(self._events)  # the seq just before the oldest kept
+            start = max(after, first)
+            found = list(itertools.islice(self._events, start - first, start - first + 500))
+            return found, str(start + len(found))
+
     # -- operating ---------------------------------------------------------
     def cancel(self, ids: Sequence[str]) -> list[bool]:
         with self._cond:
@@ -500,3 +524,10 @@ def _unique_of(record: JobRecord | None) -> tuple[str, str] | None:
     if record is None or record.unique_key is None:
         return None
     return (record.queue, record.unique_key)
+
+
+def _int_or(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default

@@ -30,11 +30,13 @@ class LeaseKeeper:
         running: Callable[[], dict[str, Running]],
         lease_seconds: float,
         every: float,
+        on_progress: Callable[[list[tuple[Running, float]]], None] | None = None,
     ) -> None:
         self.backend = backend
         self.running = running
         self.lease_seconds = lease_seconds
         self.every = every
+        self.on_progress = on_progress  # told of progress stored, for job events
         self.thread = concurrent.futures.ThreadPoolExecutor(1, "conveyor-lease")
         self._asked = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -60,6 +62,14 @@ class LeaseKeeper:
         except BackendUnavailable as exc:
             log.error("could not renew %d lease(s): %s", len(jobs), exc)
             return
+        if self.on_progress is not None:
+            moved = [
+                (j, r.progress)
+                for j, r, f in zip(jobs, renewals, fences, strict=True)
+                if r.progress is not None and f is Fence.OK
+            ]
+            if moved:
+                self.on_progress(moved)
         still_running = self.running()
         for job, fence in zip(jobs, fences, strict=True):
             finished = job.runner is not None and job.runner.done()  # its outcome is being stored

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from conveyor.backends.base import Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
+from conveyor.events import JobEvent
 from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import HELD_BACK_POLL, Claimed
@@ -48,6 +49,7 @@ T = TypeVar("T")
 _IDLE_WAIT = 0.5  # longest single engine wait: bounds shutdown and notices dead connections
 _MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
 _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
+_EVENT_OF = {OutcomeKind.COMPLETED: "completed", OutcomeKind.RETRY: "retried", OutcomeKind.DEAD: "dead"}
 
 
 class Worker:
@@ -77,6 +79,7 @@ class Worker:
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
+        self._emit = app.publisher().emit if settings.events else None  # job events, batched
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
         self.started = threading.Event()  # set once the worker can be stopped
 
@@ -130,6 +133,7 @@ class Worker:
             lambda: {**self._unstored, **self._running},
             self.settings.lease_timeout,
             self.settings.heartbeat_every,
+            on_progress=self._progressed if self._emit is not None else None,
         )
         done, dead = self.settings.keep_completed, self.settings.keep_dead
         keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
@@ -268,6 +272,12 @@ class Worker:
         self._claim_backoff = 0.0
         for record in claimed:
             self._start(record)
+        if self._emit is not None and claimed:
+            data = {"worker": self.id}
+            self._emit(
+                JobEvent("active", r.id, r.queue, r.task, r.started_at or 0.0, {**data, "attempt": r.attempt})
+                for r in claimed
+            )
         return claimed
 
     async def _flush(self) -> bool:
@@ -292,11 +302,19 @@ class Worker:
                 log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
-        parents = []
+        parents, events = [], []
+        now = time.time()
         for outcome, fence in zip(outcomes, fences, strict=True):
             job = self._unstored.pop(outcome.job_id, None)
             if job is not None and job.record.parent_id and fence is Fence.OK and outcome.kind in _ENDED:
                 parents.append(job.record.parent_id)
+            kind = _EVENT_OF.get(outcome.kind)
+            if job is not None and fence is Fence.OK and kind is not None:
+                r = job.record
+                data = {"attempt": r.attempt, "worker": self.id, "error": outcome.error}
+                events.append(JobEvent(kind, r.id, r.queue, r.task, now, data))
+        if self._emit is not None and events:
+            self._emit(events)
             if fence is Fence.LEASE_LOST:
                 log.warning(
                     "job %s: result discarded, its lease was lost (cancelled, or expired and "
@@ -334,6 +352,14 @@ class Worker:
                 await wait_event(self._wake, _IDLE_WAIT)
             elif error is not None:
                 raise error
+
+    def _progressed(self, jobs: list[tuple[Running, float]]) -> None:
+        if self._emit is not None:
+            now = time.time()
+            self._emit(
+                JobEvent("progress", j.id, j.record.queue, j.record.task, now, {"progress": p})
+                for j, p in jobs
+            )
 
     # -- running jobs ------------------------------------------------------
     def _start(self, record: JobRecord) -> None:

@@ -45,10 +45,12 @@ from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
+from conveyor.events import KEEP, JobEvent, decode, encode
 from conveyor.job import JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 _PACKAGE = "conveyor.backends.postgres"
+_EVENTS = " events"  # the wake channel's payload for new events: no queue name has a space
 _POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
 _PAYLOADS_PER_INSERT = 10_000  # payloads in one array: bounds one statement's memory
 _STATES = {state.value: state for state in JobState}
@@ -418,6 +420,31 @@ class PostgresBackend(Backend):
             if not self._listener.listening:
                 left = min(left, _POLL_SECONDS * random.uniform(0.5, 1.0))
             self._listener.wait(queues, seen, left)
+
+    # -- events ------------------------------------------------------------
+    @_guarded
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        self._one("publish", {"events": encode(events), "keep": KEEP})
+
+    @_guarded
+    def event_cursor(self) -> str:
+        return str(self._one("event_cursor", {})[0][0])
+
+    @_guarded
+    def read_events(self, cursor: str, timeout: float) -> tuple[list[JobEvent], str]:
+        after = max(_int_id(cursor), 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._listener.generation([_EVENTS])
+            rows = self._one("read_events", {"after": after})
+            left = deadline - time.monotonic()
+            if rows or left <= 0:
+                break
+            if not self._listener.listening:
+                left = min(left, _POLL_SECONDS * random.uniform(0.5, 1.0))
+            self._listener.wait([_EVENTS], seen, left)
+        events = [event for _, batch in rows for event in decode(batch)]
+        return events, str(rows[-1][0] if rows else after)
 
     # -- reading -----------------------------------------------------------
     @_guarded

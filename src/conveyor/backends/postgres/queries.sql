@@ -325,3 +325,18 @@ DELETE FROM {p}.workers WHERE last_seen < coalesce(%(at)s::float8, {p}.epoch()) 
 SELECT id, host, pid, queues, concurrency, started_at, last_seen, active, processed
 FROM {p}.workers WHERE last_seen >= coalesce(%(at)s::float8, {p}.epoch()) - %(seen)s
 ORDER BY last_seen DESC
+
+-- name: publish
+-- One statement: the batch, the trim to the newest :keep batches, and the readers' wake-up.
+WITH added AS (
+    INSERT INTO {p}.events (events) VALUES (%(events)s) RETURNING seq
+), trimmed AS (
+    DELETE FROM {p}.events WHERE seq <= (SELECT seq FROM added) - %(keep)s
+)
+SELECT pg_notify('{p}.wake', ' events')
+
+-- name: event_cursor
+SELECT coalesce(max(seq), 0) FROM {p}.events
+
+-- name: read_events
+SELECT seq, events FROM {p}.events WHERE seq > %(after)s ORDER BY seq LIMIT 50

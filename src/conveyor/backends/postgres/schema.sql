@@ -224,6 +224,30 @@ CREATE VIEW conveyor.active_jobs AS
 
 
 --
+-- Name: events; Type: TABLE; Schema: conveyor; Owner: -
+--
+
+CREATE TABLE conveyor.events (
+    seq bigint NOT NULL,
+    events text NOT NULL
+);
+
+
+--
+-- Name: events_seq_seq; Type: SEQUENCE; Schema: conveyor; Owner: -
+--
+
+ALTER TABLE conveyor.events ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME conveyor.events_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: jobs_id_seq; Type: SEQUENCE; Schema: conveyor; Owner: -
 --
 
@@ -363,6 +387,14 @@ CREATE TABLE conveyor.workers (
 
 
 --
+-- Name: events events_pkey; Type: CONSTRAINT; Schema: conveyor; Owner: -
+--
+
+ALTER TABLE ONLY conveyor.events
+    ADD CONSTRAINT events_pkey PRIMARY KEY (seq);
+
+
+--
 -- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: conveyor; Owner: -
 --
 
@@ -486,4 +518,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events')) AS m(version, name);

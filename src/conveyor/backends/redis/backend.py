@@ -43,6 +43,7 @@ from conveyor.backends.redis.connect import connect, parse_redis_url
 from conveyor.backends.redis.waker import Waker
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.events import KEEP, JobEvent, decode, encode
 from conveyor.job import TERMINAL_STATES, AttemptRecord, JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits
 
@@ -95,6 +96,7 @@ class RedisBackend(Backend):
         self._seq_key = f"{prefix}:seq"
         self._queues_key = f"{prefix}:queues"
         self._workers_key = f"{prefix}:workers"
+        self._events_key = f"{prefix}:events"  # a stream, capped near events.KEEP entries
         self._known: set[str] = set()
         self._waker = Waker(self._r, self.target.timeout)
 
@@ -420,6 +422,27 @@ class RedisBackend(Backend):
             return []
         lines = self._r.lrange(f"{self._base(where[0])}:logs:{where[1]}", 0, -1)
         return [LogEntry(at, message, fields) for at, message, fields in map(json.loads, lines)]
+
+    # -- events ------------------------------------------------------------
+    @_guarded
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        self._r.xadd(self._events_key, {"e": encode(events)}, maxlen=KEEP, approximate=True)
+
+    @_guarded
+    def event_cursor(self) -> str:
+        newest = self._r.xrevrange(self._events_key, "+", "-", count=1)
+        return str(newest[0][0]) if newest else "0-0"
+
+    @_guarded
+    def read_events(self, cursor: str, timeout: float) -> tuple[list[JobEvent], str]:
+        block = max(1, int(timeout * 1000))  # BLOCK 0 would wait forever
+        replies = self._r.xread({self._events_key: cursor}, count=50, block=block) or []
+        events: list[JobEvent] = []
+        for _, entries in replies:
+            for entry_id, fields in entries:
+                events.extend(decode(fields["e"]))
+                cursor = entry_id
+        return events, cursor
 
     # -- operating ---------------------------------------------------------
     def _per_queue(self, script: str, ids: Sequence[str], head: list[str]) -> list[Any]:

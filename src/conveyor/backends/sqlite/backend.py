@@ -41,6 +41,7 @@ from conveyor.backends.base import (
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.events import KEEP, JobEvent, decode, encode
 from conveyor.job import JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
@@ -48,6 +49,7 @@ _PACKAGE = "conveyor.backends.sqlite"
 _MIN_SHARED = 8  # below this, one multi-row INSERT is as cheap as building the JSON array
 _ROWS_PER_INSERT = 80  # 12 parameters a row: 960 per statement, far below SQLite's 32,766
 _PAYLOADS_PER_INSERT = 5_000  # payloads in one JSON array per statement
+_EVENT_POLL_SECONDS = 0.05  # an event reader's poll: live views need no more than 20 a second
 _POLL_SECONDS = 0.002  # data_version poll: ~0.3% of a core while idle, <=2 ms wake-up
 _BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for another process's transaction
 _PAGE_SIZE = 1024
@@ -529,6 +531,30 @@ class SQLiteBackend(Backend):
     def logs(self, job_id: str) -> list[LogEntry]:
         rows = self._conn().execute(self._q["logs"], (_int_id(job_id),))
         return [LogEntry(at, message, json.loads(fields) if fields else {}) for at, message, fields in rows]
+
+    # -- events ------------------------------------------------------------
+    @_guarded
+    def publish(self, events: Sequence[JobEvent]) -> None:
+        with self._write() as conn:
+            conn.execute(self._q["insert_event"], (encode(events),))
+            conn.execute(self._q["trim_events"], {"keep": KEEP})
+
+    @_guarded
+    def event_cursor(self) -> str:
+        return str(self._conn().execute(self._q["event_cursor"]).fetchone()[0])
+
+    @_guarded
+    def read_events(self, cursor: str, timeout: float) -> tuple[list[JobEvent], str]:
+        after = max(_int_id(cursor), 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self._conn().execute(self._q["read_events"], {"after": after}).fetchall()
+            left = deadline - time.monotonic()
+            if rows or left <= 0:
+                break
+            time.sleep(min(_EVENT_POLL_SECONDS, left))  # a reader polls; writers never wait on it
+        events = [event for _, batch in rows for event in decode(batch)]
+        return events, str(rows[-1][0] if rows else after)
 
     # -- operating ---------------------------------------------------------
     @_guarded

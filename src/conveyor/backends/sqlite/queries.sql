@@ -270,3 +270,15 @@ DELETE FROM {p}_workers WHERE last_seen < ?
 -- name: workers
 SELECT id, host, pid, queues, concurrency, started_at, last_seen, active, processed
 FROM {p}_workers WHERE last_seen >= ? ORDER BY last_seen DESC
+
+-- name: insert_event
+INSERT INTO {p}_events (events) VALUES (?)
+
+-- name: trim_events
+DELETE FROM {p}_events WHERE seq <= last_insert_rowid() - :keep
+
+-- name: event_cursor
+SELECT coalesce(max(seq), 0) FROM {p}_events
+
+-- name: read_events
+SELECT seq, events FROM {p}_events WHERE seq > :after ORDER BY seq LIMIT 50

@@ -1,0 +1,174 @@
+"""Job events across processes: what the dashboard's live view and watchers read.
+
+Producers and workers hand events to an `EventPublisher`, which writes them to the
+engine in batches from its own thread (every 20 ms or 500 events), so enqueue and
+the worker's pump never wait on it. Readers follow the engine's event log with
+`app.events()`, a sync and async iterator.
+
+Delivery is for live views: an event buffered in a process that is killed is lost,
+and the engine keeps only the newest 1,000 batches. Each batch is one write. Job state in the engine stays
+the truth; events say what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import Backend
+
+log = logging.getLogger("conveyor.events")
+
+KINDS = ("enqueued", "active", "progress", "completed", "retried", "dead", "cancelled")
+KEEP = 1_000  # batches (of up to 500 events) an engine keeps; older ones are trimmed
+_FLUSH_EVERY = 0.02  # seconds a publisher gathers events before writing a batch
+_BATCH = 500
+_READ_SLICE = 1.0  # longest block in one engine read, so close() is noticed
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """Something that happened to a job: `kind` is one of KINDS; `data` holds the
+    details (attempt, error, progress, worker) where the kind has them."""
+
+    kind: str
+    job_id: str
+    queue: str
+    task: str
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class EventPublisher:
+    """Batches events to the engine from a daemon thread; `emit` never blocks."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._queue: queue.SimpleQueue[list[JobEvent] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="conveyor-events", daemon=True)
+        self._thread.start()
+        self._closed = False
+        atexit.register(self.close)
+
+    def emit(self, events: Iterable[JobEvent]) -> None:
+        self._queue.put(list(events))  # one queue operation per call, not per event
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is buffered, then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [] if first is None else first
+            deadline = time.monotonic() + _FLUSH_EVERY
+            stop = first is None
+            while not stop and len(batch) < _BATCH:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.extend(item)
+            if batch:
+                self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[JobEvent]) -> None:
+        try:
+            self.backend.publish(batch)
+        except BackendUnavailable as exc:
+            log.warning("dropped %d event(s): %s", len(batch), exc)
+
+
+class EventStream:
+    """`for event in app.events():` or `async for event in app.events():`.
+
+    Starts at the newest event (or at `after`, a cursor from `stream.cursor`); filters
+    by queue and kinds; runs until `close()` (or, with `idle`, after that many seconds
+    without an event).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        after: str | None = None,
+        queue: str | None = None,
+        kinds: Iterable[str] | None = None,
+        idle: float | None = None,
+    ) -> None:
+        wanted = set(kinds or KINDS)
+        unknown = wanted - set(KINDS)
+        if unknown:
+            from conveyor.errors import ConfigError
+
+            raise ConfigError(f"unknown event kind {sorted(unknown)[0]!r}; kinds: {', '.join(KINDS)}")
+        self.backend = backend
+        self.cursor = backend.event_cursor() if after is None else after  # now, not at first read
+        self._queue, self._kinds, self._idle = queue, wanted, idle
+        self._buffer: list[JobEvent] = []
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __iter__(self) -> Iterator[JobEvent]:
+        return self
+
+    def __next__(self) -> JobEvent:
+        idle_since = time.monotonic()
+        while not self._buffer:
+            if self._closed:
+                raise StopIteration
+            if self._idle is not None and time.monotonic() - idle_since >= self._idle:
+                raise StopIteration
+            self._read()
+        return self._buffer.pop(0)
+
+    def _read(self) -> None:
+        wait = _READ_SLICE if self._idle is None else min(_READ_SLICE, self._idle)
+        events, self.cursor = self.backend.read_events(self.cursor, wait)
+        self._buffer.extend(
+            e for e in events if e.kind in self._kinds and (self._queue is None or e.queue == self._queue)
+        )
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        try:
+            return await asyncio.to_thread(self.__next__)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def encode(events: Sequence[JobEvent]) -> str:
+    """A batch as the engines store it: one JSON array, one write per batch."""
+    return json.dumps([[e.at, e.kind, e.job_id, e.queue, e.task, e.data] for e in events],
+                      separators=(",", ":"), default=str)  # fmt: skip
+
+
+def decode(text: str) -> list[JobEvent]:
+    return [
+        JobEvent(kind, job_id, queue, task, at, data or {})
+        for at, kind, job_id, queue, task, data in json.loads(text)
+    ]
