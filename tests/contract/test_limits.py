@@ -54,19 +54,22 @@ class Intervals:
         return bad
 
 
-def test_a_rate_limit_of_10_per_second_holds_across_4_workers(app: Conveyor) -> None:
+def test_a_rate_limit_of_10_per_second_holds_across_4_workers(app: Conveyor, engine: str) -> None:
     @app.task(rate_limit="10/s")
     async def ping(i: int) -> int:
         return i
 
-    jobs = ping.enqueue_many([(i,) for i in range(200)])
+    # Cluster and Sentinel run the same Lua as one Redis server: 60 jobs (6 s) check the
+    # same window there and keep the suite's time in bounds; every other engine runs 200.
+    count = 60 if engine in ("redis-cluster", "redis-sentinel") else 200
+    jobs = ping.enqueue_many([(i,) for i in range(count)])
     with workers(app, 4, concurrency=20):
-        assert [job.result(timeout=40) for job in jobs] == list(range(200))
+        assert [job.result(timeout=40) for job in jobs] == list(range(count))
     starts = sorted(job.refresh().record.started_at or 0.0 for job in jobs)
     # The engine stamps started_at with the same clock it checks the window by.
     busiest = max(sum(1 for t in starts[i:] if t < s + 1.0) for i, s in enumerate(starts))
     assert busiest <= 10
-    assert starts[-1] - starts[0] >= 18.0  # 200 starts at 10/s take 19 s at least
+    assert starts[-1] - starts[0] >= count / 10 - 1.5  # 200 starts at 10/s take 19 s at least
     assert all(job.record.attempt == 1 for job in jobs)  # held back, never failed
 
 
