@@ -219,6 +219,37 @@ def test_notify_wakes_a_waiting_worker_long_before_its_timeout(url: str) -> None
     producer.close()
 
 
+def test_result_blocks_on_notify_instead_of_polling(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Conveyor(url, prefix="results")
+    release = threading.Event()
+
+    @app.task
+    def slow() -> str:
+        assert release.wait(10)
+        return "done"
+
+    job = slow.enqueue()
+    looks: list[str] = []
+    get = app.backend.get
+
+    def counted(ids: Any) -> Any:
+        looks.append("get")
+        return get(ids)
+
+    monkeypatch.setattr(app.backend, "get", counted)
+    with running(app):
+        eventually(lambda: app.backend._listener.listening, message="LISTEN")  # type: ignore[attr-defined]
+        waiter = threading.Thread(target=lambda: looks.append(job.result(timeout=20)))
+        waiter.start()
+        eventually(lambda: len(looks) >= 1, message="first look")
+        time.sleep(0.3)  # the waiter blocks here; a poll (2 ms doubling to 100 ms) would look ~7 times
+        release.set()
+        waiter.join(timeout=20)
+    assert looks[-1] == "done"
+    assert looks.count("get") <= 3  # the first look, the look after ' done', at most one more
+    app.close()
+
+
 def test_without_listen_workers_poll_and_still_run_everything(url: str) -> None:
     app = Conveyor(f"{url}&pgbouncer=1", prefix="bouncer")
 

@@ -46,10 +46,11 @@ from conveyor.backends.postgres.migrate import migrate, require_current, schema_
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
 from conveyor.events import KEEP, JobEvent, decode, encode
-from conveyor.job import JobRecord, JobState, LogEntry
+from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 _PACKAGE = "conveyor.backends.postgres"
+_DONE = " done"  # the wake channel's payload when jobs ended (result() waiters look again)
 _EVENTS = " events"  # the wake channel's payload for new events: no queue name has a space
 _POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
 _PAYLOADS_PER_INSERT = 10_000  # payloads in one array: bounds one statement's memory
@@ -370,6 +371,8 @@ class PostgresBackend(Backend):
                     rows = conn.execute(self._q[query], {**params(batch), "at": self._at()})
                     held.update((str(row[0]), row[1]) for row in rows)
             self._save_logs(conn, [(o.job_id, o.logs) for o in outcomes if (o.job_id, o.token) in held])
+            if done or any(o.kind is OutcomeKind.DEAD for o in failed):
+                conn.execute(self._q["notify_done"])
         return [Fence.OK if (o.job_id, o.token) in held else Fence.LEASE_LOST for o in outcomes]
 
     @staticmethod
@@ -446,6 +449,23 @@ class PostgresBackend(Backend):
         events = [event for _, batch in rows for event in decode(batch)]
         return events, str(rows[-1][0] if rows else after)
 
+    def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
+        """Block on the listener between looks: finishes notify ' done' once per batch.
+        Without LISTEN (pgbouncer=1, listen=0) the base class's backoff poll applies."""
+        if not self._listener.enabled:
+            return super().wait_finished(job_id, deadline)
+        while True:
+            seen = self._listener.generation([_DONE])
+            record = self.get([job_id])[0]
+            if record is None or record.state in TERMINAL_STATES:
+                return record
+            left = _POLL_SECONDS if deadline is None else min(_POLL_SECONDS, deadline - time.monotonic())
+            if left <= 0:
+                return record
+            if not self._listener.listening:  # connecting, or down: look again soon
+                left = min(left, 0.05)
+            self._listener.wait([_DONE], seen, left)
+
     # -- reading -----------------------------------------------------------
     @_guarded
     def get(self, ids: Sequence[str]) -> list[JobRecord | None]:
@@ -481,7 +501,12 @@ class PostgresBackend(Backend):
     # -- operating ---------------------------------------------------------
     @_guarded
     def cancel(self, ids: Sequence[str]) -> list[bool]:
-        rows = self._one("cancel", {"ids": [_int_id(i) for i in ids], "at": self._at()})
+        with self._tx() as conn:
+            rows = conn.execute(
+                self._q["cancel"], {"ids": [_int_id(i) for i in ids], "at": self._at()}
+            ).fetchall()
+            if rows:
+                conn.execute(self._q["notify_done"])
         cancelled = {str(row[0]) for row in rows}
         # An id listed twice is cancelled once: only its first mention says True.
         out = []
@@ -498,6 +523,8 @@ class PostgresBackend(Backend):
             queues = sorted({queue for _, queue, state in rows if state == "queued"})
             if queues:
                 conn.execute(self._q["wake"], {"queues": queues})
+            if any(state == "dead" for _, _, state in rows):
+                conn.execute(self._q["notify_done"])
         moved = {str(row[0]) for row in rows}
         out = []
         for r in resumptions:  # an id listed twice moved once: only its first mention says True

@@ -39,6 +39,11 @@ class Listener:
         self._thread: threading.Thread | None = None
 
     @property
+    def enabled(self) -> bool:
+        """False when LISTEN is off (listen=0, pgbouncer=1): waiters always poll."""
+        return self._enabled
+
+    @property
     def listening(self) -> bool:
         """True while notifications are being received; waiters poll otherwise."""
         return self._listening

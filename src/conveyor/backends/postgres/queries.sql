@@ -340,3 +340,7 @@ SELECT coalesce(max(seq), 0) FROM {p}.events
 
 -- name: read_events
 SELECT seq, events FROM {p}.events WHERE seq > %(after)s ORDER BY seq LIMIT 50
+
+-- name: notify_done
+-- Jobs ended: result() waiters look again (one notification per batch, not per job).
+SELECT pg_notify('{p}.wake', ' done')
