@@ -11,3 +11,9 @@ app = Conveyor()
 async def quarter() -> str:
     """Runs every 250 ms, whichever worker's scheduler gets there first."""
     return "tick"
+
+
+@app.periodic("* * * * * *", name="cron.second")
+async def second() -> str:
+    """A cron schedule (croniter's sixth field is seconds): every second."""
+    return "tick"

@@ -212,16 +212,21 @@ def start_cron_worker(url: str, *args: str) -> subprocess.Popen[bytes]:
 def test_five_scheduler_processes_produce_one_job_per_tick(shared_url: str, tmp_path: Path) -> None:
     supervisor = start_cron_worker(shared_url, "--processes=5", "--concurrency=2")
     app = Conveyor(shared_url, prefix="cron")
+
+    def ticks(schedule: str) -> list[float]:
+        return sorted(j.meta["tick"] for j in app.jobs(limit=1000) if j.meta["schedule"] == schedule)
+
     try:
-        eventually(lambda: len(app.jobs(limit=100)) >= 12, timeout=30, message="too few ticks")
+        eventually(lambda: len(ticks("cron.second")) >= 10, timeout=40, message="too few cron ticks")
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=30) == 0
     finally:
         supervisor.kill()
-    ticks = sorted(job.meta["tick"] for job in app.jobs(limit=1000))
-    assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
-    gaps = {round(b - a, 6) for a, b in itertools.pairwise(ticks)}
-    assert gaps == {0.25}, f"ticks were skipped or doubled: {gaps}"
+    for schedule, every in (("cron.quarter", 0.25), ("cron.second", 1.0)):
+        found = ticks(schedule)
+        assert len(found) == len(set(found)), f"{schedule}: a tick was enqueued twice"
+        gaps = {round(b - a, 6) for a, b in itertools.pairwise(found)}
+        assert gaps == {every}, f"{schedule}: ticks were skipped or doubled: {gaps}"
     app.close()
 
 
