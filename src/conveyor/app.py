@@ -490,7 +490,8 @@ class Conveyor:
         from conveyor.flows import settle
 
         done = self.backend.cancel(list(job_ids))
-        records = [r for r, ok in zip(self.backend.get(list(job_ids)), done, strict=True) if ok and r]
+        cancelled = [i for i, ok in zip(job_ids, done, strict=True) if ok]
+        records = [r for r in self.backend.get(cancelled) if r is not None] if cancelled else []
         self.emit([JobEvent("cancelled", r.id, r.queue, r.task, r.finished_at or 0.0) for r in records])
         children = [c for r in records for c in r.children]
         if children:

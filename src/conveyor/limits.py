@@ -100,6 +100,13 @@ class QueueLimits:
     queue: Limit | None = None
     tasks: Mapping[str, TaskLimit] = field(default_factory=dict)
 
+    @property
+    def longest(self) -> float:
+        """The longest rate window in this queue: start logs older than it count for
+        no scope, so they may be trimmed (0.0 when no rate is set)."""
+        limits = [self.queue, *(t.limit for t in self.tasks.values())]
+        return max((lim.per for lim in limits if lim is not None and lim.rate is not None), default=0.0)
+
     def scopes(self, task: str, key: str | None) -> list[tuple[str, Limit]]:
         """The scopes a job of `task` (with limit key `key`) counts in."""
         out = [("queue", self.queue)] if self.queue is not None else []

@@ -19,7 +19,7 @@ from conveyor import (
     flow,
     group,
 )
-from conveyor.backends.base import Backend, JobQuery, NewJob, Outcome, OutcomeKind
+from conveyor.backends.base import Backend, JobQuery, NewJob, Outcome, OutcomeKind, Resumption
 from conveyor.clock import FakeClock
 from conveyor.errors import ConfigError
 from conveyor.worker.maintenance import Maintenance
@@ -215,3 +215,5 @@ def test_waiting_jobs_are_counted_and_listed(backend: Backend) -> None:
     assert listed[0].children == [child_id] and listed[0].parent_id is None
     assert backend.get([child_id])[0].parent_id == parent_id  # type: ignore[union-attr]
     assert [r.id for r in backend.claim("w", ["q"], 5, 30)] == [child_id]
+    # Listed twice in one call, a waiting job still moves once.
+    assert backend.resume_waiting([Resumption(parent_id), Resumption(parent_id)]) == [True, False]

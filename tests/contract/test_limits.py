@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
 
 from conveyor import ConfigError, Conveyor, JobState
-from conveyor.limits import parse_rate
+from conveyor.backends.base import Backend, NewJob, Outcome, OutcomeKind
+from conveyor.clock import Clock, FakeClock
+from conveyor.limits import Claimed, Limit, QueueLimits, TaskLimit, parse_rate
 from tests.conftest import running
 
 
@@ -146,3 +148,46 @@ def test_rates_parse() -> None:
     assert parse_rate("100/m", "r") == (100, 60.0)
     assert parse_rate("20/10s", "r") == (20, 10.0)
     assert parse_rate("5/h", "r") == (5, 3600.0)
+
+
+def test_the_engine_leases_only_what_fits_and_holds_the_rest_back(
+    make_backend: Callable[[Clock], Backend], clock: FakeClock
+) -> None:
+    backend = make_backend(clock)
+    limits = {
+        "q": QueueLimits(
+            tasks={
+                "t.fast": TaskLimit(Limit(rate=2, per=10.0)),
+                "t.slow": TaskLimit(Limit(rate=1, per=100.0)),
+                "t.one": TaskLimit(Limit(concurrency=1), keyed=True),
+            }
+        )
+    }
+
+    def job(task: str, key: str | None = None) -> NewJob:
+        new = NewJob(task, "q", "[[],{}]")
+        new.limit_key = key
+        return new
+
+    def claim() -> Claimed:
+        claimed = backend.claim("w", ["q"], 20, 300, limits)
+        assert isinstance(claimed, Claimed)
+        return claimed
+
+    batch = [job("t.fast"), job("t.fast"), job("t.fast"), job("t.slow"), job("t.one", "a"), job("t.one", "a")]
+    ids = [s.id for s in backend.enqueue([*batch, job("t.one", "b")])]
+    first = claim()
+    assert [r.id for r in first] == [ids[0], ids[1], ids[3], ids[4], ids[6]] and first.held_back
+    waiting = backend.get([ids[2], ids[5]])
+    assert all(r is not None and (r.state, r.attempt) == (JobState.QUEUED, 0) for r in waiting)
+    done = next(r for r in first if r.id == ids[4])
+    backend.finish([Outcome(done.id, done.lease_token or "", OutcomeKind.COMPLETED, result="1")])
+    assert [r.id for r in claim()] == [ids[5]]  # key "a" is free again; the third fast start waits
+    clock.advance(11)  # the fast window has slid past its two starts
+    assert [r.id for r in claim()] == [ids[2]]
+    slow = backend.enqueue([job("t.slow")])[0].id
+    held = claim()
+    assert held == [] and held.held_back  # 12 s after the first slow start: its 100 s window holds
+    clock.advance(90)
+    assert [r.id for r in claim()] == [slow]
+    assert not claim().held_back

@@ -123,7 +123,7 @@ class PostgresBackend(Backend):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
-        if all(job.unique_key is None and job.parent is None and job.limit_key is None for job in jobs):
+        if all(job.unique_key is None and job.parent is None for job in jobs):
             with self._pool.connection() as conn:  # one statement: atomic without BEGIN
                 return [Enqueued(i, True) for i in self._insert(conn, jobs)]
         with self._tx() as conn:
@@ -153,13 +153,6 @@ class PostgresBackend(Backend):
         links = flow_links(jobs, [stored.id for stored in out])
         if links is not None:
             self._link(conn, jobs, out, links)
-        keyed = [
-            (int(w.id), j.limit_key) for j, w in zip(jobs, out, strict=True) if j.limit_key and w.created
-        ]
-        if keyed:
-            conn.execute(
-                self._q["set_limit_keys"], {"ids": [k[0] for k in keyed], "keys": [k[1] for k in keyed]}
-            )
         return out
 
     def _link(
@@ -197,6 +190,7 @@ class PostgresBackend(Backend):
             "timeout": [j.timeout for j in jobs],
             "run_at": [j.run_at for j in jobs],
             "meta": [_json_or_none(j.meta) for j in jobs],
+            "limit_key": [j.limit_key for j in jobs],
         }
         rows = conn.execute(self._q["insert"], params).fetchall()
         return _ids_in_order(rows, len(jobs))
@@ -206,7 +200,7 @@ class PostgresBackend(Backend):
             "at": self._at(), "task": job.task, "queue": job.queue, "payload": job.payload,
             "priority": job.priority, "max_attempts": job.max_attempts, "retries": job.retries,
             "timeout": job.timeout, "run_at": job.run_at, "unique_key": job.unique_key,
-            "meta": _json_or_none(job.meta),
+            "meta": _json_or_none(job.meta), "limit_key": job.limit_key,
         }  # fmt: skip
 
     def _insert_unique(self, conn: Executor, job: NewJob) -> Enqueued:
@@ -309,7 +303,8 @@ class PostgresBackend(Backend):
                 since = [now - per for per in spans.values()]
                 params = {"queue": queue, "scopes": list(spans), "since": since}
                 recent = dict(conn.execute(self._q["recent_starts"], params).fetchall())
-                conn.execute(self._q["trim_starts"], {"queue": queue, "before": now - max(spans.values())})
+            if limited.longest:  # the longest window of all the queue's scopes, not only these
+                conn.execute(self._q["trim_starts"], {"queue": queue, "before": now - limited.longest})
             admission = admit(limited, candidates, active, recent, want)
             claimed.held_back = claimed.held_back or admission.held_back
             if not admission.ids:

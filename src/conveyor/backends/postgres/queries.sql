@@ -12,27 +12,27 @@ lease_expires, result, error, attempts, progress, parent_id, children, flow, lim
 -- Any number of jobs in one statement: one array per column, unnested together. Identity
 -- values are taken in insertion order, so the sorted ids are the input order.
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, meta)
+                      run_at, enqueued_at, meta, limit_key)
 SELECT t.task, t.queue, CASE WHEN t.run_at > c.now THEN 'scheduled' ELSE 'queued' END,
        t.payload, t.priority, t.max_attempts, t.retries, t.timeout,
-       coalesce(t.run_at, c.now), c.now, t.meta::jsonb
+       coalesce(t.run_at, c.now), c.now, t.meta::jsonb, t.limit_key
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
      unnest(%(task)s::text[], %(queue)s::text[], %(payload)s::text[], %(priority)s::int[],
             %(max_attempts)s::int[], %(retries)s::int[], %(timeout)s::float8[],
-            %(run_at)s::float8[], %(meta)s::text[])
+            %(run_at)s::float8[], %(meta)s::text[], %(limit_key)s::text[])
          WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, retries, timeout,
-                              run_at, meta, n)
+                              run_at, meta, limit_key, n)
 ORDER BY t.n
 RETURNING id
 
 -- name: insert_one
 -- One job, scalar parameters: 1.7x the rate of the array form for a batch of one.
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, meta)
+                      run_at, enqueued_at, meta, limit_key)
 SELECT %(task)s, %(queue)s,
        CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END,
        %(payload)s, %(priority)s, %(max_attempts)s, %(retries)s, %(timeout)s,
-       coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb
+       coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb, %(limit_key)s
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
 RETURNING id
 
@@ -51,11 +51,11 @@ RETURNING id
 
 -- name: insert_unique
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, unique_key, meta)
+                      run_at, enqueued_at, unique_key, meta, limit_key)
 SELECT %(task)s, %(queue)s,
        CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END,
        %(payload)s, %(priority)s, %(max_attempts)s, %(retries)s, %(timeout)s,
-       coalesce(%(run_at)s::float8, c.now), c.now, %(unique_key)s, %(meta)s::jsonb
+       coalesce(%(run_at)s::float8, c.now), c.now, %(unique_key)s, %(meta)s::jsonb, %(limit_key)s
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
 ON CONFLICT (queue, unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'queued', 'active', 'waiting')
@@ -103,11 +103,6 @@ SET payload = %(payload)s, run_at = coalesce(%(run_at)s::float8, c.now),
     state = CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
 WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued')
-
--- name: set_limit_keys
-UPDATE {p}.jobs AS j SET limit_key = k.key
-FROM unnest(%(ids)s::bigint[], %(keys)s::text[]) AS k(id, key)
-WHERE j.id = k.id
 
 -- name: limited_begin
 -- A limited claim of one queue: serialise with the others on it, promote its due jobs,

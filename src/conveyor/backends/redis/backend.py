@@ -445,18 +445,23 @@ class RedisBackend(Backend):
         return events, cursor
 
     # -- operating ---------------------------------------------------------
-    def _per_queue(self, script: str, ids: Sequence[str], head: list[str]) -> list[Any]:
-        """Run `script` once per queue over the seqs of `ids`; replies in the ids' order."""
+    def _per_queue(
+        self, script: str, ids: Sequence[str], head: list[str], extra: Sequence[str] | None = None
+    ) -> list[Any]:
+        """Run `script` once per queue over the seqs of `ids` (each followed by its item of
+        `extra`, when given); replies in the ids' order, 0 for an id that is not ours."""
         out: list[Any] = [0] * len(ids)
         groups: dict[str, tuple[list[int], list[str]]] = {}
         for index, job_id in enumerate(ids):
             where = split_id(job_id)
             if where is not None:
-                indexes, seqs = groups.setdefault(where[0], ([], []))
+                indexes, args = groups.setdefault(where[0], ([], []))
                 indexes.append(index)
-                seqs.append(where[1])
-        for queue, (indexes, seqs) in groups.items():
-            replies = self._s[script]([self._base(queue)], [*head, *seqs])
+                args.append(where[1])
+                if extra is not None:
+                    args.append(extra[index])
+        for queue, (indexes, args) in groups.items():
+            replies = self._s[script]([self._base(queue)], [*head, *args])
             for index, reply in zip(indexes, replies, strict=True):
                 out[index] = reply
         return out
@@ -467,15 +472,10 @@ class RedisBackend(Backend):
 
     @_guarded
     def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
-        out: list[bool] = []
-        for r in resumptions:  # one script call per job: a flow settles a few parents at a time
-            where = split_id(r.job_id)
-            if where is None:
-                out.append(False)
-                continue
-            args = [repr(self.clock.now()), where[1], r.error or ""]
-            out.append(bool(self._s["resume"]([self._base(where[0])], args)[0]))
-        return out
+        # One script call per queue: resume.lua takes (seq, error) pairs.
+        errors = [r.error or "" for r in resumptions]
+        pairs = self._per_queue("resume", [r.job_id for r in resumptions], [repr(self.clock.now())], errors)
+        return [bool(reply) for reply in pairs]
 
     @_guarded
     def retry(self, ids: Sequence[str]) -> list[bool]:

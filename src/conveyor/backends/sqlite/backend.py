@@ -47,7 +47,7 @@ from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 _PACKAGE = "conveyor.backends.sqlite"
 _MIN_SHARED = 8  # below this, one multi-row INSERT is as cheap as building the JSON array
-_ROWS_PER_INSERT = 80  # 12 parameters a row: 960 per statement, far below SQLite's 32,766
+_ROWS_PER_INSERT = 80  # 13 parameters a row: 1,040 per statement, far below SQLite's 32,766
 _PAYLOADS_PER_INSERT = 5_000  # payloads in one JSON array per statement
 _EVENT_POLL_SECONDS = 0.05  # an event reader's poll: live views need no more than 20 a second
 _POLL_SECONDS = 0.002  # data_version poll: ~0.3% of a core while idle, <=2 ms wake-up
@@ -172,7 +172,7 @@ class SQLiteBackend(Backend):
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         now = self.clock.now()
         rows = [self._row(job, now) for job in jobs]
-        if len(rows) == 1 and rows[0][10] is None and jobs[0].limit_key is None:
+        if len(rows) == 1 and rows[0][10] is None:
             # A single plain job is one autocommit INSERT: no BEGIN/COMMIT round trips.
             cursor = self._conn().execute(self._q["insert"] + _values(1), rows[0])
             return [Enqueued(str(cursor.lastrowid), True)]
@@ -192,11 +192,6 @@ class SQLiteBackend(Backend):
             links = flow_links(jobs, [stored.id for stored in out])
             if links is not None:
                 conn.executemany(self._q["link"], _link_rows(jobs, out, links))
-            keyed = [
-                (j.limit_key, int(w.id)) for j, w in zip(jobs, out, strict=True) if j.limit_key and w.created
-            ]
-            if keyed:
-                conn.executemany(self._q["set_limit_key"], keyed)
         return out
 
     @_guarded
@@ -228,6 +223,7 @@ class SQLiteBackend(Backend):
             now,
             job.unique_key,
             meta,
+            job.limit_key,
         )
 
     def _insert_plain(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Enqueued]:
@@ -255,7 +251,8 @@ class SQLiteBackend(Backend):
         params = {
             "task": row[0], "queue": row[1], "state": row[2], "priority": row[4],
             "max_attempts": row[5], "retries": row[6], "timeout": row[7], "run_at": row[8],
-            "enqueued_at": row[9], "meta": row[11], "payloads": "[" + ",".join(payloads) + "]",
+            "enqueued_at": row[9], "meta": row[11], "limit_key": row[12],
+            "payloads": "[" + ",".join(payloads) + "]",
         }  # fmt: skip
         try:
             cursor = conn.execute(self._q["insert_shared"], params)
@@ -365,8 +362,8 @@ class SQLiteBackend(Backend):
         }
         admission = admit(limited, candidates, active, recent, want)
         claimed.held_back = claimed.held_back or admission.held_back
-        if spans:
-            conn.execute(self._q["trim_starts"], {"queue": queue, "before": now - max(spans.values())})
+        if limited.longest:  # the longest window of all the queue's scopes, not only these
+            conn.execute(self._q["trim_starts"], {"queue": queue, "before": now - limited.longest})
         if not admission.ids:
             return
         conn.executemany(self._q["log_start"], [(queue, scope, now) for scope in admission.starts])
@@ -693,7 +690,7 @@ def _consecutive(last: int, count: int) -> list[str]:
 
 @functools.cache
 def _values(rows: int) -> str:
-    return ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)
 
 
 def _int_id(job_id: str) -> int:

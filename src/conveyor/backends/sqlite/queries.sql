@@ -11,17 +11,17 @@ lease_expires, result, error, attempts, progress, parent_id, children, flow, lim
 -- The backend appends one "(?, ...)" group per row: one statement for up to 80 rows is
 -- about twice as fast as executemany, which steps the VM once per row.
 INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, unique_key, meta)
+                      run_at, enqueued_at, unique_key, meta, limit_key)
 VALUES
 
 -- name: insert_shared
 -- Bulk jobs that differ only in their payload: the shared columns are bound once and the
--- payloads arrive as one JSON array, so SQLite binds 11 values per batch, not 12 per row
+-- payloads arrive as one JSON array, so SQLite binds 12 values per batch, not 13 per row
 -- (binding was half the cost of a multi-row INSERT: 8.3 -> about 4 us a row).
 INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, unique_key, meta)
+                      run_at, enqueued_at, unique_key, meta, limit_key)
 SELECT :task, :queue, :state, value, :priority, :max_attempts, :retries, :timeout,
-       :run_at, :enqueued_at, NULL, :meta
+       :run_at, :enqueued_at, NULL, :meta, :limit_key
 FROM json_each(:payloads)
 ORDER BY key
 
@@ -33,8 +33,8 @@ WHERE {p}_schedules.last_tick < excluded.last_tick
 
 -- name: insert_unique
 INSERT INTO {p}_jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, unique_key, meta)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      run_at, enqueued_at, unique_key, meta, limit_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 RETURNING id
 
@@ -65,9 +65,6 @@ UPDATE {p}_jobs
 SET payload = :payload, run_at = :run_at,
     state = CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END
 WHERE id = :id AND state IN ('scheduled', 'queued')
-
--- name: set_limit_key
-UPDATE {p}_jobs SET limit_key = ? WHERE id = ?
 
 -- name: ready_scan
 -- A limited claim's candidates, in run order.
