@@ -119,6 +119,35 @@ def test_scripts_are_reloaded_after_script_flush(local_url: str) -> None:
     backend.close()
 
 
+def test_hot_path_connections_are_per_thread_and_heal(local_url: str) -> None:
+    """The lane (enqueue/claim/finish past redis-py's command layer): a connection per
+    thread, resent once after the server dropped it, kept after a script's own error,
+    all closed with the backend."""
+    import threading
+
+    import redis
+
+    backend = RedisBackend(local_url, prefix="lane")
+    lane = backend._lane
+    assert lane is not None
+    backend.enqueue([NewJob("t", "default", "[]")])
+    mine = lane._connection()
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(lane._connection()))
+    thread.start()
+    thread.join(timeout=10)
+    assert other and other[0] is not mine
+    with pytest.raises(redis.ResponseError):
+        lane.command("INCR", "lane:{default}:j:1")  # WRONGTYPE: a whole reply
+    assert lane._connection() is mine and mine.is_connected
+    admin = redis.Redis.from_url(local_url, decode_responses=True)
+    admin.client_kill_filter(_id=lane.command("CLIENT", "ID"))  # as a restart or idle timeout would
+    assert len(backend.claim("w", ["default"], 1, 30)) == 1  # resent on a new socket
+    backend.close()
+    assert not mine.is_connected
+    admin.close()
+
+
 def test_enqueue_while_redis_is_down_fails_within_its_timeout(own_server: servers.Server) -> None:
     app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=1", prefix="down")
     job = app.enqueue("t.any", 1)

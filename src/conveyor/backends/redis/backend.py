@@ -40,6 +40,7 @@ from conveyor.backends.base import (
     translate_errors,
 )
 from conveyor.backends.redis.connect import connect, parse_redis_url
+from conveyor.backends.redis.lane import Lane
 from conveyor.backends.redis.waker import Waker
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
@@ -93,12 +94,18 @@ class RedisBackend(Backend):
         except RedisError as exc:
             raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
         self._s: dict[str, Any] = {name: self._r.register_script(_load(name)) for name in _SCRIPTS}
+        self._lane = None if self._cluster else Lane(self._r)  # the hot path's calls
         self._seq_key = f"{prefix}:seq"
         self._queues_key = f"{prefix}:queues"
         self._workers_key = f"{prefix}:workers"
         self._events_key = f"{prefix}:events"  # a stream, capped near events.KEEP entries
         self._known: set[str] = set()
         self._waker = Waker(self._r, self.target.timeout)
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self._lane is None:
+            return self._s[name](keys, args)
+        return self._lane.run(self._s[name], keys, args)
 
     # -- keys --------------------------------------------------------------
     def _base(self, queue: str) -> str:
@@ -175,7 +182,7 @@ class RedisBackend(Backend):
     def _run_atomic(self, script: str, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
         """One script call per queue; several queues in one MULTI/EXEC on a single server."""
         if len(calls) == 1 or self._cluster:
-            return [self._s[script](self._keys(queue), args) for queue, args in calls]
+            return [self._script(script, self._keys(queue), args) for queue, args in calls]
         pipe = self._r.pipeline(transaction=True)
         for queue, args in calls:
             self._s[script](self._keys(queue), args, client=pipe)
@@ -193,7 +200,7 @@ class RedisBackend(Backend):
         shared = [str(template.priority), str(template.max_attempts), str(template.retries)]
         args = [queue, now, self._first_seq(len(payloads)), template.task, *shared,
                 _num(template.timeout), run_at, meta, *payloads]  # fmt: skip
-        first = int(self._s["enqueue_many"](self._keys(queue), args))
+        first = int(self._script("enqueue_many", self._keys(queue), args))
         return [f"{queue}:{first + i}" for i in range(len(payloads))]
 
     @_guarded
@@ -201,7 +208,7 @@ class RedisBackend(Backend):
         self._register([job.queue])
         now = _num(self.clock.now())
         args = [job.queue, now, self._first_seq(1), schedule, repr(tick), *self._job_args(job, now)]
-        seq = self._s["enqueue_tick"](self._keys(job.queue), args)
+        seq = self._script("enqueue_tick", self._keys(job.queue), args)
         return None if seq is None else f"{job.queue}:{seq}"
 
     # -- working -----------------------------------------------------------
@@ -224,10 +231,10 @@ class RedisBackend(Backend):
             args[1] = limit - len(claimed)
             limited = limits.get(queue) if limits else None
             if limited is None:
-                rows = self._s["claim"]([self._base(queue)], args)
+                rows = self._script("claim", [self._base(queue)], args)
             else:
                 limits_json = json.dumps(limited.to_json(), separators=(",", ":"))
-                held, *rows = self._s["claim_limited"]([self._base(queue)], [*args, SCAN, limits_json])
+                held, *rows = self._script("claim_limited", [self._base(queue)], [*args, SCAN, limits_json])
                 claimed.held_back = claimed.held_back or bool(held)
             claimed.extend(_record(queue, row) for row in rows)
         return claimed
@@ -276,7 +283,7 @@ class RedisBackend(Backend):
             indexes.append(index)
             args.extend(pack(item, where[1]))
         for queue, (indexes, args) in groups.items():
-            for index, ok in zip(indexes, self._s[script]([self._base(queue)], args), strict=True):
+            for index, ok in zip(indexes, self._script(script, [self._base(queue)], args), strict=True):
                 fences[index] = Fence.OK if ok else Fence.LEASE_LOST
         return fences
 
@@ -286,7 +293,7 @@ class RedisBackend(Backend):
         recovered: list[str] = []
         for queue in self._queues():
             while True:
-                seqs = self._s["recover"]([self._base(queue)], [now, LEASE_EXPIRED, _BATCH])
+                seqs = self._script("recover", [self._base(queue)], [now, LEASE_EXPIRED, _BATCH])
                 recovered.extend(f"{queue}:{seq}" for seq in seqs)
                 if len(seqs) < _BATCH:
                     break
@@ -341,7 +348,7 @@ class RedisBackend(Backend):
         self._waker.listen([f"{self._base(queue)}:done"])
         while True:
             generation = self._waker.generation
-            row = self._s["watch"]([self._base(queue)], [seq])
+            row = self._script("watch", [self._base(queue)], [seq])
             if not row:
                 return None
             record = _record(queue, row)
@@ -426,7 +433,10 @@ class RedisBackend(Backend):
     # -- events ------------------------------------------------------------
     @_guarded
     def publish(self, events: Sequence[JobEvent]) -> None:
-        self._r.xadd(self._events_key, {"e": encode(events)}, maxlen=KEEP, approximate=True)
+        if self._lane is None:
+            self._r.xadd(self._events_key, {"e": encode(events)}, maxlen=KEEP, approximate=True)
+        else:
+            self._lane.command("XADD", self._events_key, "MAXLEN", "~", KEEP, "*", "e", encode(events))
 
     @_guarded
     def event_cursor(self) -> str:
@@ -461,7 +471,7 @@ class RedisBackend(Backend):
                 if extra is not None:
                     args.append(extra[index])
         for queue, (indexes, args) in groups.items():
-            replies = self._s[script]([self._base(queue)], [*head, *args])
+            replies = self._script(script, [self._base(queue)], [*head, *args])
             for index, reply in zip(indexes, replies, strict=True):
                 out[index] = reply
         return out
@@ -488,7 +498,7 @@ class RedisBackend(Backend):
             where = split_id(job_id)
             if where is not None:
                 groups.setdefault(where[0], []).append(where[1])
-        return sum(int(self._s["delete"]([self._base(q)], seqs)) for q, seqs in groups.items())
+        return sum(int(self._script("delete", [self._base(q)], seqs)) for q, seqs in groups.items())
 
     @_guarded
     def set_paused(self, queues: Sequence[str], paused: bool) -> None:
@@ -531,7 +541,7 @@ class RedisBackend(Backend):
             for name in queues:
                 while left is None or left > 0:
                     batch = _BATCH if left is None else min(_BATCH, left)
-                    n = int(self._s["purge"]([self._base(name)], [state.value, older, batch]))
+                    n = int(self._script("purge", [self._base(name)], [state.value, older, batch]))
                     deleted += n
                     left = None if left is None else left - n
                     if n < batch:
@@ -588,6 +598,8 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self._waker.close()
+        if self._lane is not None:
+            self._lane.close()
         self._r.close()
 
 

@@ -18,5 +18,7 @@ for i = 0, count - 1 do
   out[i + 1] = {id, created}
 end
 flush(pending)
-if was_empty and redis.call('ZCARD', key('queued')) > 0 then wake() end
+-- Jobs queued by this batch need no second ZCARD (one redis.call is ~5 us of ~30);
+-- a debounce may have moved an earlier job into :queued, so look when none were.
+if was_empty and (#pending.queued > 0 or redis.call('ZCARD', key('queued')) > 0) then wake() end
 return out
