@@ -1,8 +1,8 @@
 """The worker: a few supervised asyncio tasks around one engine.
 
-- the pump persists finished attempts and claims new jobs, both in one hop to the
-  engine thread, never claiming more than its free slots (a prefetched job would
-  wait behind a slow one while another worker sits idle);
+- the pump claims new jobs, never more than its free slots (a prefetched job would
+  wait behind a slow one while another worker sits idle), while the store thread
+  persists finished attempts: the engine stores one batch as the next runs;
 - each claimed job runs in its own asyncio task (async tasks on the loop, sync
   tasks in a thread pool);
 - the lease keeper renews every running job's lease in one call per interval,
@@ -49,6 +49,9 @@ T = TypeVar("T")
 _IDLE_WAIT = 0.5  # longest single engine wait: bounds shutdown and notices dead connections
 _MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
 _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
+# Python 3.12+: a job's task runs its first step at once, so a job that never waits
+# (most do little) finishes without being scheduled through the loop's queue.
+_eager = getattr(asyncio, "eager_task_factory", None)
 _EVENT_OF = {OutcomeKind.COMPLETED: "completed", OutcomeKind.RETRY: "retried", OutcomeKind.DEAD: "dead"}
 
 
@@ -76,6 +79,7 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._waiting: asyncio.Future[bool] | None = None
+        self._storing: asyncio.Task[bool] | None = None  # the batch of outcomes being stored
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
@@ -145,6 +149,7 @@ class Worker:
         )  # fmt: skip
         self._burst = burst
         self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
+        self._store = concurrent.futures.ThreadPoolExecutor(1, "conveyor-store")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
         if handle_signals:
@@ -171,7 +176,7 @@ class Worker:
             # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
             # can close its connections safely; task threads are the user's and may hang.
             self._pool.shutdown(wait=False, cancel_futures=True)
-            for executor in (self._db, self._leases.thread, self._waiter, *self._threads):
+            for executor in (self._db, self._store, self._leases.thread, self._waiter, *self._threads):
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _supervise(self) -> int:
@@ -195,9 +200,12 @@ class Worker:
         if crashed and not pump.done():
             self._begin_stop(hard=True)
             await asyncio.wait([pump], timeout=self.settings.shutdown_grace)
-        for task in [*side, stopper, pump]:
+        rest: list[asyncio.Task[Any]] = [*side, stopper, pump]
+        if self._storing is not None:  # a crash left a batch on its way: its jobs' leases expire
+            rest.append(self._storing)
+        for task in rest:
             task.cancel()
-        await asyncio.gather(*side, stopper, pump, return_exceptions=True)
+        await asyncio.gather(*rest, return_exceptions=True)
         await self._farewell()
         return 1 if crashed else 0
 
@@ -233,19 +241,19 @@ class Worker:
         assert self._wake is not None
         while True:
             self._wake.clear()
+            if not self._store_outcomes():
+                return
             want = 0 if self._stopping or not self.settings.processors else self.concurrency - self._used
-            if not self._outcomes and want == 0:
-                if self._stopping and not self._running:
+            if want == 0:
+                if self._stopping and not self._running and self._storing is None:
                     return
                 await self._wake.wait()
                 continue
-            # Claim first and start those jobs, then persist finished attempts: the new
-            # jobs run on the loop while the engine thread stores the old results.
-            claimed = await self._claim(want) if want else []
-            if self._outcomes and not await self._flush():
+            claimed = await self._claim(want)
+            if not self._store_outcomes():
                 return
-            if self._outcomes or self._stopping or (want and len(claimed) == want):
-                continue  # more to store, or the queue may hold more: go round at once
+            if self._stopping or len(claimed) == want:
+                continue  # the queue may hold more: go round at once
             held_back = isinstance(claimed, Claimed) and claimed.held_back
             if not claimed and not self._running and self._burst and not held_back:
                 self._begin_stop(hard=False)
@@ -256,6 +264,22 @@ class Worker:
                 await self._wait_for_work()
             else:
                 await self._wake.wait()
+
+    def _store_outcomes(self) -> bool:
+        """Start storing finished attempts unless a batch is on its way; False: give up.
+
+        One batch at a time, in the store thread, so claiming and running go on meanwhile;
+        the batch's end wakes the pump.
+        """
+        assert self._wake is not None
+        if self._storing is not None and self._storing.done():
+            stored, self._storing = self._storing, None
+            if not stored.result():  # a bug in _flush raises here and stops the worker
+                return False
+        if self._outcomes and self._storing is None:
+            self._storing = asyncio.create_task(self._flush(), name="conveyor-store")
+            self._storing.add_done_callback(lambda _: self._request_wake())
+        return True
 
     async def _claim(self, want: int) -> list[JobRecord]:
         backend = self.app.backend
@@ -286,7 +310,7 @@ class Worker:
         backoff = 0.1
         while True:
             try:
-                fences = await in_thread(self._db, self.app.backend.finish, outcomes)
+                fences = await in_thread(self._store, self.app.backend.finish, outcomes)
                 break
             except BackendUnavailable as exc:
                 if self._hard and self._stopping:
@@ -328,7 +352,7 @@ class Worker:
     async def _settle(self, parents: list[str]) -> None:
         """Move on the flow jobs waiting for jobs that just ended; maintenance retries later."""
         try:
-            await in_thread(self._db, settle, self.app.backend, parents)
+            await in_thread(self._store, settle, self.app.backend, parents)
         except BackendUnavailable as exc:
             log.error("could not settle %d flow job(s); maintenance will: %s", len(parents), exc)
 
@@ -369,7 +393,10 @@ class Worker:
         self._used += 1
         context = contextvars.copy_context()
         context.run(bind, job.context)
-        job.runner = self._loop.create_task(self._execute(job), context=context)
+        if _eager is None:
+            job.runner = self._loop.create_task(self._execute(job), context=context)
+        else:
+            job.runner = _eager(self._loop, self._execute(job), context=context)
 
     async def _execute(self, job: Running) -> None:
         outcome: Outcome | None
