@@ -47,6 +47,23 @@ def test_a_lost_lease_flags_the_job_and_its_result_is_discarded(app: Conveyor) -
     assert job.refresh().state is JobState.CANCELLED and job.record.result is None
 
 
+@pytest.mark.parametrize("events", [True, False])
+def test_a_result_stored_after_its_lease_was_lost_is_logged(
+    app: Conveyor, events: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning names each discarded result, whether or not events are on."""
+
+    @app.task(retries=0)
+    async def cancels_itself() -> str:
+        await asyncio.to_thread(app.cancel, current_job().id)  # gone before it returns
+        return "late"
+
+    jobs = [cancels_itself.enqueue() for _ in range(2)]
+    with caplog.at_level("WARNING", logger="conveyor.worker"), running(app, events=events):
+        eventually(lambda: all(j.refresh().state is JobState.CANCELLED for j in jobs))
+        eventually(lambda: all(f"job {j.id}: result discarded" in caplog.text for j in jobs))
+
+
 def test_testing_helpers(tmp_path: Path) -> None:
     app = Conveyor("memory://")
 

@@ -330,6 +330,12 @@ class Worker:
         now = time.time()
         for outcome, fence in zip(outcomes, fences, strict=True):
             job = self._unstored.pop(outcome.job_id, None)
+            if fence is Fence.LEASE_LOST:
+                log.warning(
+                    "job %s: result discarded, its lease was lost (cancelled, or expired and "
+                    "taken over by another worker)",
+                    outcome.job_id,
+                )
             if job is not None and job.record.parent_id and fence is Fence.OK and outcome.kind in _ENDED:
                 parents.append(job.record.parent_id)
             kind = _EVENT_OF.get(outcome.kind)
@@ -339,12 +345,6 @@ class Worker:
                 events.append(JobEvent(kind, r.id, r.queue, r.task, now, data))
         if self._emit is not None and events:
             self._emit(events)
-            if fence is Fence.LEASE_LOST:
-                log.warning(
-                    "job %s: result discarded, its lease was lost (cancelled, or expired and "
-                    "taken over by another worker)",
-                    outcome.job_id,
-                )
         if parents:
             await self._settle(parents)
         return True

@@ -55,8 +55,8 @@ class Lane:
         try:
             return self._send(conn, command)
         except RedisConnectionError:
-            # A socket the server closed (restart, idle timeout) never ran the command.
-            conn.disconnect()
+            # A socket the server closed (restart, idle timeout) never ran the command;
+            # _send has closed ours, so this opens a new one.
             return self._send(conn, command)
 
     @staticmethod
