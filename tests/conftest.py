@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from conveyor import Conveyor
 from conveyor.backends import open_backend
-from conveyor.backends.base import Backend
+from conveyor.backends.base import AsyncWork, Backend, Fence, Outcome
 from conveyor.clock import Clock, FakeClock
+from conveyor.job import JobRecord
+from conveyor.limits import QueueLimits
 from conveyor.worker import Worker
 
 # Engines the contract suite runs against.
@@ -37,7 +40,7 @@ def engine_url(engine: str, tmp_path: Path) -> str:
     if engine == "redis":
         fresh_redis(REDIS_URL)
         return REDIS_URL
-    if engine == "postgres":
+    if engine in {"postgres", "postgres-async"}:
         fresh_postgres(POSTGRES_URL)
         return f"{POSTGRES_URL}?migrate=1"
     raise AssertionError(engine)
@@ -123,12 +126,53 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+class AsyncDriven:
+    """A backend whose claim (without limits) and finish go through its async_work(), as
+    a worker's do, run on a private event loop; everything else is the backend's own."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._loop = asyncio.new_event_loop()
+        self._work = self._loop.run_until_complete(self._open())
+
+    async def _open(self) -> AsyncWork:
+        work = self.backend.async_work()  # inside a running loop, as the worker calls it
+        assert work is not None, f"{self.backend.url} has no async path"
+        return work
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, QueueLimits] | None = None,
+    ) -> list[JobRecord]:
+        if limits:
+            return self.backend.claim(worker_id, queues, limit, lease_seconds, limits)
+        return self._loop.run_until_complete(self._work.claim(worker_id, queues, limit, lease_seconds))
+
+    def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        return self._loop.run_until_complete(self._work.finish(outcomes))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._work.aclose())
+        self._loop.close()
+        self.backend.close()
+
+
 @pytest.fixture
-def make_backend(url: str) -> Iterator[Callable[[Clock], Backend]]:
+def make_backend(url: str, request: pytest.FixtureRequest) -> Iterator[Callable[[Clock], Backend]]:
     opened: list[Backend] = []
+    engine = request.getfixturevalue("engine") if "engine" in request.fixturenames else None
 
     def make(clock: Clock) -> Backend:
         backend = open_backend(url, prefix="t", clock=clock)
+        if engine == "postgres-async":
+            backend = cast(Backend, AsyncDriven(backend))
         opened.append(backend)
         return backend
 

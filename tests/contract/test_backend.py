@@ -22,6 +22,13 @@ from conveyor.backends.base import (
 )
 from conveyor.clock import Clock, FakeClock
 from conveyor.job import JobRecord, JobState, LogEntry
+from tests.conftest import ENGINES
+
+
+@pytest.fixture(params=[*ENGINES, "postgres-async"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every engine, and PostgreSQL once more with claim and finish on its async path."""
+    return str(request.param)
 
 
 def new(queue: str = "default", priority: int = 0, **kw: Any) -> NewJob:

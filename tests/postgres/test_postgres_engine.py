@@ -263,6 +263,39 @@ def test_without_listen_workers_poll_and_still_run_everything(url: str) -> None:
     app.close()
 
 
+def test_workers_claim_and_store_on_the_async_path(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker awaits claims and finishes on psycopg's async pool; only a queue with
+    limits takes the threaded claim (its admission runs in one locked transaction)."""
+    app = Conveyor(url, prefix="aio")
+    app.limit("limited", concurrency=2)
+    threaded: list[str] = []
+    claim = app.backend.claim
+
+    def spy_claim(*args: Any, **kwargs: Any) -> Any:
+        threaded.append("claim")
+        return claim(*args, **kwargs)
+
+    def refuse_finish(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the worker stored outcomes through the threaded path")
+
+    monkeypatch.setattr(app.backend, "claim", spy_claim)
+    monkeypatch.setattr(app.backend, "finish", refuse_finish)
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    with running(app):
+        assert [j.result(timeout=10) for j in double.enqueue_many([(i,) for i in range(30)])] == [
+            2 * i for i in range(30)
+        ]
+    assert threaded == []
+    with running(app, queues=["limited"]):
+        assert double.options(queue="limited").enqueue(5).result(timeout=10) == 10
+    assert threaded
+    app.close()
+
+
 def test_a_pool_of_two_connections_serves_a_worker_of_twenty(url: str) -> None:
     app = Conveyor(f"{url}&pool=2", prefix="small")
 

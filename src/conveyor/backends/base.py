@@ -9,12 +9,13 @@ silent overwrite. No engine object (connection, cursor, client) crosses here.
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
@@ -356,6 +357,12 @@ class Backend(ABC):
             f"transactional enqueue needs the PostgreSQL engine; this app uses {redact_url(self.url)}"
         )
 
+    def async_work(self) -> AsyncWork | None:
+        """A worker's native async path for claiming and finishing, or None (default):
+        the worker then calls claim and finish from its engine threads. Called inside
+        the worker's running event loop, which the returned object belongs to."""
+        return None
+
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Refuse (ConfigError) to run workers on an engine set up to lose jobs; default: nothing."""
 
@@ -382,6 +389,26 @@ class Backend(ABC):
             pause = min(pause * 2, 0.1)
 
 
+class AsyncWork(ABC):
+    """Claim and finish awaited on the worker's event loop, on the engine's async driver:
+    no thread hop per call. The same semantics as Backend.claim (without limits, which
+    take the threaded path) and Backend.finish, errors included (BackendUnavailable)."""
+
+    @abstractmethod
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[JobRecord]:
+        """As Backend.claim, for queues without rate or concurrency limits."""
+
+    @abstractmethod
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
+        """As Backend.finish."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close its connections; the object is unusable afterwards."""
+
+
 def purgeable(states: Sequence[JobState]) -> list[JobState]:
     """The finished states among `states` (every finished state when none is given), in
     one fixed order, so every engine purges them alike."""
@@ -398,6 +425,9 @@ def translate_errors(
     `where(backend)` (which names the file or server, never a password)."""
 
     def decorate(method: Callable[P, T]) -> Callable[P, T]:
+        if inspect.iscoroutinefunction(method):
+            return cast(Callable[P, T], _translated_async(cast(Any, method), errors, where))
+
         @functools.wraps(method)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             try:
@@ -408,3 +438,18 @@ def translate_errors(
         return wrapper
 
     return decorate
+
+
+def _translated_async(
+    method: Callable[P, Awaitable[T]],
+    errors: type[Exception] | tuple[type[Exception], ...],
+    where: Callable[[Any], str],
+) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except errors as exc:
+            raise BackendUnavailable(f"{where(args[0])}: {exc}") from exc
+
+    return wrapper

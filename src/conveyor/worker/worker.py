@@ -1,8 +1,10 @@
 """The worker: a few supervised asyncio tasks around one engine.
 
 - the pump claims new jobs, never more than its free slots (a prefetched job would
-  wait behind a slow one while another worker sits idle), while the store thread
-  persists finished attempts: the engine stores one batch as the next runs;
+  wait behind a slow one while another worker sits idle), while one batch of finished
+  attempts is being stored: the engine stores one batch as the next runs. Engines with
+  an async driver (PostgreSQL) claim and store on the event loop; the others from
+  the engine and store threads;
 - each claimed job runs in its own asyncio task (async tasks on the loop, sync
   tasks in a thread pool);
 - the lease keeper renews every running job's lease in one call per interval,
@@ -27,7 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conveyor.backends.base import Fence, Outcome, OutcomeKind, WorkerInfo
+from conveyor.backends.base import AsyncWork, Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.events import JobEvent
@@ -81,6 +83,7 @@ class Worker:
         self._waiting: asyncio.Future[bool] | None = None
         self._storing: asyncio.Task[bool] | None = None  # the batch of outcomes being stored
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
+        self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
         self._emit = app.publisher().emit if settings.events else None  # job events, batched
@@ -161,6 +164,7 @@ class Worker:
         try:
             await in_thread(self._db, backend.preflight)
             await in_thread(self._db, backend.report_worker, self._info())
+            self._aio = backend.async_work()
             log.info(
                 "worker %s started: queues %s, concurrency %d, engine %s",
                 self.id,
@@ -173,6 +177,8 @@ class Worker:
             if handle_signals:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(signum)
+            if self._aio is not None:
+                await self._aio.aclose()
             # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
             # can close its connections safely; task threads are the user's and may hang.
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -285,8 +291,11 @@ class Worker:
         backend = self.app.backend
         try:
             lease = self.settings.lease_timeout
-            claim = functools.partial(backend.claim, limits=self._limits)
-            claimed = await in_thread(self._db, claim, self.id, self.queues, want, lease)
+            if self._aio is not None and self._limits is None:
+                claimed = await self._aio.claim(self.id, self.queues, want, lease)
+            else:
+                claim = functools.partial(backend.claim, limits=self._limits)
+                claimed = await in_thread(self._db, claim, self.id, self.queues, want, lease)
         except BackendUnavailable as exc:
             self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
             log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)
@@ -310,7 +319,10 @@ class Worker:
         backoff = 0.1
         while True:
             try:
-                fences = await in_thread(self._store, self.app.backend.finish, outcomes)
+                if self._aio is not None:
+                    fences = await self._aio.finish(outcomes)
+                else:
+                    fences = await in_thread(self._store, self.app.backend.finish, outcomes)
                 break
             except BackendUnavailable as exc:
                 if self._hard and self._stopping:

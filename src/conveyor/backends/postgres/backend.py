@@ -13,9 +13,9 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -25,6 +25,7 @@ from conveyor.backends._sql import attempts_from, load_queries
 from conveyor.backends.base import (
     LEASE_EXPIRED,
     WORKER_SEEN_SECONDS,
+    AsyncWork,
     Backend,
     Enqueued,
     Fence,
@@ -55,6 +56,7 @@ _EVENTS = " events"  # the wake channel's payload for new events: no queue name 
 _POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
 _PAYLOADS_PER_INSERT = 10_000  # payloads in one array: bounds one statement's memory
 _STATES = {state.value: state for state in JobState}
+R = TypeVar("R")
 
 _guarded = translate_errors(
     (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout),
@@ -62,6 +64,9 @@ _guarded = translate_errors(
 )
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+Params = dict[str, Any]
+Rows = list[tuple[Any, ...]]
+Steps = Generator[tuple[str, Params], Rows, R]  # statements to run, each receiving its rows
 Executor = Conn | psycopg.Cursor[tuple[Any, ...]]  # both have execute() -> fetchone/fetchall
 
 
@@ -73,18 +78,20 @@ class PostgresBackend(Backend):
         self.schema = check_schema(prefix)
         self.where = redact(url).split("?", 1)[0]
         target = parse_postgres_url(url)
+        self.target = target
         self._timeout = target.timeout
         columns = load_queries(_PACKAGE)["columns"]
         self._q = {
             name: sql.replace("{p}", self.schema).replace("{columns}", columns)
             for name, sql in load_queries(_PACKAGE).items()
         }
+        self.connect_options = {"autocommit": True, "prepare_threshold": 5 if target.prepare else None}
         self._pool = ConnectionPool(
             target.conninfo,
             min_size=1,
             max_size=target.pool,
             timeout=target.timeout,
-            kwargs={"autocommit": True, "prepare_threshold": 5 if target.prepare else None},
+            kwargs=self.connect_options,
             name=f"conveyor-{self.schema}",
             open=False,
         )
@@ -107,6 +114,10 @@ class PostgresBackend(Backend):
     def _at(self) -> float | None:
         """The time to store: None lets the database's clock decide; tests inject one."""
         return None if self.clock is SYSTEM_CLOCK else self.clock.now()
+
+    def query(self, name: str) -> str:
+        """A statement of queries.sql, with this backend's schema in it."""
+        return self._q[name]
 
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
@@ -274,10 +285,19 @@ class PostgresBackend(Backend):
     def _claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[JobRecord]:
-        params = {"worker": worker_id, "queues": list(queues), "limit": limit,
-                  "lease": lease_seconds, "at": self._at()}  # fmt: skip
-        records = [_record(row) for row in self._one("claim", params)]
-        # RETURNING gives no order: restore queue order, then priority, then FIFO.
+        return self.claimed(
+            self._one("claim", self.claim_params(worker_id, queues, limit, lease_seconds)), queues
+        )
+
+    def claim_params(self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float) -> Params:
+        return {"worker": worker_id, "queues": list(queues), "limit": limit,
+                "lease": lease_seconds, "at": self._at()}  # fmt: skip
+
+    @staticmethod
+    def claimed(rows: list[tuple[Any, ...]], queues: Sequence[str]) -> list[JobRecord]:
+        """Claimed rows as records in queue order, then priority, then FIFO (RETURNING
+        gives no order)."""
+        records = [_record(row) for row in rows]
         order = {queue: i for i, queue in enumerate(queues)}
         records.sort(key=lambda r: (order[r.queue], -r.priority, int(r.id)))
         return records
@@ -330,44 +350,60 @@ class PostgresBackend(Backend):
         }
         with self._tx() as conn:
             held = {(str(i), token) for i, token in conn.execute(self._q["extend_leases"], params)}
-            self._save_logs(conn, [(r.job_id, r.logs) for r in renewals if (r.job_id, r.token) in held])
+            logs = self._logs_params([(r.job_id, r.logs) for r in renewals if (r.job_id, r.token) in held])
+            if logs is not None:
+                conn.execute(self._q["insert_logs"], logs)
         return [Fence.OK if (r.job_id, r.token) in held else Fence.LEASE_LOST for r in renewals]
 
-    def _save_logs(self, conn: Conn, entries: list[tuple[str, list[LogEntry]]]) -> None:
+    @staticmethod
+    def _logs_params(entries: list[tuple[str, list[LogEntry]]]) -> Params | None:
         lines = [(job_id, e) for job_id, logs in entries for e in logs]
-        if lines:
-            conn.execute(
-                self._q["insert_logs"],
-                {
-                    "ids": [_int_id(job_id) for job_id, _ in lines],
-                    "at": [e.at for _, e in lines],
-                    "messages": [e.message for _, e in lines],
-                    "fields": [_json_or_none(e.fields) for _, e in lines],
-                },
-            )
+        if not lines:
+            return None
+        return {
+            "ids": [_int_id(job_id) for job_id, _ in lines],
+            "at": [e.at for _, e in lines],
+            "messages": [e.message for _, e in lines],
+            "fields": [_json_or_none(e.fields) for _, e in lines],
+        }
 
     @_guarded
     def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
-        """At most three statements per batch, whatever its size: completions, failures,
-        and releases (shutdown and snoozes), all in one transaction."""
         if not outcomes:
             return []
+        with self._tx() as conn:
+            steps = self.finish_steps(outcomes)
+            try:
+                query, params = next(steps)
+                while True:
+                    cursor = conn.execute(self._q[query], params)
+                    query, params = steps.send(cursor.fetchall() if cursor.description else [])
+            except StopIteration as end:
+                fences: list[Fence] = end.value
+                return fences
+
+    def finish_steps(self, outcomes: Sequence[Outcome]) -> Steps[list[Fence]]:
+        """The statements that store a batch, for one transaction: at most five whatever
+        its size (completions, failures, releases (shutdown and snoozes), their log lines,
+        and one notification). Each yields (query name, params) and receives the rows;
+        the sync and async drivers run the same steps."""
         done = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
         failed = [o for o in outcomes if o.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD)]
         back = [o for o in outcomes if o.kind in (OutcomeKind.RELEASED, OutcomeKind.SNOOZED)]
         held: set[tuple[str, str]] = set()  # (id, token) of each outcome that was stored
-        with self._tx() as conn:
-            for query, batch, params in (
-                ("complete_batch", done, self._completions),
-                ("fail_batch", failed, self._failures),
-                ("release_batch", back, self._releases),
-            ):
-                if batch:
-                    rows = conn.execute(self._q[query], {**params(batch), "at": self._at()})
-                    held.update((str(row[0]), row[1]) for row in rows)
-            self._save_logs(conn, [(o.job_id, o.logs) for o in outcomes if (o.job_id, o.token) in held])
-            if done or any(o.kind is OutcomeKind.DEAD for o in failed):
-                conn.execute(self._q["notify_done"])
+        for query, batch, params in (
+            ("complete_batch", done, self._completions),
+            ("fail_batch", failed, self._failures),
+            ("release_batch", back, self._releases),
+        ):
+            if batch:
+                rows = yield query, {**params(batch), "at": self._at()}
+                held.update((str(row[0]), row[1]) for row in rows)
+        logs = self._logs_params([(o.job_id, o.logs) for o in outcomes if (o.job_id, o.token) in held])
+        if logs is not None:
+            yield "insert_logs", logs
+        if done or any(o.kind is OutcomeKind.DEAD for o in failed):
+            yield "notify_done", {}
         return [Fence.OK if (o.job_id, o.token) in held else Fence.LEASE_LOST for o in outcomes]
 
     @staticmethod
@@ -395,6 +431,11 @@ class PostgresBackend(Backend):
         now = self.clock.now()  # a snooze without a time runs again at once
         run_at = [(o.retry_at or now) if o.kind is OutcomeKind.SNOOZED else None for o in batch]
         return {**self._fenced(batch), "run_at": run_at}
+
+    def async_work(self) -> AsyncWork:
+        from conveyor.backends.postgres.aio import PostgresAsyncWork
+
+        return PostgresAsyncWork(self)
 
     @_guarded
     def recover_expired(self) -> list[str]:
