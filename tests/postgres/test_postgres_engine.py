@@ -18,6 +18,7 @@ import pytest
 from conveyor import BackendUnavailable, ConfigError, Conveyor, Job, JobState
 from conveyor.backends import open_backend
 from conveyor.backends.postgres import migrate_database
+from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import parse_postgres_url
 from conveyor.backends.postgres.migrate import latest_version
 from conveyor.task import Task
@@ -294,6 +295,28 @@ def test_workers_claim_and_store_on_the_async_path(url: str, monkeypatch: pytest
         assert double.options(queue="limited").enqueue(5).result(timeout=10) == 10
     assert threaded
     app.close()
+
+
+@pytest.mark.parametrize("query", ["complete_batch", "release_batch", "extend_leases"])
+def test_batch_updates_never_walk_the_index_of_active_jobs(app: Conveyor, query: str) -> None:
+    """Statistics taken while no job was active once made the planner walk every active
+    job for every row of a batch (23 s for 7,900 completions): the partial index of
+    active jobs must not be the way in."""
+    backend = app.backend
+    assert isinstance(backend, PostgresBackend)
+    psql(
+        "INSERT INTO pg.jobs (task, queue, state, payload, run_at, enqueued_at, finished_at) "
+        "SELECT 't', 'old', 'completed', '[]', 0, 0, 0 FROM generate_series(1, 20000)",
+        "ANALYZE pg.jobs",
+    )
+    app.ref("t.any").enqueue_many([(i,) for i in range(300)])
+    claimed = backend.claim("w1", ["default"], 300, 60)
+    ids, tokens = [int(r.id) for r in claimed], [r.lease_token for r in claimed]
+    params = {"at": None, "ids": ids, "tokens": tokens, "progress": [None] * 300, "results": ["1"] * 300,
+              "run_at": [None] * 300, "lease": 60}  # fmt: skip
+    with psycopg.connect(POSTGRES_URL) as conn:
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + backend.query(query), params))
+    assert "jobs_leases" not in plan, plan  # the primary key, or a hash join on a small table
 
 
 def test_a_pool_of_two_connections_serves_a_worker_of_twenty(url: str) -> None:

@@ -2,6 +2,13 @@
 -- the column list below, in the order the backend's row reader expects. `%(at)s` is
 -- the time to use, NULL for the database's clock (tests inject one). Statements that
 -- change a claimed job are fenced on (id, lease_token, state = 'active').
+--
+-- Batch updates compare the state with `(SELECT 'active'::text)`, not the literal: the
+-- literal lets the planner scan the partial index of active jobs and test every one
+-- against every row of the batch. Statistics taken when few jobs were active make that
+-- look cheapest, and it is quadratic: with 1,000,000 finished rows in the table a batch
+-- of 7,900 completions against 8,000 active jobs took 23 s. With the sub-select the
+-- only way in is the primary key, one lookup per row of the batch.
 
 -- name: columns
 id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
@@ -159,7 +166,7 @@ UPDATE {p}.jobs AS j
 SET lease_expires = c.now + %(lease)s, progress = coalesce(r.progress, j.progress)
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
      unnest(%(ids)s::bigint[], %(tokens)s::text[], %(progress)s::float8[]) AS r(id, token, progress)
-WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'active'
+WHERE j.id = r.id AND j.lease_token = r.token AND j.state = (SELECT 'active'::text)
 RETURNING j.id, r.token
 
 -- name: insert_logs
@@ -174,7 +181,7 @@ SET state = 'completed', result = r.result, finished_at = c.now,
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
      unnest(%(ids)s::bigint[], %(tokens)s::text[], %(results)s::text[], %(progress)s::float8[])
          AS r(id, token, result, progress)
-WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'active'
+WHERE j.id = r.id AND j.lease_token = r.token AND j.state = (SELECT 'active'::text)
 RETURNING j.id, r.token
 
 -- name: fail_batch
@@ -199,7 +206,7 @@ WITH back AS (
         lease_owner = NULL, lease_token = NULL, lease_expires = NULL
     FROM unnest(%(ids)s::bigint[], %(tokens)s::text[], %(run_at)s::float8[], %(progress)s::float8[])
              AS r(id, token, run_at, progress)
-    WHERE j.id = r.id AND j.lease_token = r.token AND j.state = 'active'
+    WHERE j.id = r.id AND j.lease_token = r.token AND j.state = (SELECT 'active'::text)
     RETURNING j.id, r.token, j.queue
 )
 SELECT id, token, {p}.wake(ARRAY[queue]) FROM back
