@@ -120,7 +120,7 @@ CREATE FUNCTION conveyor.complete(job bigint, token text, result text DEFAULT NU
             finished_at = coalesce(at, conveyor.epoch()),
             progress = coalesce(complete.progress, jobs.progress),
             lease_owner = NULL, lease_token = NULL, lease_expires = NULL
-        WHERE id = job AND lease_token = token AND state = 'active'
+        WHERE id = job AND lease_token = token AND state = (SELECT 'active'::text)
         RETURNING 1
     )
     SELECT EXISTS (SELECT 1 FROM done)
@@ -158,7 +158,7 @@ BEGIN
             'started_at', started_at, 'finished_at', now_, 'worker', fail.worker)),
         progress = coalesce(fail.progress, jobs.progress),
         lease_owner = NULL, lease_token = NULL, lease_expires = NULL
-    WHERE id = job AND lease_token = token AND state = 'active'
+    WHERE id = job AND lease_token = token AND state = (SELECT 'active'::text)
     RETURNING * INTO failed;
     IF NOT FOUND THEN
         RETURN false;
@@ -518,4 +518,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup')) AS m(version, name);
