@@ -274,8 +274,8 @@ class Worker:
     def _store_outcomes(self) -> bool:
         """Start storing finished attempts unless a batch is on its way; False: give up.
 
-        One batch at a time, in the store thread, so claiming and running go on meanwhile;
-        the batch's end wakes the pump.
+        One batch at a time (on the engine's async path, else in the store thread), so
+        claiming and running go on meanwhile; the batch's end wakes the pump.
         """
         assert self._wake is not None
         if self._storing is not None and self._storing.done():

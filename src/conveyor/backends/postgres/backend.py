@@ -294,7 +294,7 @@ class PostgresBackend(Backend):
                 "lease": lease_seconds, "at": self._at()}  # fmt: skip
 
     @staticmethod
-    def claimed(rows: list[tuple[Any, ...]], queues: Sequence[str]) -> list[JobRecord]:
+    def claimed(rows: Rows, queues: Sequence[str]) -> list[JobRecord]:
         """Claimed rows as records in queue order, then priority, then FIFO (RETURNING
         gives no order)."""
         records = [_record(row) for row in rows]
