@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conveyor import BackendUnavailable, ConfigError, Conveyor, Job, JobState
+from conveyor import BackendUnavailable, ConfigError, Conveyor, Fail, Job, JobState
 from conveyor.backends import open_backend
 from conveyor.backends.postgres import migrate_database
 from conveyor.backends.postgres.backend import PostgresBackend
@@ -295,6 +295,31 @@ def test_workers_claim_and_store_on_the_async_path(url: str, monkeypatch: pytest
         assert double.options(queue="limited").enqueue(5).result(timeout=10) == 10
     assert threaded
     app.close()
+
+
+TRICKY = ['a "quote" and a \\ backslash', "{braces, and commas}", "NULL", "ünïcødé ✓", ""]
+
+
+def test_text_crosses_the_binary_arrays_unchanged(app: Conveyor) -> None:
+    """Arrays of strings go in binary: payloads, results and errors with quotes,
+    backslashes, braces and non-ASCII text arrive as they left, on both insert paths."""
+
+    @app.task(name="echo")
+    async def echo(text: str) -> str:
+        return text
+
+    @app.task(name="refuse")
+    async def refuse(text: str) -> None:
+        raise Fail(text)
+
+    shared = echo.enqueue_many([(t,) for t in TRICKY])  # one template, payloads only
+    own = echo.enqueue_many([echo.options(timeout=t + 1).s(text) for t, text in enumerate(TRICKY)])
+    failing = refuse.enqueue_many([(t,) for t in TRICKY])
+    with running(app):
+        assert [j.result(timeout=10) for j in shared] == TRICKY
+        assert [j.result(timeout=10) for j in own] == TRICKY
+        eventually(lambda: all(j.refresh().state is JobState.DEAD for j in failing))
+    assert [j.record.error for j in failing] == [f"Fail: {t}" for t in TRICKY]
 
 
 @pytest.mark.parametrize("query", ["complete_batch", "release_batch", "extend_leases"])

@@ -9,6 +9,11 @@
 -- look cheapest, and it is quadratic: with 1,000,000 finished rows in the table a batch
 -- of 7,900 completions against 8,000 active jobs took 23 s. With the sub-select the
 -- only way in is the primary key, one lookup per row of the batch.
+--
+-- Arrays of strings and of ids are sent in binary (`%(name)b`): psycopg quotes each
+-- element of a text array in Python, 4.9 ms for 1,000 payloads here against 0.8 ms in
+-- binary. Numbers stay text: binary refuses a list mixing ints and floats, and a
+-- number costs little to quote.
 
 -- name: columns
 id, task, queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
@@ -24,9 +29,9 @@ SELECT t.task, t.queue, CASE WHEN t.run_at > c.now THEN 'scheduled' ELSE 'queued
        t.payload, t.priority, t.max_attempts, t.retries, t.timeout,
        coalesce(t.run_at, c.now), c.now, t.meta::jsonb, t.limit_key
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
-     unnest(%(task)s::text[], %(queue)s::text[], %(payload)s::text[], %(priority)s::int[],
+     unnest(%(task)b::text[], %(queue)b::text[], %(payload)b::text[], %(priority)s::int[],
             %(max_attempts)s::int[], %(retries)s::int[], %(timeout)s::float8[],
-            %(run_at)s::float8[], %(meta)s::text[], %(limit_key)s::text[])
+            %(run_at)s::float8[], %(meta)b::text[], %(limit_key)b::text[])
          WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, retries, timeout,
                               run_at, meta, limit_key, n)
 ORDER BY t.n
@@ -52,7 +57,7 @@ SELECT %(task)s, %(queue)s,
        t.payload, %(priority)s, %(max_attempts)s, %(retries)s, %(timeout)s,
        coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
-     unnest(%(payloads)s::text[]) WITH ORDINALITY AS t(payload, n)
+     unnest(%(payloads)b::text[]) WITH ORDINALITY AS t(payload, n)
 ORDER BY t.n
 RETURNING id
 
@@ -79,7 +84,7 @@ WHERE queue = %(queue)s AND unique_key = %(unique_key)s
 UPDATE {p}.jobs AS j
 SET parent_id = l.parent_id, children = l.children::bigint[], flow = l.flow,
     state = CASE WHEN l.waiting THEN 'waiting' ELSE j.state END
-FROM unnest(%(ids)s::bigint[], %(parents)s::bigint[], %(children)s::text[], %(flows)s::text[],
+FROM unnest(%(ids)b::bigint[], %(parents)b::bigint[], %(children)b::text[], %(flows)b::text[],
             %(waiting)s::bool[]) AS l(id, parent_id, children, flow, waiting)
 WHERE j.id = l.id
 
@@ -92,7 +97,7 @@ SET state = CASE WHEN r.error IS NULL THEN 'queued' ELSE 'dead' END,
     error = coalesce(r.error, j.error)
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
      (SELECT DISTINCT ON (id) id, error
-      FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS u(id, error)) AS r
+      FROM unnest(%(ids)b::bigint[], %(errors)b::text[]) AS u(id, error)) AS r
 WHERE j.id = r.id AND j.state = 'waiting'
 RETURNING j.id, j.queue, j.state
 
@@ -134,11 +139,11 @@ SELECT task, limit_key FROM {p}.jobs WHERE state = 'active' AND queue = %(queue)
 -- name: recent_starts
 SELECT s.scope, (SELECT count(*) FROM {p}.starts AS t
                  WHERE t.queue = %(queue)s AND t.scope = s.scope AND t.at > s.since)
-FROM unnest(%(scopes)s::text[], %(since)s::float8[]) AS s(scope, since)
+FROM unnest(%(scopes)b::text[], %(since)s::float8[]) AS s(scope, since)
 
 -- name: log_starts
 INSERT INTO {p}.starts (queue, scope, at)
-SELECT %(queue)s, scope, %(now)s FROM unnest(%(scopes)s::text[]) AS scope
+SELECT %(queue)s, scope, %(now)s FROM unnest(%(scopes)b::text[]) AS scope
 
 -- name: trim_starts
 DELETE FROM {p}.starts WHERE queue = %(queue)s AND at <= %(before)s
@@ -147,7 +152,7 @@ DELETE FROM {p}.starts WHERE queue = %(queue)s AND at <= %(before)s
 UPDATE {p}.jobs
 SET state = 'active', attempt = attempt + 1, started_at = %(now)s,
     lease_owner = %(worker)s, lease_token = %(token)s, lease_expires = %(now)s + %(lease)s
-WHERE id = ANY(%(ids)s::bigint[]) AND state = 'queued'
+WHERE id = ANY(%(ids)b::bigint[]) AND state = 'queued'
 RETURNING {columns}
 
 -- name: claim_tick
@@ -165,13 +170,13 @@ SELECT {columns} FROM {p}.claim(%(worker)s, %(queues)s, %(limit)s, %(lease)s, %(
 UPDATE {p}.jobs AS j
 SET lease_expires = c.now + %(lease)s, progress = coalesce(r.progress, j.progress)
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
-     unnest(%(ids)s::bigint[], %(tokens)s::text[], %(progress)s::float8[]) AS r(id, token, progress)
+     unnest(%(ids)b::bigint[], %(tokens)b::text[], %(progress)s::float8[]) AS r(id, token, progress)
 WHERE j.id = r.id AND j.lease_token = r.token AND j.state = (SELECT 'active'::text)
 RETURNING j.id, r.token
 
 -- name: insert_logs
 INSERT INTO {p}.logs (job_id, at, message, fields)
-SELECT * FROM unnest(%(ids)s::bigint[], %(at)s::float8[], %(messages)s::text[], %(fields)s::jsonb[])
+SELECT * FROM unnest(%(ids)b::bigint[], %(at)s::float8[], %(messages)b::text[], %(fields)b::jsonb[])
 
 -- name: complete_batch
 UPDATE {p}.jobs AS j
@@ -179,7 +184,7 @@ SET state = 'completed', result = r.result, finished_at = c.now,
     progress = coalesce(r.progress, j.progress),
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
-     unnest(%(ids)s::bigint[], %(tokens)s::text[], %(results)s::text[], %(progress)s::float8[])
+     unnest(%(ids)b::bigint[], %(tokens)b::text[], %(results)b::text[], %(progress)s::float8[])
          AS r(id, token, result, progress)
 WHERE j.id = r.id AND j.lease_token = r.token AND j.state = (SELECT 'active'::text)
 RETURNING j.id, r.token
@@ -188,8 +193,8 @@ RETURNING j.id, r.token
 -- Failed attempts, one `fail()` call per row, all in one statement: a burst of failing
 -- jobs costs one round trip per batch, like completions.
 SELECT r.id, r.token
-FROM unnest(%(ids)s::bigint[], %(tokens)s::text[], %(errors)s::text[], %(tracebacks)s::text[],
-            %(retry_at)s::float8[], %(final)s::boolean[], %(workers)s::text[],
+FROM unnest(%(ids)b::bigint[], %(tokens)b::text[], %(errors)b::text[], %(tracebacks)b::text[],
+            %(retry_at)s::float8[], %(final)s::boolean[], %(workers)b::text[],
             %(progress)s::float8[])
          AS r(id, token, error, traceback, retry_at, final, worker, progress)
 WHERE {p}.fail(r.id, r.token, r.error, r.traceback, r.retry_at, r.final, r.worker, r.progress,
@@ -204,7 +209,7 @@ WITH back AS (
         attempt = j.attempt - 1, run_at = coalesce(r.run_at, j.run_at),
         progress = coalesce(r.progress, j.progress),
         lease_owner = NULL, lease_token = NULL, lease_expires = NULL
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::text[], %(run_at)s::float8[], %(progress)s::float8[])
+    FROM unnest(%(ids)b::bigint[], %(tokens)b::text[], %(run_at)s::float8[], %(progress)s::float8[])
              AS r(id, token, run_at, progress)
     WHERE j.id = r.id AND j.lease_token = r.token AND j.state = (SELECT 'active'::text)
     RETURNING j.id, r.token, j.queue
@@ -240,7 +245,7 @@ FROM recovered ORDER BY state = 'dead', id
 -- For a waiting worker: is a job ready on an unpaused queue, and in how many seconds
 -- does the next scheduled one fall due?
 WITH live AS (
-    SELECT q FROM unnest(%(queues)s::text[]) AS q
+    SELECT q FROM unnest(%(queues)b::text[]) AS q
     WHERE NOT EXISTS (SELECT 1 FROM {p}.queues WHERE name = q AND paused)
 )
 SELECT EXISTS (SELECT 1 FROM {p}.jobs WHERE state = 'queued' AND queue IN (SELECT q FROM live)),
@@ -248,7 +253,7 @@ SELECT EXISTS (SELECT 1 FROM {p}.jobs WHERE state = 'queued' AND queue IN (SELEC
            - coalesce(%(at)s::float8, {p}.epoch())
 
 -- name: get
-SELECT {columns} FROM {p}.jobs WHERE id = ANY(%(ids)s::bigint[])
+SELECT {columns} FROM {p}.jobs WHERE id = ANY(%(ids)b::bigint[])
 
 -- name: list
 SELECT {columns} FROM {p}.jobs
@@ -268,7 +273,7 @@ SELECT at, message, fields FROM {p}.logs WHERE job_id = %(id)s ORDER BY seq
 UPDATE {p}.jobs
 SET state = 'cancelled', finished_at = coalesce(%(at)s::float8, {p}.epoch()),
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('scheduled', 'queued', 'active', 'waiting')
+WHERE id = ANY(%(ids)b::bigint[]) AND state IN ('scheduled', 'queued', 'active', 'waiting')
 RETURNING id
 
 -- name: retry
@@ -280,14 +285,14 @@ WHERE id = %(id)s AND state IN ('dead', 'cancelled')
 RETURNING queue
 
 -- name: wake
-SELECT {p}.wake(%(queues)s::text[])
+SELECT {p}.wake(%(queues)b::text[])
 
 -- name: paused
 SELECT name FROM {p}.queues WHERE paused ORDER BY name
 
 -- name: set_paused
 INSERT INTO {p}.queues (name, paused, paused_at)
-SELECT q, %(paused)s, coalesce(%(at)s::float8, {p}.epoch()) FROM unnest(%(queues)s::text[]) AS q
+SELECT q, %(paused)s, coalesce(%(at)s::float8, {p}.epoch()) FROM unnest(%(queues)b::text[]) AS q
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at
 
 -- name: purge
@@ -304,10 +309,10 @@ WHERE id IN (
 RETURNING id
 
 -- name: delete
-DELETE FROM {p}.jobs WHERE id = ANY(%(ids)s::bigint[]) RETURNING id
+DELETE FROM {p}.jobs WHERE id = ANY(%(ids)b::bigint[]) RETURNING id
 
 -- name: delete_logs
-DELETE FROM {p}.logs WHERE job_id = ANY(%(ids)s::bigint[])
+DELETE FROM {p}.logs WHERE job_id = ANY(%(ids)b::bigint[])
 
 -- name: report_worker
 INSERT INTO {p}.workers (id, host, pid, queues, concurrency, started_at, last_seen, active,
