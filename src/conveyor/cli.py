@@ -193,7 +193,9 @@ def worker(ctx: click.Context, /, app_spec: str, processes: int, burst: bool, **
         code = Supervisor(child_argv(argv), processes).run()
         raise SystemExit(code)
     from conveyor.worker import Worker
+    from conveyor.worker.collector import tune_collector
 
+    tune_collector()  # this process is the worker's own
     code = Worker(app, worker_settings).run(burst=burst)
     if threading.active_count() > 1:
         # A sync task that ignored its timeout still holds a thread (and maybe its own

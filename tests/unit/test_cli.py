@@ -57,6 +57,19 @@ def test_enqueue_work_and_inspect(db: str) -> None:
     app.close()
 
 
+def test_the_worker_process_collects_garbage_less_often(db: str) -> None:
+    """`conveyor worker` owns its process: start-up objects frozen, first threshold raised."""
+    from conveyor.worker.collector import FIRST_THRESHOLD
+
+    app = Conveyor(db, prefix="cli")
+    job = app.enqueue("cli.collector")
+    conveyor(db, "worker", "tests.unit.cliapp:app", "--burst")
+    threshold, frozen = job.result(timeout=5)
+    assert threshold == FIRST_THRESHOLD
+    assert frozen > 1_000  # modules, the app: what start-up left behind
+    app.close()
+
+
 def test_cancel_retry_and_purge(db: str) -> None:
     conveyor(db, "enqueue", "tests.unit.cliapp:app", "cli.add", "1")
     assert "cancelled 1 of 1" in conveyor(db, "cancel", "1").stdout
