@@ -25,6 +25,7 @@ from conveyor.job import JobRecord
 from conveyor.retry import backoff_delay
 from conveyor.settings import Settings
 from conveyor.task import Task
+from conveyor.worker.deadlines import Deadlines
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -40,6 +41,7 @@ class Running:
     runner: asyncio.Task[None] | None = None
     thread: concurrent.futures.Future[Any] | None = None
     lost: bool = False  # the lease is gone (cancelled, or taken over): stop, store nothing
+    expired: bool = False  # its timeout passed: Deadlines cancelled its task (async tasks)
 
     @property
     def id(self) -> str:
@@ -93,9 +95,12 @@ async def run_attempt(
     settings: Settings,
     job: Running,
     pool: concurrent.futures.ThreadPoolExecutor,
+    deadlines: Deadlines,
     worker_id: str,
 ) -> Outcome:
-    """Run one attempt to its outcome. Must run in a context where the job is bound."""
+    """Run one attempt to its outcome. Must run in a context where the job is bound.
+
+    Sync tasks run in `pool`; async tasks' timeouts are kept by `deadlines`."""
     record = job.record
     leading: tuple[Any, ...] = ()
     if record.children:
@@ -113,7 +118,7 @@ async def run_attempt(
         return _outcome(job, OutcomeKind.DEAD, worker_id, error=str(exc))
     limit = timeout_of(record, call.task, settings)
     try:
-        value = await _invoke(call, job, limit, pool)
+        value = await _invoke(call, job, limit, pool, deadlines)
     except TimeoutError:
         job.context.mark_cancelled()
         late = TimeoutError(f"task exceeded its timeout of {limit:g}s")
@@ -131,29 +136,25 @@ async def run_attempt(
 
 
 async def _invoke(
-    call: Call, job: Running, limit: float | None, pool: concurrent.futures.ThreadPoolExecutor
+    call: Call,
+    job: Running,
+    limit: float | None,
+    pool: concurrent.futures.ThreadPoolExecutor,
+    deadlines: Deadlines,
 ) -> Any:
     if call.task.is_async:
         if limit is None:
             return await call.fn(*call.args, **call.kwargs)
-        # One timer handle per job; asyncio.timeout() costs ~3x as much per job.
-        runner = asyncio.current_task()
-        assert runner is not None
-        fired: list[bool] = []
-
-        def expire() -> None:
-            fired.append(True)
-            runner.cancel()
-
-        timer = asyncio.get_running_loop().call_later(limit, expire)
+        slot = deadlines.add(job, limit)
         try:
             return await call.fn(*call.args, **call.kwargs)
         except asyncio.CancelledError:
-            if fired and runner.uncancel() == 0:
+            runner = asyncio.current_task()
+            if job.expired and runner is not None and runner.uncancel() == 0:
                 raise TimeoutError from None
             raise
         finally:
-            timer.cancel()
+            deadlines.discard(job, slot)
     # A thread cannot be stopped from outside: on timeout the attempt fails, the job
     # context reads `cancelled`, and the worker keeps the slot until the thread returns.
     context = contextvars.copy_context()

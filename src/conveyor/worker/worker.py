@@ -39,6 +39,7 @@ from conveyor.limits import HELD_BACK_POLL, Claimed
 from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
 from conveyor.worker._aio import call_soon, in_thread, wait_event
+from conveyor.worker.deadlines import Deadlines
 from conveyor.worker.executor import Running, failed, released, run_attempt, user_traceback
 from conveyor.worker.lease import LeaseKeeper
 from conveyor.worker.maintenance import Maintenance
@@ -134,6 +135,7 @@ class Worker:
         """The worker's main coroutine; returns 0 after a clean stop, 1 after a crash."""
         self._loop = asyncio.get_running_loop()
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        self._deadlines = Deadlines(self._loop)
         backend = self.app.backend
         self._leases = LeaseKeeper(
             backend,
@@ -413,7 +415,7 @@ class Worker:
     async def _execute(self, job: Running) -> None:
         outcome: Outcome | None
         try:
-            outcome = await run_attempt(self.app, self.settings, job, self._pool, self.id)
+            outcome = await run_attempt(self.app, self.settings, job, self._pool, self._deadlines, self.id)
         except asyncio.CancelledError as exc:
             # Ours (shutdown released the job, or its lease is lost) or the task's own.
             ours = job.lost or self._running.get(job.id) is not job

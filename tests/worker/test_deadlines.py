@@ -1,0 +1,70 @@
+"""Async jobs' timeouts on shared timers: one timer per 10 ms slot, a job's own discard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from conveyor.backends.base import NewJob
+from conveyor.backends.memory import MemoryBackend
+from conveyor.context import JobContext
+from conveyor.worker.deadlines import RESOLUTION, Deadlines
+from conveyor.worker.executor import Running
+
+
+def _jobs(count: int) -> list[Running]:
+    backend = MemoryBackend()
+    backend.enqueue([NewJob("t", "default", "[[],{}]") for _ in range(count)])
+    return [Running(r, JobContext(r, lambda: None)) for r in backend.claim("w", ["default"], count, 10)]
+
+
+def test_jobs_due_together_share_one_timer_and_a_discarded_job_is_spared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        armed: list[float] = []
+        call_at = loop.call_at
+
+        def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            if callback == deadlines._expire:  # not the sleeps' own timers
+                armed.append(when)
+            return call_at(when, callback, *args, **kwargs)
+
+        deadlines = Deadlines(loop)
+        monkeypatch.setattr(loop, "call_at", counted)
+        jobs = _jobs(3)
+        for job in jobs:
+            job.runner = asyncio.create_task(asyncio.sleep(30))
+        while loop.time() % RESOLUTION > RESOLUTION / 2:  # not astride two slots
+            await asyncio.sleep(0)
+        start = loop.time()
+        slots = [deadlines.add(job, 0.05) for job in jobs]
+        deadlines.discard(jobs[1], slots[1])
+        runners = [job.runner for job in jobs if job.runner is not None]
+        await asyncio.wait([runners[0], runners[2]], timeout=5)
+        late = loop.time() - start
+        assert len(armed) == 1, armed  # one timer for the three
+        assert [job.expired for job in jobs] == [True, False, True]
+        assert runners[0].cancelled() and runners[2].cancelled() and not runners[1].done()
+        assert 0.05 <= late < 0.05 + RESOLUTION + 0.05  # never early, at most a slot late
+        runners[1].cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_whose_jobs_all_finished_fires_for_nothing() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop)
+        (job,) = _jobs(1)
+        deadlines.discard(job, deadlines.add(job, 0.01))
+        deadline = time.monotonic() + 5
+        while deadlines._slots and time.monotonic() < deadline:
+            await asyncio.sleep(RESOLUTION)
+        assert not deadlines._slots and not job.expired
+
+    asyncio.run(scenario())
