@@ -16,7 +16,7 @@ class Deadlines:
     """Jobs whose deadlines fall in the same 10 ms share one timer on the loop.
 
     A timer per job cost a handle pushed onto the loop's heap and cancelled out of it
-    again, about a fifth of the worker's own CPU for a job that does little. Here a job
+    again, about 15% of the worker's own CPU for a job that does little. Here a job
     costs a dict insert and a delete; at most one timer a slot is armed, and a slot whose
     jobs all finished fires once for nothing.
     """
