@@ -340,7 +340,8 @@ class Worker:
                 log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
-        parents, events = [], []
+        parents: list[str] = []
+        events: list[JobEvent] | None = [] if self._emit is not None else None
         now = time.time()
         for outcome, fence in zip(outcomes, fences, strict=True):
             job = self._unstored.pop(outcome.job_id, None)
@@ -353,7 +354,7 @@ class Worker:
             if job is not None and job.record.parent_id and fence is Fence.OK and outcome.kind in _ENDED:
                 parents.append(job.record.parent_id)
             kind = _EVENT_OF.get(outcome.kind)
-            if job is not None and fence is Fence.OK and kind is not None:
+            if events is not None and job is not None and fence is Fence.OK and kind is not None:
                 r = job.record
                 data = {"attempt": r.attempt, "worker": self.id, "error": outcome.error}
                 events.append(JobEvent(kind, r.id, r.queue, r.task, now, data))
