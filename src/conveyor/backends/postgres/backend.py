@@ -458,7 +458,8 @@ class PostgresBackend(Backend):
                 left = min(left, due_in)
             if not self._listener.listening:
                 left = min(left, _POLL_SECONDS * random.uniform(0.5, 1.0))
-            self._listener.wait(queues, seen, left)
+            if self._listener.wait(queues, seen, left):
+                return True  # notified: the claim that follows is the look (one round trip less)
 
     # -- events ------------------------------------------------------------
     @_guarded
