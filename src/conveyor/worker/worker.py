@@ -81,7 +81,10 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
-        self._waiting: asyncio.Future[bool] | None = None
+        # The waiter thread's wait for work; on the threaded claim path it claims as soon
+        # as it is woken, for the slots it was given (`_waiter_slots`, kept from the pump).
+        self._waiting: asyncio.Future[list[JobRecord] | None] | None = None
+        self._waiter_slots = 0
         self._storing: asyncio.Task[bool] | None = None  # the batch of outcomes being stored
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
@@ -235,14 +238,26 @@ class Worker:
                 self._release(job)
 
     async def _farewell(self) -> None:
-        if self._waiting is not None:  # a wait still out at shutdown: collect its outcome
-            self._waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._waiting = None
+        if self._waiting is not None:  # a wait still out (it ends within _IDLE_WAIT)
+            waiting, self._waiting = self._waiting, None
+            try:
+                claimed = await waiting
+            except Exception:  # an engine error while stopping: nothing was claimed
+                claimed = None
+            if claimed:  # claimed as the stop began: hand them back, their attempt unspent
+                await self._hand_back(claimed)
         try:
             await in_thread(self._db, self.app.backend.report_worker, None, remove=self.id)
         except BackendUnavailable as exc:
             log.warning("could not unregister worker: %s", exc)
         log.info("worker %s stopped after %d job(s)", self.id, self.processed)
+
+    async def _hand_back(self, claimed: list[JobRecord]) -> None:
+        back = [Outcome(r.id, r.lease_token or "", OutcomeKind.RELEASED, worker=self.id) for r in claimed]
+        try:
+            await in_thread(self._store, self.app.backend.finish, back)
+        except BackendUnavailable as exc:
+            log.error("could not hand back %d job(s); they run again after their lease: %s", len(back), exc)
 
     # -- the pump ----------------------------------------------------------
     async def _pump(self) -> None:
@@ -251,7 +266,9 @@ class Worker:
             self._wake.clear()
             if not self._store_outcomes():
                 return
-            want = 0 if self._stopping or not self.settings.processors else self.concurrency - self._used
+            await self._waited()
+            free = self.concurrency - self._used - self._waiter_slots
+            want = 0 if self._stopping or not self.settings.processors else free
             if want == 0:
                 if self._stopping and not self._running and self._storing is None:
                     return
@@ -305,6 +322,11 @@ class Worker:
             await wait_event(self._stop, self._claim_backoff)
             return []
         self._claim_backoff = 0.0
+        self._begin(claimed)
+        return claimed
+
+    def _begin(self, claimed: list[JobRecord]) -> None:
+        """Start claimed jobs and say so."""
         for record in claimed:
             self._start(record)
         if self._emit is not None and claimed:
@@ -313,7 +335,6 @@ class Worker:
                 JobEvent("active", r.id, r.queue, r.task, r.started_at or 0.0, {**data, "attempt": r.attempt})
                 for r in claimed
             )
-        return claimed
 
     async def _flush(self) -> bool:
         """Store finished attempts; keeps them (and retries) on engine errors. False: give up."""
@@ -372,25 +393,44 @@ class Worker:
             log.error("could not settle %d flow job(s); maintenance will: %s", len(parents), exc)
 
     async def _wait_for_work(self) -> None:
-        """Block in the waiter thread until the engine signals work, or a job of ours ends."""
+        """Block in the waiter thread until the engine signals work, or a job of ours ends.
+
+        On the threaded claim path the waiter claims as soon as it is woken, for the slots
+        free when it began (held back from the pump meanwhile): that saves the trip from
+        the waiter to the loop and on to the engine thread, about 0.2 ms of latency.
+        """
         assert self._loop is not None
         assert self._wake is not None
         if self._waiting is None:
-            self._waiting = self._loop.run_in_executor(
-                self._waiter, self.app.backend.wait_for_work, self.queues, _IDLE_WAIT
-            )
-        woken: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
-        waiting: asyncio.Future[Any] = self._waiting
-        await asyncio.wait([waiting, woken], return_when=asyncio.FIRST_COMPLETED)
-        woken.cancel()
-        if self._waiting.done():
-            waiting, self._waiting = self._waiting, None
-            error = waiting.exception()
-            if isinstance(error, BackendUnavailable):
-                log.error("engine error while waiting for work: %s", error)
-                await wait_event(self._wake, _IDLE_WAIT)
-            elif error is not None:
-                raise error
+            direct = self._aio is None and self._limits is None
+            self._waiter_slots = self.concurrency - self._used if direct else 0
+            wait = functools.partial(self._wait_then_claim, self._waiter_slots)
+            self._waiting = self._loop.run_in_executor(self._waiter, wait)
+            self._waiting.add_done_callback(lambda _: self._request_wake())
+        await self._wake.wait()  # the waiter's end wakes the pump, as does a job's
+        await self._waited()
+
+    async def _waited(self) -> None:
+        """Take the waiter's outcome once it is in: start what it claimed."""
+        if self._waiting is None or not self._waiting.done():
+            return
+        waiting, self._waiting, self._waiter_slots = self._waiting, None, 0
+        error = waiting.exception()
+        if isinstance(error, BackendUnavailable):
+            assert self._wake is not None
+            log.error("engine error while waiting for work: %s", error)
+            await wait_event(self._wake, _IDLE_WAIT)
+        elif error is not None:
+            raise error
+        elif claimed := waiting.result():
+            self._begin(claimed)
+
+    def _wait_then_claim(self, slots: int) -> list[JobRecord] | None:
+        """In the waiter thread: wait for work, then claim up to `slots` jobs (0: do not)."""
+        backend = self.app.backend
+        if not backend.wait_for_work(self.queues, _IDLE_WAIT) or not slots or self._stopping:
+            return None
+        return backend.claim(self.id, self.queues, slots, self.settings.lease_timeout)
 
     def _progressed(self, jobs: list[tuple[Running, float]]) -> None:
         if self._emit is not None:
