@@ -21,6 +21,7 @@ from conveyor.backends.base import (
     WorkerInfo,
 )
 from conveyor.clock import Clock, FakeClock
+from conveyor.events import JobEvent, JobEvents
 from conveyor.job import JobRecord, JobState, LogEntry
 from tests.conftest import ENGINES
 
@@ -330,6 +331,24 @@ def test_workers_that_stopped_reporting_drop_out_after_a_minute(backend: Backend
     assert [w.id for w in backend.workers()] == ["w1"]
     clock.advance(2)  # 61 s without a report: presumed dead
     assert backend.workers() == []
+
+
+def test_a_group_of_events_reads_back_as_one_event_per_job(backend: Backend) -> None:
+    cursor = backend.event_cursor()
+    data = {"worker": "w1", "attempt": 1}
+    backend.publish(
+        [JobEvents("active", ["1", "2"], "q", "t", 5.0, data), JobEvent("completed", "3", "q", "t", 6.0)]
+    )
+    events, cursor = backend.read_events(cursor, 5)
+    assert [(e.kind, e.job_id, e.queue, e.task, e.at) for e in events] == [
+        ("active", "1", "q", "t", 5.0),
+        ("active", "2", "q", "t", 5.0),
+        ("completed", "3", "q", "t", 6.0),
+    ]
+    assert events[0].data == events[1].data == data
+    events[0].data["mine"] = True  # each event has its own data
+    assert "mine" not in events[1].data
+    assert backend.read_events(cursor, 0.01)[0] == []
 
 
 def test_wait_for_work_wakes_on_enqueue_from_another_thread(

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
-from conveyor.events import JobEvent
+from conveyor.events import Entry, JobEvent
 from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
 from conveyor.limits import QueueLimits
 
@@ -273,9 +273,9 @@ class Backend(ABC):
 
     # -- events ------------------------------------------------------------
     @abstractmethod
-    def publish(self, events: Sequence[JobEvent]) -> None:
+    def publish(self, events: Sequence[Entry]) -> None:
         """Append a batch of events to the engine's event log, as one write (it keeps
-        the newest events.KEEP batches)."""
+        the newest events.KEEP batches); a JobEvents group reads back as its jobs' events."""
 
     @abstractmethod
     def event_cursor(self) -> str:

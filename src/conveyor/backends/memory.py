@@ -33,7 +33,7 @@ from conveyor.backends.base import (
     purgeable,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
-from conveyor.events import KEEP, JobEvent
+from conveyor.events import KEEP, Entry, JobEvent, expand
 from conveyor.job import (
     CANCELLABLE_STATES,
     RETRYABLE_STATES,
@@ -390,10 +390,11 @@ class MemoryBackend(Backend):
             return list(self._logs.get(job_id, []))
 
     # -- events ------------------------------------------------------------
-    def publish(self, events: Sequence[JobEvent]) -> None:
+    def publish(self, events: Sequence[Entry]) -> None:
+        flat = expand(events)
         with self._cond:
-            self._events.extend(events)
-            self._event_seq += len(events)
+            self._events.extend(flat)
+            self._event_seq += len(flat)
             self._cond.notify_all()
 
     def event_cursor(self) -> str:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from conveyor.backends.base import AsyncWork, Fence, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
-from conveyor.events import JobEvent
+from conveyor.events import JobEvent, JobEvents
 from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import HELD_BACK_POLL, Claimed
@@ -330,10 +330,12 @@ class Worker:
         for record in claimed:
             self._start(record)
         if self._emit is not None and claimed:
-            data = {"worker": self.id}
+            started: dict[tuple[str, str, float, int], list[str]] = {}
+            for r in claimed:
+                started.setdefault((r.queue, r.task, r.started_at or 0.0, r.attempt), []).append(r.id)
             self._emit(
-                JobEvent("active", r.id, r.queue, r.task, r.started_at or 0.0, {**data, "attempt": r.attempt})
-                for r in claimed
+                JobEvents("active", ids, queue, task, at, {"worker": self.id, "attempt": attempt})
+                for (queue, task, at, attempt), ids in started.items()
             )
 
     async def _flush(self) -> bool:
@@ -362,7 +364,10 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
         parents: list[str] = []
-        events: list[JobEvent] | None = [] if self._emit is not None else None
+        # Events grouped by everything but the job: one entry for most of a batch.
+        ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = None
+        if self._emit is not None:
+            ended = {}
         now = time.time()
         for outcome, fence in zip(outcomes, fences, strict=True):
             job = self._unstored.pop(outcome.job_id, None)
@@ -375,12 +380,16 @@ class Worker:
             if job is not None and job.record.parent_id and fence is Fence.OK and outcome.kind in _ENDED:
                 parents.append(job.record.parent_id)
             kind = _EVENT_OF.get(outcome.kind)
-            if events is not None and job is not None and fence is Fence.OK and kind is not None:
+            if ended is not None and job is not None and fence is Fence.OK and kind is not None:
                 r = job.record
-                data = {"attempt": r.attempt, "worker": self.id, "error": outcome.error}
-                events.append(JobEvent(kind, r.id, r.queue, r.task, now, data))
-        if self._emit is not None and events:
-            self._emit(events)
+                ended.setdefault((kind, r.queue, r.task, r.attempt, outcome.error), []).append(r.id)
+        if self._emit is not None and ended:
+            self._emit(
+                JobEvents(
+                    kind, ids, queue, task, now, {"attempt": attempt, "worker": self.id, "error": error}
+                )
+                for (kind, queue, task, attempt, error), ids in ended.items()
+            )
         if parents:
             await self._settle(parents)
         return True

@@ -46,7 +46,7 @@ from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
-from conveyor.events import KEEP, JobEvent, decode, encode
+from conveyor.events import KEEP, Entry, JobEvent, decode, encode
 from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
@@ -463,7 +463,7 @@ class PostgresBackend(Backend):
 
     # -- events ------------------------------------------------------------
     @_guarded
-    def publish(self, events: Sequence[JobEvent]) -> None:
+    def publish(self, events: Sequence[Entry]) -> None:
         self._one("publish", {"events": encode(events), "keep": KEEP})
 
     @_guarded

@@ -44,7 +44,7 @@ from conveyor.backends.redis.lane import Lane
 from conveyor.backends.redis.waker import Waker
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
-from conveyor.events import KEEP, JobEvent, decode, encode
+from conveyor.events import KEEP, Entry, JobEvent, decode, encode
 from conveyor.job import TERMINAL_STATES, AttemptRecord, JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits
 
@@ -433,7 +433,7 @@ class RedisBackend(Backend):
 
     # -- events ------------------------------------------------------------
     @_guarded
-    def publish(self, events: Sequence[JobEvent]) -> None:
+    def publish(self, events: Sequence[Entry]) -> None:
         if self._lane is None:
             self._r.xadd(self._events_key, {"e": encode(events)}, maxlen=KEEP, approximate=True)
         else:

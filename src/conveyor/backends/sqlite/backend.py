@@ -41,7 +41,7 @@ from conveyor.backends.base import (
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
-from conveyor.events import KEEP, JobEvent, decode, encode
+from conveyor.events import KEEP, Entry, JobEvent, decode, encode
 from conveyor.job import JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
@@ -531,7 +531,7 @@ class SQLiteBackend(Backend):
 
     # -- events ------------------------------------------------------------
     @_guarded
-    def publish(self, events: Sequence[JobEvent]) -> None:
+    def publish(self, events: Sequence[Entry]) -> None:
         with self._write() as conn:
             conn.execute(self._q["insert_event"], (encode(events),))
             conn.execute(self._q["trim_events"], {"keep": KEEP})
