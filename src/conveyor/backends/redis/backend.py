@@ -18,7 +18,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -41,6 +40,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.redis.connect import connect, parse_redis_url
 from conveyor.backends.redis.lane import Lane
+from conveyor.backends.redis.prelude import load as load_script
 from conveyor.backends.redis.waker import Waker
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable, ConfigError
@@ -61,9 +61,6 @@ log = logging.getLogger("conveyor.redis")
 _guarded = translate_errors(RedisError, lambda backend: f"Redis {backend.safe_url}")
 
 
-def _load(name: str) -> str:
-    folder = resources.files("conveyor.backends.redis") / "scripts"
-    return (folder / "_lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
 def _num(value: float | int | None) -> str:
@@ -93,7 +90,7 @@ class RedisBackend(Backend):
             self._r: Any = connect(self.target)
         except RedisError as exc:
             raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
-        self._s: dict[str, Any] = {name: self._r.register_script(_load(name)) for name in _SCRIPTS}
+        self._s: dict[str, Any] = {name: self._r.register_script(load_script(name)) for name in _SCRIPTS}
         self._lane = None if self._cluster else Lane(self._r)  # the hot path's calls
         self._seq_key = f"{prefix}:seq"
         self._queues_key = f"{prefix}:queues"

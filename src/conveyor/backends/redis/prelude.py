@@ -1,0 +1,67 @@
+"""Each script with only the helpers of `_lib.lua` it uses.
+
+Redis runs a script's whole text on every call, so every helper in the prelude is a
+closure (and FIELDS a 26-string table) built again each time: the whole prelude cost
+4.7-8.4 us of server time per call here, against 3.0-4.7 us for an empty script with
+the same arguments. A single enqueue is one call, so it paid that in full.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+# A top-level definition: `local function name(` or `local name =` at the start of a line.
+_DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+
+
+def _blocks(lib: str) -> tuple[str, list[tuple[str, str]]]:
+    """The prelude's opening comment, then (name, text) per definition, in order; a
+    definition's text runs from the comment lines just above it to the next one's."""
+    starts = [m.start() for m in _DEFINITION.finditer(lib)]
+    cuts = [_comment_start(lib, s) for s in starts]
+    head = lib[: cuts[0]] if cuts else lib
+    blocks = []
+    for i, cut in enumerate(cuts):
+        end = cuts[i + 1] if i + 1 < len(cuts) else len(lib)
+        text = lib[cut:end]
+        found = _DEFINITION.search(lib, starts[i])
+        assert found is not None
+        blocks.append((found.group(1), text))
+    return head, blocks
+
+
+def _comment_start(text: str, start: int) -> int:
+    """Where the run of `--` comment lines directly above `start` begins."""
+    lines_start = start
+    while lines_start > 0:
+        previous = text.rfind("\n", 0, lines_start - 1) + 1
+        if not text[previous:lines_start].startswith("--"):
+            break
+        lines_start = previous
+    return lines_start
+
+
+def _uses(text: str, name: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_.:]){re.escape(name)}(?![A-Za-z0-9_])", text) is not None
+
+
+def trimmed(lib: str, body: str) -> str:
+    """`lib`'s definitions that `body` needs, directly or through each other, then `body`."""
+    head, blocks = _blocks(lib)
+    needed: set[str] = set()
+    frontier = [body]
+    while frontier:
+        text = frontier.pop()
+        for name, block in blocks:
+            if name not in needed and _uses(text, name):
+                needed.add(name)
+                frontier.append(block)
+    kept = "".join(block for name, block in blocks if name in needed)
+    return head + kept + "\n" + body
+
+
+def load(name: str) -> str:
+    """The text Redis runs for script `name` (`scripts/<name>.lua`)."""
+    folder = resources.files("conveyor.backends.redis") / "scripts"
+    return trimmed((folder / "_lib.lua").read_text(), (folder / f"{name}.lua").read_text())
