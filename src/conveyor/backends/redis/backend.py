@@ -61,8 +61,6 @@ log = logging.getLogger("conveyor.redis")
 _guarded = translate_errors(RedisError, lambda backend: f"Redis {backend.safe_url}")
 
 
-
-
 def _num(value: float | int | None) -> str:
     return "" if value is None else repr(value)
 
