@@ -1,7 +1,7 @@
 """Job events across processes: what the dashboard's live view and watchers read.
 
 Producers and workers hand events to an `EventPublisher`, which writes them to the
-engine in batches from its own thread (every 20 ms, up to 500 events a write), so enqueue and
+engine in batches from its own thread (every 20 ms, up to 500 entries a write), so enqueue and
 the worker's pump never wait on it. Readers follow the engine's event log with
 `app.events()`, a sync and async iterator.
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.events")
 
 KINDS = ("enqueued", "active", "progress", "completed", "retried", "dead", "cancelled")
-KEEP = 1_000  # batches (of up to 500 events) an engine keeps; older ones are trimmed
+KEEP = 1_000  # batches (of up to _BATCH entries) an engine keeps; older ones are trimmed
 _FLUSH_EVERY = 0.02  # seconds a publisher gathers events before writing a batch
 _BATCH = 500  # entries (an event, or a group of one batch's jobs) in one write
 _READ_SLICE = 1.0  # longest block in one engine read, so close() is noticed
@@ -209,10 +209,9 @@ def encode(events: Sequence[Entry]) -> str:
 
 
 def decode(text: str) -> list[JobEvent]:
-    out: list[JobEvent] = []
-    for at, kind, job_id, queue_name, task, data in json.loads(text):
-        if isinstance(job_id, list):
-            out.extend(JobEvent(kind, i, queue_name, task, at, dict(data or {})) for i in job_id)
-        else:
-            out.append(JobEvent(kind, job_id, queue_name, task, at, data or {}))
-    return out
+    return expand(
+        JobEvents(kind, job_id, queue_name, task, at, data or {})
+        if isinstance(job_id, list)
+        else JobEvent(kind, job_id, queue_name, task, at, data or {})
+        for at, kind, job_id, queue_name, task, data in json.loads(text)
+    )

@@ -365,9 +365,9 @@ class Worker:
                 backoff = min(_MAX_BACKOFF, backoff * 2)
         parents: list[str] = []
         # Events grouped by everything but the job: one entry for most of a batch.
-        ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = None
-        if self._emit is not None:
-            ended = {}
+        ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = (
+            None if self._emit is None else {}
+        )
         now = time.time()
         for outcome, fence in zip(outcomes, fences, strict=True):
             job = self._unstored.pop(outcome.job_id, None)
