@@ -179,7 +179,7 @@ CREATE FUNCTION conveyor.notify_inserted() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    PERFORM conveyor.wake(array_agg(DISTINCT queue)) FROM inserted;
+    PERFORM pg_notify('conveyor.wake', queue) FROM inserted GROUP BY queue;
     RETURN NULL;
 END
 $$;
@@ -518,4 +518,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup'), (7, 'cheaper_wake_trigger')) AS m(version, name);
