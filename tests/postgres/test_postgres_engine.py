@@ -21,6 +21,7 @@ from conveyor.backends.postgres import migrate_database
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import parse_postgres_url
 from conveyor.backends.postgres.migrate import latest_version
+from conveyor.events import JobEvent
 from conveyor.task import Task
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
 from tests.postgres import schema, server
@@ -220,6 +221,20 @@ def test_notify_wakes_a_waiting_worker_long_before_its_timeout(url: str) -> None
     producer.close()
 
 
+def test_a_plain_sql_insert_notifies_each_of_its_queues_once_at_commit(app: Conveyor) -> None:
+    assert app.backend is not None  # connected: the schema is migrated
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as listener:
+        listener.execute('LISTEN "pg.wake"')
+        with psycopg.connect(POSTGRES_URL) as writer:
+            writer.execute(
+                "INSERT INTO pg.jobs (task, queue, state, payload, run_at, enqueued_at) "
+                "SELECT 't', q, 'queued', '[]', 0, 0 FROM unnest(ARRAY['a', 'b', 'a', 'b', 'a']) AS q"
+            )
+            assert list(listener.notifies(timeout=0.2)) == []  # nothing before the commit
+        got = sorted(n.payload for n in listener.notifies(timeout=2, stop_after=3))
+    assert got == ["a", "b"]
+
+
 def test_result_blocks_on_notify_instead_of_polling(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     app = Conveyor(url, prefix="results")
     release = threading.Event()
@@ -356,6 +371,22 @@ def test_a_pool_of_two_connections_serves_a_worker_of_twenty(url: str) -> None:
         jobs = nap.enqueue_many([(i,) for i in range(200)])
         assert [job.result(timeout=60) for job in jobs] == list(range(200))
     app.close()
+
+
+def test_events_go_on_a_connection_of_their_own_that_comes_back_after_a_kill(app: Conveyor) -> None:
+    backend = app.backend
+    assert isinstance(backend, PostgresBackend)
+    cursor = backend.event_cursor()
+    backend.publish([JobEvent("enqueued", "q:1", "q", "t", 1.0)])
+    app.enqueue("t.any", 1)  # the application's own calls stay on the pool's one connection
+    assert backend._pool.get_stats()["pool_size"] == 1
+    pid = backend._events._conn.info.backend_pid  # type: ignore[union-attr]
+    psql(f"SELECT pg_terminate_backend({pid})")
+    with pytest.raises(BackendUnavailable):  # the publisher logs the batch as dropped
+        backend.publish([JobEvent("enqueued", "q:2", "q", "t", 2.0)])
+    backend.publish([JobEvent("enqueued", "q:3", "q", "t", 3.0)])  # connects afresh
+    events, _ = backend.read_events(cursor, 0)
+    assert [e.job_id for e in events if e.queue == "q"] == ["q:1", "q:3"]
 
 
 def test_enqueue_while_the_server_is_down_fails_within_its_timeout(own_server: server.Server) -> None:

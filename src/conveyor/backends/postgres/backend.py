@@ -41,6 +41,7 @@ from conveyor.backends.base import (
     purgeable,
     translate_errors,
 )
+from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
@@ -96,6 +97,7 @@ class PostgresBackend(Backend):
             open=False,
         )
         self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
+        self._events = Aside(target.conninfo, self.connect_options)  # the event publisher's
         try:
             self._pool.open(wait=True, timeout=target.timeout)
             with self._pool.connection() as conn:
@@ -464,7 +466,7 @@ class PostgresBackend(Backend):
     # -- events ------------------------------------------------------------
     @_guarded
     def publish(self, events: Sequence[Entry]) -> None:
-        self._one("publish", {"events": encode(events), "keep": KEEP})
+        self._events.execute(self._q["publish"], {"events": encode(events), "keep": KEEP})
 
     @_guarded
     def event_cursor(self) -> str:
@@ -657,6 +659,7 @@ class PostgresBackend(Backend):
 
     def close(self) -> None:
         self._listener.close()
+        self._events.close()
         self._pool.close()
 
 
