@@ -18,16 +18,11 @@ _DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)", re.MU
 def _blocks(lib: str) -> tuple[str, list[tuple[str, str]]]:
     """The prelude's opening comment, then (name, text) per definition, in order; a
     definition's text runs from the comment lines just above it to the next one's."""
-    starts = [m.start() for m in _DEFINITION.finditer(lib)]
-    cuts = [_comment_start(lib, s) for s in starts]
+    found = list(_DEFINITION.finditer(lib))
+    cuts = [_comment_start(lib, m.start()) for m in found]
     head = lib[: cuts[0]] if cuts else lib
-    blocks = []
-    for i, cut in enumerate(cuts):
-        end = cuts[i + 1] if i + 1 < len(cuts) else len(lib)
-        text = lib[cut:end]
-        found = _DEFINITION.search(lib, starts[i])
-        assert found is not None
-        blocks.append((found.group(1), text))
+    ends = [*cuts[1:], len(lib)]
+    blocks = [(m.group(1), lib[cut:end]) for m, cut, end in zip(found, cuts, ends, strict=True)]
     return head, blocks
 
 
