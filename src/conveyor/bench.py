@@ -26,6 +26,7 @@ from conveyor.app import Conveyor
 from conveyor.backends.base import JobQuery
 from conveyor.benchapp import register
 from conveyor.job import JobRecord, JobState
+from conveyor.worker._aio import chosen_loop
 
 SCENARIOS = ("enqueue", "enqueue_threads", "bulk", "drain", "drain_sync", "latency", "io")
 _PRODUCERS = 8  # threads in enqueue_threads: a web server's request handlers, say
@@ -78,10 +79,11 @@ def run_bench(
             if name.startswith("drain") and processes > 1:
                 results.append(bench.run(name, processes=processes))
         app.close()
-    _print(results, url, console)
+    loop = chosen_loop(app.settings.loop)
+    _print(results, url, loop, console)
     if json_path:
         with open(json_path, "w", encoding="utf-8") as out:
-            json.dump({"url": url, "results": [asdict(r) for r in results]}, out, indent=2)
+            json.dump({"url": url, "loop": loop, "results": [asdict(r) for r in results]}, out, indent=2)
     return results
 
 
@@ -246,8 +248,9 @@ class _Bench:
         return records
 
 
-def _print(results: list[Result], url: str, console: Console) -> None:
-    table = Table(title=f"conveyor bench on {url.split('://', maxsplit=1)[0]} ({os.cpu_count()} cores)")
+def _print(results: list[Result], url: str, loop: str, console: Console) -> None:
+    engine, cores = url.split("://", maxsplit=1)[0], os.cpu_count()
+    table = Table(title=f"conveyor bench on {engine} ({cores} cores, worker loop {loop})")
     for column in ("scenario", "jobs", "seconds", "jobs/s", "p50 ms", "p95 ms", "p99 ms", "note"):
         table.add_column(column, justify="left" if column in ("scenario", "note") else "right")
     for r in results:

@@ -22,7 +22,7 @@ from conveyor.app import Conveyor
 from conveyor.backends import redact_url
 from conveyor.errors import ConveyorError, JobNotFound
 from conveyor.job import Job, JobState
-from conveyor.settings import LOG_LEVELS
+from conveyor.settings import LOG_LEVELS, LOOPS
 
 console = Console()
 STATES = [s.value for s in JobState]
@@ -162,6 +162,12 @@ def cli(
     envvar="CONVEYOR_EVENTS",
     default=None,
     help="Publish job events for app.events() and live views (default: yes).",
+)
+@click.option(
+    "--loop",
+    envvar="CONVEYOR_LOOP",
+    type=click.Choice(LOOPS),
+    help="Event loop (default: auto, uvloop where installed).",
 )
 @click.option(
     "--shutdown-grace",

@@ -14,6 +14,7 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOOPS = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class Settings:
     scheduler: bool = True
     processors: bool = True  # False: claim nothing (a cron-only or maintenance-only deployment)
     events: bool = True  # publish job events (app.events(), live dashboards); False saves a write per batch
+    # The worker's event loop: uvloop's where installed ("auto"), else asyncio's.
+    loop: str = "auto"
 
     @property
     def heartbeat_every(self) -> float:
@@ -151,6 +154,13 @@ def _log_level(value: Any) -> str:
     return level
 
 
+def _loop(value: Any) -> str:
+    choice = str(value).strip().lower()
+    if choice not in LOOPS:
+        raise ConfigError(f"must be one of {', '.join(LOOPS)}, got {value!r}")
+    return choice
+
+
 def _optional_count(value: Any) -> int | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
@@ -186,6 +196,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "scheduler": _bool,
     "processors": _bool,
     "events": _bool,
+    "loop": _loop,
     "keep_completed": _optional_seconds,
     "keep_dead": _optional_seconds,
     "keep_completed_count": _optional_count,

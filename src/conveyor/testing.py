@@ -8,7 +8,6 @@ drain(app)                        # runs every ready job in this process
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ def drain(app: Conveyor, queues: Sequence[str] | None = None, *, concurrency: in
     result: list[int] = []
 
     def run() -> None:
-        result.append(asyncio.run(worker.arun(burst=True)))
+        result.append(worker.run(burst=True, handle_signals=False))
 
     # Run on a fresh thread so drain() also works from inside a running event loop.
     thread = threading.Thread(target=run, name="conveyor-drain")

@@ -104,6 +104,7 @@ def test_retry_all_dead(db: str) -> None:
             1,
         ),
         (["worker", "tests.unit.cliapp:app", "--queues", "a b"], "invalid queue name 'a b'", 1),
+        (["worker", "tests.unit.cliapp:app", "--loop", "trio"], "'trio' is not one of 'auto', 'asyncio'", 2),
         (["--url", "bogus://x", "status"], "unsupported engine URL 'bogus://x'", 1),
         (["jobs", "424242"], "no job with id '424242'", 1),
         (["enqueue", "tests.unit.cliapp:app", "cli.add", "--kwargs", "{bad"], "--kwargs", 2),
@@ -121,6 +122,13 @@ def test_bad_input_is_one_clear_line(db: str, args: list[str], message: str, cod
     assert done.returncode == code
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_worker_says_which_loop_it_runs_on(db: str) -> None:
+    pytest.importorskip("uvloop", reason="the uvloop extra is not installed")
+    assert "loop uvloop" in conveyor(db, "worker", "tests.unit.cliapp:app", "--burst").stderr
+    done = conveyor(db, "worker", "tests.unit.cliapp:app", "--burst", CONVEYOR_LOOP="asyncio")
+    assert "loop asyncio" in done.stderr
 
 
 def test_settings_come_from_the_environment(db: str) -> None:

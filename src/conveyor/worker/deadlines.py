@@ -6,10 +6,15 @@ import asyncio
 import math
 from typing import TYPE_CHECKING
 
+from conveyor.worker._aio import loop_name
+
 if TYPE_CHECKING:
     from conveyor.worker.executor import Running
 
-RESOLUTION = 0.01  # seconds: a timeout fires at most this late
+RESOLUTION = 0.01  # seconds: a timeout fires at most this late (plus _UVLOOP_SLACK on uvloop)
+# uvloop's clock counts whole milliseconds and its timers round to one, so a timer
+# may fire up to 2 ms before its time: on uvloop each deadline is pushed 2 ms later.
+_UVLOOP_SLACK = 0.002
 
 
 class Deadlines:
@@ -23,11 +28,12 @@ class Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._slack = _UVLOOP_SLACK if loop_name(loop) == "uvloop" else 0.0
         self._slots: dict[int, dict[int, Running]] = {}
 
     def add(self, job: Running, seconds: float) -> int:
         """Cancel `job`'s task `seconds` from now unless discarded first; returns its slot."""
-        slot = math.ceil((self._loop.time() + seconds) / RESOLUTION)
+        slot = math.ceil((self._loop.time() + seconds + self._slack) / RESOLUTION)
         jobs = self._slots.get(slot)
         if jobs is None:
             jobs = self._slots[slot] = {}

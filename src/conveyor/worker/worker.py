@@ -38,7 +38,7 @@ from conveyor.job import JobRecord, JobState
 from conveyor.limits import HELD_BACK_POLL, Claimed
 from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
-from conveyor.worker._aio import call_soon, in_thread, wait_event
+from conveyor.worker._aio import call_soon, in_thread, loop_factory, loop_name, wait_event
 from conveyor.worker.deadlines import Deadlines
 from conveyor.worker.executor import Running, failed, released, run_attempt, user_traceback
 from conveyor.worker.lease import LeaseKeeper
@@ -96,8 +96,13 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------
     def run(self, *, burst: bool = False, handle_signals: bool = True) -> int:
-        """Run until stopped (or, with burst, until no job is ready); returns an exit code."""
-        return asyncio.run(self.arun(burst=burst, handle_signals=handle_signals))
+        """Run until stopped (or, with burst, until no job is ready); returns an exit code.
+
+        The loop is the `loop` setting's (uvloop's where installed); `arun()` runs on the
+        caller's own loop instead.
+        """
+        with asyncio.Runner(loop_factory=loop_factory(self.settings.loop)) as runner:
+            return runner.run(self.arun(burst=burst, handle_signals=handle_signals))
 
     def stop(self, *, hard: bool = False) -> None:
         """Stop claiming; running jobs finish within the grace period (hard: released now).
@@ -171,11 +176,12 @@ class Worker:
             await in_thread(self._db, backend.report_worker, self._info())
             self._aio = backend.async_work()
             log.info(
-                "worker %s started: queues %s, concurrency %d, engine %s",
+                "worker %s started: queues %s, concurrency %d, engine %s, loop %s",
                 self.id,
                 ",".join(self.queues),
                 self.concurrency,
                 self.app.backend.url.split("://")[0],
+                loop_name(self._loop),
             )
             return await self._supervise()
         finally:
