@@ -194,6 +194,9 @@ class Backend(ABC):
     url: str
     prefix: str
     clock: Clock = SYSTEM_CLOCK
+    # How many claims of one worker the engine serves well at once: a worker splits a
+    # large claim (without limits) into this many, each from an engine thread of its own.
+    claim_lanes: int = 1
 
     # -- producing ---------------------------------------------------------
     @abstractmethod

@@ -51,6 +51,10 @@ log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 _IDLE_WAIT = 0.5  # longest single engine wait: bounds shutdown and notices dead connections
 _MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
+# Claims for fewer slots go whole: small parts cost more calls than their overlap saves.
+# No-op drain on Redis, c=100, 9 alternating runs: whole claims 17,209-22,556 jobs/s,
+# split from 64 slots 20,490-24,411, split from 32 15,854-19,714.
+_SPLIT_FROM = 64
 _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
 # Python 3.12+: a job's task runs its first step at once, so a job that never waits
 # (most do little) finishes without being scheduled through the loop's queue.
@@ -162,6 +166,11 @@ class Worker:
         )  # fmt: skip
         self._burst = burst
         self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
+        # A thread per claim lane, each with the engine connection it keeps.
+        self._claimers = [self._db] + [
+            concurrent.futures.ThreadPoolExecutor(1, f"conveyor-engine-{lane}")
+            for lane in range(2, backend.claim_lanes + 1)
+        ]
         self._store = concurrent.futures.ThreadPoolExecutor(1, "conveyor-store")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
@@ -193,7 +202,7 @@ class Worker:
             # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
             # can close its connections safely; task threads are the user's and may hang.
             self._pool.shutdown(wait=False, cancel_futures=True)
-            for executor in (self._db, self._store, self._leases.thread, self._waiter, *self._threads):
+            for executor in (*self._claimers, self._store, self._leases.thread, self._waiter, *self._threads):
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _supervise(self) -> int:
@@ -313,23 +322,58 @@ class Worker:
         return True
 
     async def _claim(self, want: int) -> list[JobRecord]:
+        """Claim and start up to `want` jobs; [] (after a pause) when the engine refuses."""
         backend = self.app.backend
         try:
             lease = self.settings.lease_timeout
             if self._aio is not None and self._limits is None:
                 claimed = await self._aio.claim(self.id, self.queues, want, lease)
+            elif len(self._claimers) > 1 and self._limits is None and want >= _SPLIT_FROM:
+                return await self._claim_in_parts(want, lease)
             else:
                 claim = functools.partial(backend.claim, limits=self._limits)
                 claimed = await in_thread(self._db, claim, self.id, self.queues, want, lease)
         except BackendUnavailable as exc:
-            self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
-            log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)
-            assert self._stop is not None
-            await wait_event(self._stop, self._claim_backoff)
+            await self._claim_failed(exc)
             return []
         self._claim_backoff = 0.0
         self._begin(claimed)
         return claimed
+
+    async def _claim_in_parts(self, want: int, lease: float) -> list[JobRecord]:
+        """One claim split across the engine threads (`Backend.claim_lanes`), each part's
+        jobs started as it arrives; a part the engine refused is only logged if another
+        part got jobs."""
+        lanes = len(self._claimers)
+        sizes = [want // lanes + (i < want % lanes) for i in range(lanes)]
+        backend = self.app.backend
+        parts = [
+            in_thread(thread, backend.claim, self.id, self.queues, size, lease)
+            for thread, size in zip(self._claimers, sizes, strict=True)
+        ]
+        claimed: list[JobRecord] = []
+        refused: BackendUnavailable | None = None
+        for part in asyncio.as_completed(parts):
+            try:
+                records = await part
+            except BackendUnavailable as exc:
+                refused = exc
+                continue
+            self._begin(records)
+            claimed.extend(records)
+        if refused is not None and not claimed:
+            await self._claim_failed(refused)
+        elif refused is not None:
+            log.error("could not claim part of a batch: %s", refused)
+        else:
+            self._claim_backoff = 0.0
+        return claimed
+
+    async def _claim_failed(self, exc: BackendUnavailable) -> None:
+        self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
+        log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)
+        assert self._stop is not None
+        await wait_event(self._stop, self._claim_backoff)
 
     def _begin(self, claimed: list[JobRecord]) -> None:
         """Start claimed jobs and say so."""
