@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import (
     LEASE_EXPIRED,
@@ -31,6 +34,7 @@ from conveyor.backends.base import (
     JobQuery,
     NewJob,
     Outcome,
+    OutcomeKind,
     Renewal,
     Resumption,
     WorkerInfo,
@@ -101,12 +105,16 @@ class RedisBackend(Backend):
         self._workers_key = f"{prefix}:workers"
         self._events_key = f"{prefix}:events"  # a stream, capped near events.KEEP entries
         self._known: set[str] = set()
+        # Per worker: (token, queue) of claims whose reply never came (see _reclaim).
+        self._unanswered: dict[str, list[tuple[str, str]]] = {}
+        self._unanswered_lock = threading.Lock()
         self._waker = Waker(self._r, self.target.timeout)
 
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _script(self, name: str, keys: list[str], args: list[Any], again: list[Any] | None = None) -> Any:
+        """Run a script; `again`: its arguments for a resend after a dropped connection."""
         if self._lane is None:
             return self._s[name](keys, args)
-        return self._lane.run(self._s[name], keys, args)
+        return self._lane.run(self._s[name], keys, args, again)
 
     # -- keys --------------------------------------------------------------
     def _base(self, queue: str) -> str:
@@ -222,23 +230,57 @@ class RedisBackend(Backend):
         lease_seconds: float,
         limits: Mapping[str, QueueLimits] | None = None,
     ) -> list[JobRecord]:
+        claimed = Claimed(self._reclaim(worker_id, limit))
         now = self.clock.now()
         token = secrets.token_hex(8)
-        args: list[str | int] = [repr(now), 0, worker_id, token, repr(now + lease_seconds)]
-        claimed = Claimed()
-        for queue in queues:
+        # The last argument: "1" on a resend, which first takes what this token holds.
+        args: list[str | int] = [repr(now), 0, worker_id, token, repr(now + lease_seconds), "0"]
+        for index, queue in enumerate(queues):
             if len(claimed) >= limit:
                 break
             args[1] = limit - len(claimed)
             limited = limits.get(queue) if limits else None
-            if limited is None:
-                rows = self._script("claim", [self._base(queue)], args)
-            else:
-                limits_json = json.dumps(limited.to_json(), separators=(",", ":"))
-                held, *rows = self._script("claim_limited", [self._base(queue)], [*args, SCAN, limits_json])
-                claimed.held_back = claimed.held_back or bool(held)
+            extra = [] if limited is None else [SCAN, json.dumps(limited.to_json(), separators=(",", ":"))]
+            first, again = [*args, *extra], [*args[:5], "1", *extra]
+            try:
+                if limited is None:
+                    rows = self._script("claim", [self._base(queue)], first, again)
+                else:
+                    held, *rows = self._script("claim_limited", [self._base(queue)], first, again)
+                    claimed.held_back = claimed.held_back or bool(held)
+            except (RedisConnectionError, RedisTimeoutError):
+                # Redis may have run the claim and lost the reply: this worker's next claim
+                # asks for what the token holds. What is claimed so far goes now.
+                with self._unanswered_lock:
+                    self._unanswered.setdefault(worker_id, []).extend((token, q) for q in queues[index:])
+                if not claimed:
+                    raise
+                return claimed
             claimed.extend(_record(queue, row) for row in rows)
         return claimed
+
+    def _reclaim(self, worker_id: str, limit: int) -> list[JobRecord]:
+        """Jobs of `worker_id`'s claims whose reply never came, asked for again by token
+        (see reclaimed in _lib.lua); beyond `limit` they are handed back unspent."""
+        with self._unanswered_lock:
+            pending = self._unanswered.pop(worker_id, [])
+        found: list[JobRecord] = []
+        for index, (token, queue) in enumerate(pending):
+            try:
+                rows = self._script("claim", [self._base(queue)], ["0", 0, worker_id, token, "0", "1"])
+            except RedisError:
+                with self._unanswered_lock:
+                    self._unanswered.setdefault(worker_id, []).extend(pending[index:])
+                raise
+            found.extend(_record(queue, row) for row in rows)
+        if found:
+            log.warning("claimed again %d job(s) whose claim's reply was lost", len(found))
+        if len(found) > limit:
+            extra = found[limit:]
+            back = [Outcome(r.id, r.lease_token or "", OutcomeKind.RELEASED, worker=worker_id) for r in extra]
+            self.finish(back)
+            del found[limit:]
+        return found
 
     @_guarded
     def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:

@@ -41,23 +41,33 @@ class Lane:
         self._open: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """The script's reply; loads it once more if the server lost it (restart, SCRIPT FLUSH)."""
+    def run(self, script: Script, keys: list[str], args: list[Any], again: list[Any] | None = None) -> Any:
+        """The script's reply; loads it once more if the server lost it (restart, SCRIPT FLUSH).
+
+        `again`: the arguments for a resend, where they differ: a script the server ran
+        before the connection dropped may be resent knowing so (see claim.lua).
+        """
+        first = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        resend = first if again is None else ("EVALSHA", script.sha, len(keys), *keys, *again)
         try:
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._twice(first, resend)
         except NoScriptError:
             script.sha = self.command("SCRIPT", "LOAD", script.script)
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *(args if again is None else again))
 
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
+        return self._twice(command, command)
+
+    def _twice(self, command: tuple[Any, ...], resend: tuple[Any, ...]) -> Any:
         conn = self._connection()
         try:
             return self._send(conn, command)
         except RedisConnectionError:
-            # A socket the server closed (restart, idle timeout) never ran the command;
+            # A socket the server closed (restart, idle timeout) ran nothing; one the
+            # server lost mid-call (killed) may have run it: `resend` says which is safe.
             # _send has closed ours, so this opens a new one.
-            return self._send(conn, command)
+            return self._send(conn, resend)
 
     @staticmethod
     def _send(conn: Any, command: tuple[Any, ...]) -> Any:

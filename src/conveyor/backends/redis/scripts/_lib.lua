@@ -233,6 +233,22 @@ local function promote_due(now)
   end
 end
 
+-- The jobs an earlier claim with `token` leased and still holds, as claim returns them.
+-- Asked for when that claim's reply may have been lost (a dropped connection, a server
+-- killed after the write): else they would sit leased until the lease ran out, and then
+-- count as a failed attempt. Scans :active, so only such rare calls ask.
+local function reclaimed(token)
+  local out = {}
+  for _, seq in ipairs(redis.call('ZRANGE', key('active'), 0, -1)) do
+    if redis.call('HGET', jkey(seq), 'lease_token') == token then
+      local rec = record(seq)
+      table.insert(rec, 1, seq)
+      out[#out + 1] = rec
+    end
+  end
+  return out
+end
+
 -- Lease one job taken off :queued (the caller adds it to :active); returns its record
 -- as it now is, seq first (FIELDS positions: 3 state, 6 attempt, 12 started_at, 16-18 lease).
 local function lease(seq, now, worker, token, expires)

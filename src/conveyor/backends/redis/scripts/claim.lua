@@ -1,9 +1,15 @@
 -- claim: lease up to `limit` ready jobs of one queue, promoting due scheduled jobs first.
 -- KEYS[1] queue base
--- ARGV: now, limit, worker id, lease token, lease deadline
--- Returns: one record per claimed job: {seq, FIELDS values...}; {} while paused.
+-- ARGV: now, limit, worker id, lease token, lease deadline, again ('1': this token may
+--       have claimed already, its reply lost; see reclaimed)
+-- Returns: one record per claimed job: {seq, FIELDS values...}; {} while paused. Again:
+--          the jobs the token holds, if any, and no new ones.
 local now, limit, worker, token, expires = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-if redis.call('EXISTS', key('paused')) == 1 then return {} end
+if ARGV[6] == '1' then
+  local kept = reclaimed(token)
+  if #kept > 0 then return kept end
+end
+if limit == 0 or redis.call('EXISTS', key('paused')) == 1 then return {} end
 promote_due(now)
 local popped = redis.call('ZPOPMIN', key('queued'), limit)
 local out, active = {}, {}

@@ -1,14 +1,23 @@
 -- claim_limited: lease what fits a queue's rate and concurrency limits from its first
 -- `scan` ready jobs; jobs held back stay queued and spend no attempt.
 -- KEYS[1] queue base
--- ARGV: now, limit, worker id, lease token, lease deadline, scan, limits JSON:
+-- ARGV: now, limit, worker id, lease token, lease deadline, again (as in claim), scan,
+--       limits JSON:
 --       {"q": [rate, per, concurrency] or null, "t": {task: [rate, per, concurrency, keyed]}}
 --       (0 for "no such limit"); scopes as in conveyor/limits.py
--- Returns: {held back (0/1), one record per claimed job: {seq, FIELDS values...}...}
+-- Returns: {held back (0/1), one record per claimed job: {seq, FIELDS values...}...}; again:
+--          as in claim.
 local now, limit, worker, token, expires = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local scan = tonumber(ARGV[6])
-local limits = cjson.decode(ARGV[7])
-if redis.call('EXISTS', key('paused')) == 1 then return {0} end
+local scan = tonumber(ARGV[7])
+local limits = cjson.decode(ARGV[8])
+if ARGV[6] == '1' then
+  local kept = reclaimed(token)
+  if #kept > 0 then
+    table.insert(kept, 1, 0)
+    return kept
+  end
+end
+if limit == 0 or redis.call('EXISTS', key('paused')) == 1 then return {0} end
 promote_due(now)
 
 local function scopes(task, limit_key)

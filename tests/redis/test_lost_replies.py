@@ -1,0 +1,154 @@
+"""A claim whose reply is lost after Redis ran it: its jobs come back to the worker
+that claimed them, with the attempt they were claimed for, instead of sitting leased
+until the lease runs out (and then counting as a failed attempt).
+
+The faults are real: a TCP proxy in front of the local Redis drops the reply to one
+EVALSHA after Redis has answered it, and can refuse new connections for a while, as a
+server killed right after a write does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends import open_backend
+from conveyor.backends.base import Backend, NewJob
+from conveyor.errors import BackendUnavailable
+from conveyor.job import JobState
+from conveyor.limits import Limit, QueueLimits
+from tests.conftest import engine_url
+
+
+class ReplyDropper:
+    """Forwards to Redis; `drop_next` loses the reply to the next EVALSHA sent (with the
+    connection), `refusing` closes new connections at once."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.drop_next = threading.Event()
+        self.refusing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if self.refusing.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            dropping = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, dropping), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, dropping), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, dropping: threading.Event) -> None:
+        while data := _recv(client):
+            if self.drop_next.is_set() and b"EVALSHA" in data:
+                self.drop_next.clear()
+                dropping.set()
+            server.sendall(data)
+        _hang_up(server)
+
+    def _down(self, server: socket.socket, client: socket.socket, dropping: threading.Event) -> None:
+        while data := _recv(server):
+            if dropping.is_set():  # Redis has run it and answered: lose the answer
+                break
+            client.sendall(data)
+        _hang_up(client)
+        _hang_up(server)
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Close at once, waking a thread blocked reading it (close alone would not)."""
+    with contextlib.suppress(OSError):  # already gone
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    url = engine_url("redis", tmp_path)  # empties the test database; skips without Redis
+    host, port_db = url.removeprefix("redis://").split(":")
+    port, db = port_db.split("/")
+    proxy = ReplyDropper((host, int(port)))
+    opened = open_backend(f"redis://127.0.0.1:{proxy.port}/{db}?timeout=2", prefix="lost")
+    opened.proxy = proxy  # type: ignore[attr-defined]
+    # Both claim scripts loaded first: a dropped NOSCRIPT reply would test nothing.
+    opened.claim("warm", ["warm"], 1, 30)
+    opened.claim("warm", ["warm"], 1, 30, {"warm": QueueLimits(queue=Limit(concurrency=1))})
+    yield opened
+    opened.close()
+    proxy.close()
+
+
+def _enqueue(backend: Backend, count: int) -> list[str]:
+    return [e.id for e in backend.enqueue([NewJob("t.any", "default", "[[],{}]") for _ in range(count)])]
+
+
+def test_the_resend_after_a_lost_reply_gets_the_same_jobs(backend: Backend) -> None:
+    ids = _enqueue(backend, 3)
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    claimed = backend.claim("w1", ["default"], 10, 30)
+    assert sorted(r.id for r in claimed) == sorted(ids)
+    assert {(r.state, r.attempt) for r in claimed} == {(JobState.ACTIVE, 1)}
+    assert backend.claim("w1", ["default"], 10, 30) == []  # nothing claimed twice
+
+
+def test_a_claim_lost_while_redis_is_unreachable_comes_back_to_its_worker(backend: Backend) -> None:
+    ids = _enqueue(backend, 3)
+    proxy = backend.proxy  # type: ignore[attr-defined]
+    proxy.drop_next.set()
+    proxy.refusing.set()  # the resend cannot get through either
+    with pytest.raises(BackendUnavailable):
+        backend.claim("w1", ["default"], 10, 30)
+    proxy.refusing.clear()
+    assert backend.claim("w2", ["default"], 10, 30) == []  # leased to w1, not w2's
+    claimed = backend.claim("w1", ["default"], 10, 30)
+    assert sorted(r.id for r in claimed) == sorted(ids)
+    assert {(r.state, r.attempt, r.lease_owner) for r in claimed} == {(JobState.ACTIVE, 1, "w1")}
+
+
+def test_lost_jobs_beyond_the_free_slots_go_back_unspent(backend: Backend) -> None:
+    ids = _enqueue(backend, 3)
+    proxy = backend.proxy  # type: ignore[attr-defined]
+    proxy.drop_next.set()
+    proxy.refusing.set()
+    with pytest.raises(BackendUnavailable):
+        backend.claim("w1", ["default"], 10, 30)
+    proxy.refusing.clear()
+    first = backend.claim("w1", ["default"], 2, 30)
+    assert [r.id for r in first] == ids[:2]
+    back = backend.get([ids[2]])[0]
+    assert back is not None and (back.state, back.attempt) == (JobState.QUEUED, 0)
+    (last,) = backend.claim("w1", ["default"], 10, 30)
+    assert (last.id, last.attempt) == (ids[2], 1)
+
+
+def test_a_limited_claim_resent_after_a_lost_reply_takes_no_more_than_fits(backend: Backend) -> None:
+    ids = _enqueue(backend, 3)
+    limits = {"default": QueueLimits(queue=Limit(concurrency=2))}
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    claimed = backend.claim("w1", ["default"], 10, 30, limits)
+    assert [r.id for r in claimed] == ids[:2]  # the same two, not two more held back
+    assert {r.attempt for r in claimed} == {1}
+    assert backend.claim("w1", ["default"], 10, 30, limits) == []
