@@ -235,7 +235,7 @@ class RedisBackend(Backend):
         token = secrets.token_hex(8)
         # The last argument: "1" on a resend, which first takes what this token holds.
         args: list[str | int] = [repr(now), 0, worker_id, token, repr(now + lease_seconds), "0"]
-        for index, queue in enumerate(queues):
+        for queue in queues:
             if len(claimed) >= limit:
                 break
             args[1] = limit - len(claimed)
@@ -249,10 +249,11 @@ class RedisBackend(Backend):
                     held, *rows = self._script("claim_limited", [self._base(queue)], first, again)
                     claimed.held_back = claimed.held_back or bool(held)
             except (RedisConnectionError, RedisTimeoutError):
-                # Redis may have run the claim and lost the reply: this worker's next claim
-                # asks for what the token holds. What is claimed so far goes now.
+                # Redis may have run this queue's claim and lost the reply (the queues after
+                # it were not asked): this worker's next claim asks for what the token
+                # holds. What is claimed so far goes now.
                 with self._unanswered_lock:
-                    self._unanswered.setdefault(worker_id, []).extend((token, q) for q in queues[index:])
+                    self._unanswered.setdefault(worker_id, []).append((token, queue))
                 if not claimed:
                     raise
                 return claimed

@@ -47,13 +47,15 @@ class Lane:
         `again`: the arguments for a resend, where they differ: a script the server ran
         before the connection dropped may be resent knowing so (see claim.lua).
         """
-        first = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        resend = first if again is None else ("EVALSHA", script.sha, len(keys), *keys, *again)
+        again = args if again is None else again
         try:
-            return self._twice(first, resend)
-        except NoScriptError:
+            return self._twice(
+                ("EVALSHA", script.sha, len(keys), *keys, *args),
+                ("EVALSHA", script.sha, len(keys), *keys, *again),
+            )
+        except NoScriptError:  # maybe on the resend, so the first may have run: send `again`
             script.sha = self.command("SCRIPT", "LOAD", script.script)
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *(args if again is None else again))
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *again)
 
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
