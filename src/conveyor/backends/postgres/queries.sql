@@ -128,8 +128,11 @@ UPDATE {p}.jobs SET state = 'queued'
 WHERE state = 'scheduled' AND queue = %(queue)s AND run_at <= %(now)s
 
 -- name: ready_scan
+-- The pause is looked at again here: limited_begin's look is an earlier statement, and a
+-- pause plus an enqueue committed in between must not start the new job (see migration 8).
 SELECT id, task, limit_key FROM {p}.jobs
 WHERE state = 'queued' AND queue = %(queue)s
+  AND NOT EXISTS (SELECT 1 FROM {p}.queues WHERE name = %(queue)s AND paused)
 ORDER BY priority DESC, id
 LIMIT %(scan)s FOR UPDATE SKIP LOCKED
 

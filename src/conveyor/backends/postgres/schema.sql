@@ -93,6 +93,7 @@ BEGIN
         WITH picked AS MATERIALIZED (
             SELECT id FROM conveyor.jobs
             WHERE state = 'queued' AND queue = q
+              AND NOT EXISTS (SELECT 1 FROM conveyor.queues WHERE name = q AND paused)
             ORDER BY priority DESC, id LIMIT lim - got FOR UPDATE SKIP LOCKED
         )
         UPDATE conveyor.jobs AS j
@@ -518,4 +519,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup'), (7, 'cheaper_wake_trigger')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup'), (7, 'cheaper_wake_trigger'), (8, 'pause_in_the_pick')) AS m(version, name);
