@@ -13,7 +13,7 @@ keys (jobs), and `timeout=5` sets the socket timeouts in seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.backoff import ExponentialBackoff
@@ -93,8 +93,9 @@ def connect(target: RedisTarget) -> Any:
     auth: dict[str, Any] = {"password": target.password, "username": target.username}
     if target.kind == "sentinel":
         sentinel_options = {"socket_timeout": target.timeout}
-        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_options, **common)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(target.service, db=target.db, **auth)  # type: ignore[no-untyped-call]
+        # Through Any: redis-py types these calls from 8.2 on, and left them untyped before.
+        sentinel = cast(Any, Sentinel)(list(target.nodes), sentinel_kwargs=sentinel_options, **common)
+        return sentinel.master_for(target.service, db=target.db, **auth)
     nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
     common.pop("health_check_interval")
     return RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **common)
