@@ -6,10 +6,10 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -20,6 +20,8 @@ from conveyor.clock import Clock, FakeClock
 from conveyor.job import JobRecord
 from conveyor.limits import QueueLimits
 from conveyor.worker import Worker
+
+T = TypeVar("T")
 
 # Engines the contract suite runs against.
 # "redis-cluster" and "redis-sentinel" are real deployments this session starts itself.
@@ -133,7 +135,12 @@ class AsyncDriven:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._loop = asyncio.new_event_loop()
-        self._work = self._loop.run_until_complete(self._open())
+        self._lock = threading.Lock()  # one thread at a time runs the private loop
+        self._work = self._run(self._open())
+
+    def _run(self, step: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            return self._loop.run_until_complete(step)
 
     async def _open(self) -> AsyncWork:
         work = self.backend.async_work()  # inside a running loop, as the worker calls it
@@ -153,13 +160,17 @@ class AsyncDriven:
     ) -> list[JobRecord]:
         if limits:
             return self.backend.claim(worker_id, queues, limit, lease_seconds, limits)
-        return self._loop.run_until_complete(self._work.claim(worker_id, queues, limit, lease_seconds))
+        return self._run(self._work.claim(worker_id, queues, limit, lease_seconds))
 
     def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
-        return self._loop.run_until_complete(self._work.finish(outcomes))
+        return self._run(self._work.finish(outcomes))
+
+    def warm_up(self) -> None:
+        self.backend.warm_up()
+        self._run(self._work.warm_up())
 
     def close(self) -> None:
-        self._loop.run_until_complete(self._work.aclose())
+        self._run(self._work.aclose())
         self._loop.close()
         self.backend.close()
 

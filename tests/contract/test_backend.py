@@ -100,6 +100,20 @@ def test_claim_drains_queues_in_the_order_given(backend: Backend) -> None:
     assert [c.id for c in claimed] == [high.id, low.id]
 
 
+def test_warm_up_from_several_threads_leaves_no_trace_and_claims_work(backend: Backend) -> None:
+    ids = [e.id for e in backend.enqueue([new(), new()])]
+    threads = [threading.Thread(target=backend.warm_up) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    backend.warm_up()  # again on a thread that already has its connection
+    assert set(backend.counts()) == {"default"}
+    claimed = backend.claim("w1", ["default"], 5, 30)
+    assert sorted(r.id for r in claimed) == sorted(ids)
+    assert backend.finish([done(r) for r in claimed]) == [Fence.OK, Fence.OK]
+
+
 def test_claim_leases_the_job_and_counts_the_attempt(backend: Backend, clock: FakeClock) -> None:
     backend.enqueue([new()])
     job = claim_one(backend, lease=30)

@@ -122,6 +122,19 @@ def test_scripts_are_reloaded_after_script_flush(local_url: str) -> None:
     backend.close()
 
 
+def test_warm_up_loads_the_hot_scripts_on_this_threads_connection(local_url: str) -> None:
+    """A worker's first claim, finish and lease renewal find their scripts loaded (no
+    NOSCRIPT round trip), on a connection its thread already has."""
+    backend = RedisBackend(local_url, prefix="warm")
+    backend._r.script_flush()  # as after a restart without persistence of scripts
+    hot = ("claim", "finish", "extend")
+    assert backend._r.script_exists(*(backend._s[name].sha for name in hot)) == [False] * 3
+    backend.warm_up()
+    assert backend._r.script_exists(*(backend._s[name].sha for name in hot)) == [True] * 3
+    assert backend._lane is not None and len(backend._lane._open) == 1  # this thread's, open now
+    backend.close()
+
+
 def test_each_script_carries_only_the_helpers_it_uses() -> None:
     lib = """-- the head comment
 local base = KEYS[1]

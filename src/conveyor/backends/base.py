@@ -369,6 +369,12 @@ class Backend(ABC):
     def preflight(self) -> None:  # noqa: B027 - an optional hook: most engines have nothing to check
         """Refuse (ConfigError) to run workers on an engine set up to lose jobs; default: nothing."""
 
+    def warm_up(self) -> None:  # noqa: B027 - an optional hook: most engines open on first use
+        """Open the calling thread's connection and load what claims and finishes need.
+
+        A worker calls it on each of its engine threads before it claims, so its first
+        claim costs what later ones do (default: nothing)."""
+
     def maintain(self) -> None:  # noqa: B027 - an optional hook: most engines need no upkeep
         """Engine upkeep that any worker may run off the hot path (default: nothing)."""
 
@@ -406,6 +412,9 @@ class AsyncWork(ABC):
     @abstractmethod
     async def finish(self, outcomes: Sequence[Outcome]) -> list[Fence]:
         """As Backend.finish."""
+
+    async def warm_up(self) -> None:  # noqa: B027 - optional, as Backend.warm_up
+        """As Backend.warm_up, for this path's connections (default: nothing)."""
 
     @abstractmethod
     async def aclose(self) -> None:

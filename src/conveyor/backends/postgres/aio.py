@@ -10,6 +10,7 @@ backend's threaded path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from conveyor.backends.postgres.backend import PostgresBackend
 
 _CONNECTIONS = 2  # a claim and a batch of outcomes at once
+_NO_QUEUE = "conveyor warm-up"  # not a valid queue name: warm_up's claim finds nothing
 
 _guarded = translate_errors(
     (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout),
@@ -81,6 +83,21 @@ class PostgresAsyncWork(AsyncWork):
             except StopIteration as end:
                 fences: list[Fence] = end.value
                 return fences
+
+    @_guarded
+    async def warm_up(self) -> None:
+        """Both connections made, and claim() planned on each, before the first claim: a
+        run's first claim took 11.5 ms here against about 3 later. PL/pgSQL plans a
+        function's statements on its first call in a session (4-6 ms here), so each
+        connection claims once from a queue no one can name (queue names have no spaces)."""
+        await self._open()
+        await self._pool.wait(timeout=self.backend.target.timeout)
+        await asyncio.gather(*(self._claim_nothing() for _ in range(_CONNECTIONS)))
+
+    async def _claim_nothing(self) -> None:
+        params = self.backend.claim_params("warm-up", [_NO_QUEUE], 1, 1.0)
+        async with self._pool.connection() as conn:
+            await (await conn.execute(self.backend.query("claim"), params)).fetchall()
 
     async def aclose(self) -> None:
         if self._opened:
