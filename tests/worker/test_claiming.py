@@ -1,6 +1,6 @@
-"""How a worker claims: free slots claim before the finished batch is stored, long jobs
-claim in parts (each part's jobs started as it lands), and every engine thread connects
-before the first claim."""
+"""How a worker claims: for long jobs, free slots claim before the finished batch is
+stored and claims go in parts (each part's jobs started as it lands); short jobs claim
+whole; every engine thread connects before the first claim."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_short_jobs_claim_whole(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_part_refused_after_another_landed_is_logged_and_the_rest_run(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_module, "_STREAM_AFTER", 0.0)  # every claim of 16 or more in parts
+    monkeypatch.setattr(worker_module, "_LONG_JOB", 0.0)  # every job counts as long
     app = Conveyor("memory://")
 
     @app.task
@@ -152,7 +152,10 @@ def test_a_part_refused_after_another_landed_is_logged_and_the_rest_run(
     app.close()
 
 
-def test_freed_slots_claim_before_their_finished_batch_is_stored() -> None:
+def test_long_jobs_freed_slots_claim_before_their_finished_batch_is_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_module, "_LONG_JOB", 0.0)  # every job counts as long
     app = Conveyor("memory://")
 
     @app.task

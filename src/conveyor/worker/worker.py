@@ -55,15 +55,17 @@ _MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
 # No-op drain on Redis, c=100, 9 alternating runs: whole claims 17,209-22,556 jobs/s,
 # split from 64 slots 20,490-24,411, split from 32 15,854-19,714.
 _SPLIT_FROM = 64
-# Long jobs (a slot held 20 ms or more, on average) claim in consecutive parts of 8, 16,
-# 32, ... slots, each part's jobs started as it arrives: the first need not wait while
-# the engine leases the last. Short jobs claim whole, as parts cost round trips: a no-op
-# drain on Redis fell from 19.5-24.4k to 15.5-23.1k jobs/s with them (3 alternating runs).
-# io-bound (6,000 x 50 ms, c=100, 3 alternating runs): Redis 1,883-1,930 -> 1,919-1,927
-# jobs/s, PostgreSQL 1,843-1,862 -> 1,885-1,890.
-_STREAM_AFTER = 0.020
+# Long jobs: those that hold their slot 20 ms or more, on average (a moving average over
+# finished jobs). For them a claim's latency is what free slots wait for, so the worker
+# claims before it stores the finished batch, and claims for 16 slots or more go out as
+# consecutive parts of 8, 16, 32, ..., each part's jobs started as it arrives. Short jobs
+# want throughput: the store goes out first (its round trip overlaps the claim's) and
+# claims go whole, as parts cost round trips (a no-op drain on Redis fell from 19.5-24.4k
+# to 15.5-23.1k jobs/s with them). io-bound (6,000 x 50 ms, c=100, 3 alternating runs):
+# Redis 1,860-1,892 -> 1,929-1,939 jobs/s.
+_LONG_JOB = 0.020
 _FIRST_PART = 8
-_RUN_TIME_WEIGHT = 1 / 16  # each finished job's share of the moving average
+_RUN_TIME_WEIGHT = 1 / 16  # each finished job's share of the moving average (see _LONG_JOB)
 
 
 def part_sizes(want: int) -> list[int]:
@@ -114,7 +116,7 @@ class Worker:
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
-        self._run_time = 0.0  # seconds a job holds its slot, moving average (see _STREAM_AFTER)
+        self._run_time = 0.0  # seconds a job holds its slot, moving average (see _LONG_JOB)
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
         self._emit = app.publisher().emit if settings.events else None  # job events, batched
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
@@ -314,13 +316,16 @@ class Worker:
         assert self._wake is not None
         while True:
             self._wake.clear()
+            # Long jobs' free slots claim before the finished batch is stored: a store sent
+            # first takes the engine (and the GIL) ahead of the claim they wait for. Redis
+            # io-bound, 4 alternating pairs: 1,823-1,854 -> 1,856-1,879 jobs/s.
+            long_jobs = self._long_jobs()
+            if not long_jobs and not self._store_outcomes():
+                return
             await self._waited()
             free = self.concurrency - self._used - self._waiter_slots
             want = 0 if self._stopping or not self.settings.processors else free
-            # Free slots claim before the finished batch is stored: the claim is what the
-            # slots wait for, and a store sent first takes the engine (and the GIL) ahead
-            # of it. Redis io-bound, 4 alternating pairs: 1,823-1,854 -> 1,856-1,879 jobs/s.
-            if want == 0 and not self._store_outcomes():
+            if want == 0 and long_jobs and not self._store_outcomes():
                 return
             if want == 0:
                 if self._stopping and not self._running and self._storing is None:
@@ -343,6 +348,10 @@ class Worker:
             else:
                 await self._wake.wait()
 
+    def _long_jobs(self) -> bool:
+        """Whether jobs hold their slot long enough that claims want latency (_LONG_JOB)."""
+        return self._run_time >= _LONG_JOB
+
     def _store_outcomes(self) -> bool:
         """Start storing finished attempts unless a batch is on its way; False: give up.
 
@@ -364,7 +373,7 @@ class Worker:
         backend = self.app.backend
         lease = self.settings.lease_timeout
         try:
-            if self._limits is None and want >= 2 * _FIRST_PART and self._run_time >= _STREAM_AFTER:
+            if self._limits is None and want >= 2 * _FIRST_PART and self._long_jobs():
                 return await self._claim_streamed(part_sizes(want), lease)
             if self._aio is not None and self._limits is None:
                 claimed = await self._aio.claim(self.id, self.queues, want, lease)
@@ -381,7 +390,7 @@ class Worker:
         return claimed
 
     async def _claim_streamed(self, sizes: list[int], lease: float) -> list[JobRecord]:
-        """One claim as consecutive parts (see _STREAM_AFTER), each part's jobs started as
+        """One claim as consecutive parts (see _LONG_JOB), each part's jobs started as
         it arrives; it ends early when a part comes back short (the queue is drained) or
         the worker is stopping. A part refused after others arrived is only logged."""
         claimed: list[JobRecord] = []
