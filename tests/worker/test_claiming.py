@@ -16,6 +16,7 @@ import pytest
 from conveyor import Conveyor, JobState
 from conveyor.backends.base import Fence, Outcome
 from conveyor.errors import BackendUnavailable
+from conveyor.task import Task
 from conveyor.worker import worker as worker_module
 from conveyor.worker.worker import part_sizes
 
@@ -66,6 +67,17 @@ def _all_completed_once(jobs: Sequence[Any], app: Conveyor) -> None:
     assert [(r.state, r.attempt) for r in records if r is not None] == [(JobState.COMPLETED, 1)] * len(jobs)
 
 
+def _quick_app() -> tuple[Conveyor, Task[[int], int]]:
+    """An app on the memory engine with a task that returns its argument at once."""
+    app = Conveyor("memory://")
+
+    @app.task
+    async def quick(i: int) -> int:
+        return i
+
+    return app, quick
+
+
 def test_part_sizes_double_from_eight_and_the_last_part_takes_the_rest() -> None:
     assert part_sizes(10) == [10]
     assert part_sizes(16) == [8, 8]
@@ -109,11 +121,7 @@ def test_long_jobs_claim_in_parts_and_each_job_runs_once(monkeypatch: pytest.Mon
 
 
 def test_short_jobs_claim_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    app = Conveyor("memory://")
-
-    @app.task
-    async def quick(i: int) -> int:
-        return i
+    app, quick = _quick_app()
 
     planned = _planned_parts(monkeypatch)
     jobs = quick.enqueue_many([(i,) for i in range(300)])
@@ -127,11 +135,7 @@ def test_a_part_refused_after_another_landed_is_logged_and_the_rest_run(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker_module, "_LONG_JOB", 0.0)  # every job counts as long
-    app = Conveyor("memory://")
-
-    @app.task
-    async def quick(i: int) -> int:
-        return i
+    app, quick = _quick_app()
 
     claim, refused = app.backend.claim, threading.Event()
 
@@ -156,11 +160,7 @@ def test_long_jobs_freed_slots_claim_before_their_finished_batch_is_stored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(worker_module, "_LONG_JOB", 0.0)  # every job counts as long
-    app = Conveyor("memory://")
-
-    @app.task
-    async def quick(i: int) -> int:
-        return i
+    app, quick = _quick_app()
 
     calls = Calls(app)
     claim = app.backend.claim
@@ -199,11 +199,7 @@ def test_every_engine_thread_connects_before_the_first_claim() -> None:
 
 
 def test_a_failed_warm_up_is_logged_and_the_worker_runs_on(caplog: pytest.LogCaptureFixture) -> None:
-    app = Conveyor("memory://")
-
-    @app.task
-    async def quick(i: int) -> int:
-        return i
+    app, quick = _quick_app()
 
     def unreachable() -> None:
         raise BackendUnavailable("the engine is away")
