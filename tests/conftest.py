@@ -232,3 +232,18 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, message: str = 
             raise AssertionError(message or "condition not met in time")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+def spy_part_sizes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Every claim a worker plans in parts (for long jobs), as part_sizes gives it."""
+    from conveyor.worker import worker
+
+    planned: list[list[int]] = []
+    plan = worker.part_sizes
+
+    def spy(want: int) -> list[int]:
+        planned.append(plan(want))
+        return planned[-1]
+
+    monkeypatch.setattr(worker, "part_sizes", spy)
+    return planned

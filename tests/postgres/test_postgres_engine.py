@@ -24,7 +24,7 @@ from conveyor.backends.postgres.connect import parse_postgres_url
 from conveyor.backends.postgres.migrate import latest_version
 from conveyor.events import JobEvent
 from conveyor.task import Task
-from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
+from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running, spy_part_sizes
 from tests.postgres import schema, server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -434,20 +434,28 @@ def _reachable(app: Conveyor) -> bool:
     return True
 
 
+@pytest.mark.parametrize(("sleep", "concurrency"), [(0.01, 10), (0.03, 40)], ids=["short", "long"])
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_workers_ride_out_a_server_restart_and_lose_nothing(
-    own_server: server.Server, mode: str, caplog: pytest.LogCaptureFixture
+    own_server: server.Server,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    sleep: float,
+    concurrency: int,
 ) -> None:
+    """Long jobs (30 ms) claim in parts (see Workers in the README), short ones whole."""
     app = Conveyor(f"{own_server.url}?migrate=1&timeout=2", prefix="restart")
+    planned = spy_part_sizes(monkeypatch)
 
     @app.task(retries=0)
     async def work(i: int) -> int:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(sleep)
         return i
 
     stored: list[Job[Any]] = []
     # The lease outlasts the outage: retries=0 then proves each job ran exactly once.
-    with caplog.at_level(logging.WARNING), running(app, concurrency=10, lease_timeout=30):
+    with caplog.at_level(logging.WARNING), running(app, concurrency=concurrency, lease_timeout=30):
         stored += work.enqueue_many([(i,) for i in range(100)])
         eventually(lambda: any(j.refresh().state is JobState.COMPLETED for j in stored))
         own_server.stop(mode)  # immediate: like a crash; committed work survives in the WAL
@@ -456,6 +464,7 @@ def test_workers_ride_out_a_server_restart_and_lose_nothing(
         stored += _enqueue_when_up(lambda: work.enqueue_many([(i,) for i in range(100, 150)]))
         results = [job.result(timeout=60) for job in stored]
     assert results == list(range(150))
+    assert bool(planned) is (sleep > 0.02)
     app.close()
 
 

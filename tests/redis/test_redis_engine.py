@@ -20,7 +20,7 @@ from conveyor.backends.redis.backend import _SCRIPTS as SCRIPTS
 from conveyor.backends.redis.connect import parse_redis_url
 from conveyor.backends.redis.prelude import load as load_script
 from conveyor.backends.redis.prelude import trimmed
-from tests.conftest import REDIS_URL, eventually, fresh_redis, running
+from tests.conftest import REDIS_URL, eventually, fresh_redis, running, spy_part_sizes
 from tests.redis import servers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,18 +209,25 @@ def test_enqueue_while_redis_is_down_fails_within_its_timeout(own_server: server
     app.close()
 
 
+@pytest.mark.parametrize(("sleep", "concurrency"), [(0.01, 10), (0.03, 40)], ids=["short", "long"])
 def test_workers_ride_out_a_redis_restart_and_lose_nothing(
-    own_server: servers.Server, caplog: pytest.LogCaptureFixture
+    own_server: servers.Server,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    sleep: float,
+    concurrency: int,
 ) -> None:
+    """Long jobs (30 ms) claim in parts (see Workers in the README), short ones whole."""
     app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=1", prefix="restart")
+    planned = spy_part_sizes(monkeypatch)
 
     @app.task(retries=0)
     async def work(i: int) -> int:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(sleep)
         return i
 
     stored = []
-    with caplog.at_level(logging.WARNING), running(app, concurrency=10, lease_timeout=5):
+    with caplog.at_level(logging.WARNING), running(app, concurrency=concurrency, lease_timeout=5):
         stored += work.enqueue_many([(i,) for i in range(100)])
         eventually(lambda: any(j.refresh().state is JobState.COMPLETED for j in stored))
         own_server.stop()  # SIGKILL: only what the AOF holds survives
@@ -229,6 +236,7 @@ def test_workers_ride_out_a_redis_restart_and_lose_nothing(
         stored += work.enqueue_many([(i,) for i in range(100, 150)])
         results = [job.result(timeout=30) for job in stored]
     assert results == list(range(150))
+    assert bool(planned) is (sleep > 0.02)
     app.close()
 
 

@@ -19,6 +19,7 @@ from conveyor.errors import BackendUnavailable
 from conveyor.task import Task
 from conveyor.worker import worker as worker_module
 from conveyor.worker.worker import part_sizes
+from tests.conftest import spy_part_sizes
 
 
 class Calls:
@@ -86,18 +87,6 @@ def test_part_sizes_double_from_eight_and_the_last_part_takes_the_rest() -> None
     assert all(sum(part_sizes(n)) == n and min(part_sizes(n)) > 0 for n in range(1, 300))
 
 
-def _planned_parts(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """Every claim the worker plans in parts, as part_sizes gives it."""
-    planned: list[list[int]] = []
-
-    def spy(want: int) -> list[int]:
-        planned.append(part_sizes(want))
-        return planned[-1]
-
-    monkeypatch.setattr(worker_module, "part_sizes", spy)
-    return planned
-
-
 def test_long_jobs_claim_in_parts_and_each_job_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
     app = Conveyor("memory://")
 
@@ -106,7 +95,7 @@ def test_long_jobs_claim_in_parts_and_each_job_runs_once(monkeypatch: pytest.Mon
         await asyncio.sleep(0.03)  # over the 20 ms a slot must be held on average
         return i
 
-    calls, planned = Calls(app), _planned_parts(monkeypatch)
+    calls, planned = Calls(app), spy_part_sizes(monkeypatch)
     jobs = wait.enqueue_many([(i,) for i in range(200)])
     app.worker(concurrency=40).run(burst=True, handle_signals=False)
     limits = calls.limits()
@@ -123,7 +112,7 @@ def test_long_jobs_claim_in_parts_and_each_job_runs_once(monkeypatch: pytest.Mon
 def test_short_jobs_claim_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     app, quick = _quick_app()
 
-    planned = _planned_parts(monkeypatch)
+    planned = spy_part_sizes(monkeypatch)
     jobs = quick.enqueue_many([(i,) for i in range(300)])
     app.worker(concurrency=40).run(burst=True, handle_signals=False)
     assert planned == []
