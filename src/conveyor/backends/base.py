@@ -197,6 +197,9 @@ class Backend(ABC):
     # How many claims of one worker the engine serves well at once: a worker splits a
     # large claim (without limits) into this many, each from an engine thread of its own.
     claim_lanes: int = 1
+    # Whether claim() itself takes back the jobs of an earlier claim whose reply was lost
+    # (Redis, by the lease token it sent); else the worker asks for them (see Worker).
+    reclaims_lost_claims: bool = False
 
     # -- producing ---------------------------------------------------------
     @abstractmethod

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conveyor.backends.base import AsyncWork, Fence, Outcome, OutcomeKind, WorkerInfo
+from conveyor.backends.base import AsyncWork, Fence, JobQuery, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.events import JobEvent, JobEvents
@@ -78,6 +79,7 @@ def part_sizes(want: int) -> list[int]:
     return [*sizes, want] if want else sizes
 
 
+_PAGE = 500  # active jobs listed at a time when taking back a lost claim's jobs
 _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
 # Python 3.12+: a job's task runs its first step at once, so a job that never waits
 # (most do little) finishes without being scheduled through the loop's queue.
@@ -117,6 +119,8 @@ class Worker:
         self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._run_time = 0.0  # seconds a job holds its slot, moving average (see _LONG_JOB)
+        # A claim failed: it may have leased jobs whose reply never came (see _take_back).
+        self._claim_lost = False
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
         self._emit = app.publisher().emit if settings.events else None  # job events, batched
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
@@ -370,7 +374,22 @@ class Worker:
         return True
 
     async def _claim(self, want: int) -> list[JobRecord]:
-        """Claim and start up to `want` jobs; [] (after a pause) when the engine refuses."""
+        """Claim and start up to `want` jobs; [] (after a pause) when the engine refuses.
+        First, after a failed claim, the jobs it may have leased (see _take_back)."""
+        taken: list[JobRecord] = []
+        if self._claim_lost and self._waiting is None and not self.app.backend.reclaims_lost_claims:
+            try:
+                taken = await self._take_back(want)
+            except BackendUnavailable as exc:
+                await self._claim_failed(exc)
+                return []
+            if len(taken) == want:
+                return taken
+        claimed = await self._claim_new(want - len(taken))
+        return [*taken, *claimed] if taken else claimed
+
+    async def _claim_new(self, want: int) -> list[JobRecord]:
+        """Claim and start up to `want` ready jobs, whole, in parts or across lanes."""
         backend = self.app.backend
         lease = self.settings.lease_timeout
         try:
@@ -406,6 +425,7 @@ class Worker:
                 if not claimed:
                     raise
                 log.error("could not claim part of a batch: %s", exc)
+                self._claim_lost = True
                 break
             self._begin(part)
             claimed.extend(part)
@@ -439,11 +459,48 @@ class Worker:
             await self._claim_failed(refused)
         elif refused is not None:
             log.error("could not claim part of a batch: %s", refused)
+            self._claim_lost = True
         else:
             self._claim_backoff = 0.0
         return claimed
 
+    async def _take_back(self, want: int) -> list[JobRecord]:
+        """Start the jobs leased to this worker that it does not know: a claim whose reply
+        was lost (the engine ran it, then the connection dropped) leased them. Else they
+        would sit leased until the lease ran out and then count as a failed attempt, so a
+        job with no retries would end dead without having run. Worker ids are unique per
+        process and no other claim is in flight here, so such a job is nobody else's.
+        Beyond `want` they go back unspent. Engines whose claim takes them back itself
+        (Backend.reclaims_lost_claims) are not asked."""
+        # Known before the listing: a store in flight may finish a job the listing still
+        # reads as active, and drop it from _unstored before the listing is back.
+        known = self._running.keys() | self._unstored.keys()
+        found = await in_thread(self._db, self._leased_to_me)
+        self._claim_lost = False
+        lost = [r for r in found if r.id not in known]
+        if not lost:
+            return []
+        log.warning("took back %d job(s) whose claim's reply was lost", len(lost))
+        if len(lost) > want:
+            await self._hand_back(lost[want:])
+        self._begin(lost[:want])
+        return lost[:want]
+
+    def _leased_to_me(self) -> list[JobRecord]:
+        """In the engine thread: the active jobs of this worker's queues leased to it."""
+        found: list[JobRecord] = []
+        for queue in self.queues:
+            for offset in itertools.count(0, _PAGE):
+                page = self.app.backend.list_jobs(
+                    JobQuery(queue=queue, state=JobState.ACTIVE, limit=_PAGE, offset=offset)
+                )
+                found.extend(r for r in page if r.lease_owner == self.id)
+                if len(page) < _PAGE:
+                    break
+        return found
+
     async def _claim_failed(self, exc: BackendUnavailable) -> None:
+        self._claim_lost = True
         self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
         log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)
         assert self._stop is not None
@@ -552,6 +609,7 @@ class Worker:
         if isinstance(error, BackendUnavailable):
             assert self._wake is not None
             log.error("engine error while waiting for work: %s", error)
+            self._claim_lost = True  # it may have failed in its claim
             await wait_event(self._wake, _IDLE_WAIT)
         elif error is not None:
             raise error

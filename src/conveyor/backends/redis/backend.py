@@ -86,6 +86,7 @@ class RedisBackend(Backend):
     # worker._SPLIT_FROM). SQLite lost 9% so (its claims share one write lock), and
     # PostgreSQL's async claims did not gain.
     claim_lanes = 2
+    reclaims_lost_claims = True  # by the lease token each claim sends (see _reclaim)
 
     def __init__(self, url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK):
         from conveyor.backends import redact_url
