@@ -424,8 +424,7 @@ class Worker:
             except BackendUnavailable as exc:
                 if not claimed:
                     raise
-                log.error("could not claim part of a batch: %s", exc)
-                self._claim_lost = True
+                self._part_refused(exc)
                 break
             self._begin(part)
             claimed.extend(part)
@@ -458,11 +457,16 @@ class Worker:
         if refused is not None and not claimed:
             await self._claim_failed(refused)
         elif refused is not None:
-            log.error("could not claim part of a batch: %s", refused)
-            self._claim_lost = True
+            self._part_refused(refused)
         else:
             self._claim_backoff = 0.0
         return claimed
+
+    def _part_refused(self, exc: BackendUnavailable) -> None:
+        """A part of a claim failed after others landed: their jobs run; the failed part
+        may have leased jobs whose reply never came (see _take_back)."""
+        log.error("could not claim part of a batch: %s", exc)
+        self._claim_lost = True
 
     async def _take_back(self, want: int) -> list[JobRecord]:
         """Start the jobs leased to this worker that it does not know: a claim whose reply
@@ -487,7 +491,9 @@ class Worker:
         return lost[:want]
 
     def _leased_to_me(self) -> list[JobRecord]:
-        """In the engine thread: the active jobs of this worker's queues leased to it."""
+        """In the engine thread: the active jobs of this worker's queues leased to it.
+        Pages may shift while other workers finish jobs, so one can be missed: it then
+        runs after its lease expires, as it did before any take-back."""
         found: list[JobRecord] = []
         for queue in self.queues:
             for offset in itertools.count(0, _PAGE):
