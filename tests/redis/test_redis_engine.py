@@ -195,6 +195,28 @@ def test_hot_path_connections_are_per_thread_and_heal(local_url: str) -> None:
     admin.close()
 
 
+def test_read_many_answers_in_order_and_keeps_the_socket_in_step(local_url: str) -> None:
+    """Reads in one write (get, list_jobs, counts): an error reply in the middle is raised
+    only after every reply is read, so the next call's replies are its own; sent again
+    after the server dropped the socket."""
+    import redis
+
+    backend = RedisBackend(local_url, prefix="many")
+    lane = backend._lane
+    assert lane is not None
+    ids = [e.id for e in backend.enqueue([NewJob("t", "default", f"[{i}]") for i in range(3)])]
+    assert lane.read_many([("ZCARD", "many:{default}:queued"), ("EXISTS", "many:{default}:paused")]) == [3, 0]
+    with pytest.raises(redis.ResponseError):
+        lane.read_many([("HGET", "many:{default}:j:1", "task"), ("ZCARD", "many:{default}:j:1"), ("PING",)])
+    assert lane.read_many([("HGET", "many:{default}:j:2", "payload")]) == ["[1]"]
+    admin = redis.Redis.from_url(local_url, decode_responses=True)
+    admin.client_kill_filter(_id=lane.command("CLIENT", "ID"))
+    records = backend.get([*ids, "default:404"])
+    assert [r.payload if r else None for r in records] == ["[0]", "[1]", "[2]", None]
+    admin.close()
+    backend.close()
+
+
 def test_enqueue_while_redis_is_down_fails_within_its_timeout(own_server: servers.Server) -> None:
     app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=1", prefix="down")
     job = app.enqueue("t.any", 1)

@@ -122,6 +122,15 @@ class RedisBackend(Backend):
     def _base(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}"
 
+    def _read_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Read-only commands in one round trip, their replies in order (see Lane.read_many)."""
+        if self._lane is not None:
+            return self._lane.read_many(commands)
+        pipe = self._r.pipeline(transaction=False)  # Cluster: redis-py sends each to its node
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
+
     def _keys(self, queue: str) -> list[str]:
         """KEYS for a script that may take sequence numbers itself (single server)."""
         return [self._base(queue)] if self._cluster else [self._base(queue), self._seq_key]
@@ -412,10 +421,10 @@ class RedisBackend(Backend):
         out: list[JobRecord | None] = [None] * len(ids)
         if not found:
             return out
-        pipe = self._r.pipeline(transaction=False)
-        for _, (queue, seq) in found:
-            pipe.hmget(f"{self._base(queue)}:j:{seq}", _FIELDS)
-        for (i, (queue, seq)), row in zip(found, pipe.execute(), strict=True):
+        rows = self._read_many(
+            [("HMGET", f"{self._base(queue)}:j:{seq}", *_FIELDS) for _, (queue, seq) in found]
+        )
+        for (i, (queue, seq)), row in zip(found, rows, strict=True):
             if row[2] is not None:  # state: the job exists
                 out[i] = _record(queue, [seq, *row])
         return out
@@ -456,11 +465,9 @@ class RedisBackend(Backend):
     @_guarded
     def counts(self) -> dict[str, dict[JobState, int]]:
         queues = self._queues()
-        pipe = self._r.pipeline(transaction=False)
-        for queue in queues:
-            for state in JobState:
-                pipe.zcard(f"{self._base(queue)}:{state.value}")
-        replies = iter(pipe.execute())
+        replies = iter(
+            self._read_many([("ZCARD", f"{self._base(q)}:{s.value}") for q in queues for s in JobState])
+        )
         out: dict[str, dict[JobState, int]] = {}
         for queue in queues:
             per_state = {state: int(next(replies)) for state in JobState}
@@ -566,10 +573,8 @@ class RedisBackend(Backend):
     @_guarded
     def paused(self) -> list[str]:
         queues = self._queues()  # set_paused registers its queues, so none is missed
-        pipe = self._r.pipeline(transaction=False)
-        for queue in queues:
-            pipe.exists(f"{self._base(queue)}:paused")
-        return [queue for queue, flagged in zip(queues, pipe.execute(), strict=True) if flagged]
+        flags = self._read_many([("EXISTS", f"{self._base(queue)}:paused") for queue in queues])
+        return [queue for queue, flagged in zip(queues, flags, strict=True) if flagged]
 
     @_guarded
     def purge(

@@ -1,5 +1,5 @@
 """The hot path's Redis calls: EVALSHA on one connection per thread, past redis-py's
-per-command layer.
+per-command layer; and batches of reads (listing, counts) written at once.
 
 redis-py 8 wraps every command in a retry closure and observability hooks, and its
 pool records metrics on every checkout: on this project's 2-core VM a bare EVALSHA
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from redis.commands.core import Script
@@ -60,6 +61,39 @@ class Lane:
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
         return self._twice(command, command)
+
+    def read_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Read-only commands written at once, their replies in order; a resend after a
+        connection error is always safe, as they change nothing. One round trip, past
+        redis-py's pipeline, which cost about 40 us a command here (listing 1,000 jobs
+        took 85 ms)."""
+        conn = self._connection()
+        try:
+            return self._send_all(conn, commands)
+        except RedisConnectionError:
+            return self._send_all(conn, commands)
+
+    @staticmethod
+    def _send_all(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        try:
+            conn.connect()
+            if _pack is None:
+                conn.send_packed_command(conn.pack_commands(commands))
+            else:
+                conn.send_packed_command([_pack(command) for command in commands])
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # one command's error: the others' replies follow
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse the socket
+            raise
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     def _twice(self, command: tuple[Any, ...], resend: tuple[Any, ...]) -> Any:
         conn = self._connection()
