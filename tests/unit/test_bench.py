@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from conveyor import Conveyor
+from conveyor.backends.base import JobQuery
 from conveyor.bench import SCENARIOS, run_bench
 
 
@@ -23,3 +25,18 @@ def test_bench_runs_every_scenario_in_process(tmp_path: Path) -> None:
     saved = json.loads(out.read_text())
     assert saved["url"] == "memory://" and len(saved["results"]) == len(SCENARIOS)
     assert "jobs/s" in console.export_text()
+
+
+def test_bench_deletes_the_jobs_it_made(tmp_path: Path) -> None:
+    """A full run stores about 160,000 jobs, most never run: none stay on the engine."""
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    console = Console(record=True, width=160)
+    results = run_bench(url=url, jobs=200, processes=1, concurrency=20, scenarios=["enqueue", "drain"],
+                        json_path=None, console=console)  # fmt: skip
+    assert [r.jobs for r in results] == [200, 200]
+    app = Conveyor(url, prefix="bench")
+    try:
+        assert app.backend.counts() == {}
+        assert app.backend.list_jobs(JobQuery(limit=10)) == []
+    finally:
+        app.close()
