@@ -531,7 +531,14 @@ def demo(briefs: int, demo_url: str | None) -> None:
 
 @cli.command()
 @click.option("--url", "bench_url", help="Engine URL (default: a fresh SQLite file in a temp folder).")
-@click.option("--jobs", "n_jobs", type=click.IntRange(100), default=20_000, show_default=True)
+@click.option(
+    "--jobs",
+    "n_jobs",
+    type=click.IntRange(100),
+    default=20_000,
+    show_default=True,
+    help="Jobs per drain; single enqueue stores at most 20,000, bulk enqueue 5 times as many.",
+)
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),

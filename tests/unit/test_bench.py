@@ -19,6 +19,8 @@ def test_bench_runs_every_scenario_in_process(tmp_path: Path) -> None:
                         json_path=str(out), console=console)  # fmt: skip
     assert len(results) == len(SCENARIOS)
     assert all(r.jobs_per_second > 0 for r in results)
+    bulk = next(r for r in results if r.scenario.startswith("enqueue_many"))
+    assert bulk.jobs == 1_500  # 5 x --jobs
     latency = next(r for r in results if r.scenario.startswith("latency"))
     assert latency.p50_ms is not None and latency.p99_ms is not None
     assert latency.p50_ms <= latency.p99_ms
@@ -31,9 +33,10 @@ def test_bench_deletes_the_jobs_it_made(tmp_path: Path) -> None:
     """A full run stores about 160,000 jobs, most never run: none stay on the engine."""
     url = f"sqlite:///{tmp_path / 'bench.db'}"
     console = Console(record=True, width=160)
-    results = run_bench(url=url, jobs=200, processes=1, concurrency=20, scenarios=["enqueue", "drain"],
+    scenarios = ["enqueue", "bulk", "drain"]
+    results = run_bench(url=url, jobs=200, processes=1, concurrency=20, scenarios=scenarios,
                         json_path=None, console=console)  # fmt: skip
-    assert [r.jobs for r in results] == [200, 200]
+    assert [r.jobs for r in results] == [200, 1_000, 200]
     app = Conveyor(url, prefix="bench")
     try:
         assert app.backend.counts() == {}
