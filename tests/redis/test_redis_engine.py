@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,7 @@ from conveyor.backends.redis.backend import _SCRIPTS as SCRIPTS
 from conveyor.backends.redis.connect import parse_redis_url
 from conveyor.backends.redis.prelude import load as load_script
 from conveyor.backends.redis.prelude import trimmed
+from conveyor.clock import FakeClock
 from tests.conftest import REDIS_URL, eventually, fresh_redis, running, spy_part_sizes
 from tests.redis import servers
 
@@ -102,6 +105,54 @@ def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
         untrusted.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        NewJob("t.a", "one", "[1]"),
+        NewJob("t.a", "one", "[2]", priority=-7, max_attempts=4, retries=3, timeout=2.5, meta={"k": [1]}),
+        NewJob("t.a", "one", "[3]", run_at=2_000_000_000.25),
+    ],
+    ids=["plain", "options", "delayed"],
+)
+def test_a_single_plain_job_is_stored_as_the_batch_script_stores_it(local_url: str, job: NewJob) -> None:
+    """One job goes through enqueue_one.lua, a batch through enqueue.lua: the same hash,
+    the same sorted sets, and a wake-up when it lands ready on an empty queue."""
+    import redis
+
+    backend = RedisBackend(local_url, prefix="one", clock=FakeClock())
+    used: list[str] = []
+    script = backend._script
+
+    def spied(name: str, *args: Any) -> Any:
+        used.append(name)
+        return script(name, *args)
+
+    backend._script = spied  # type: ignore[method-assign,assignment]
+    admin = redis.Redis.from_url(local_url, decode_responses=True)
+    wakes = admin.pubsub(ignore_subscribe_messages=True)
+    wakes.subscribe("one:{one}:wake")
+    assert wakes.get_message(timeout=1) is None  # the subscription is in place
+    alone = backend.enqueue([job])[0].id
+    woke = wakes.get_message(timeout=0.5 if job.run_at is None else 0.1)
+    batched = backend.enqueue([job, job])[0].id
+    assert used == ["enqueue_one", "enqueue"]
+    assert (woke is not None) is (job.run_at is None)
+    one, two = alone.split(":")[1], batched.split(":")[1]
+    assert admin.hgetall(f"one:{{one}}:j:{one}") == admin.hgetall(f"one:{{one}}:j:{two}")
+    home = "queued" if job.run_at is None else "scheduled"
+    for zset in ("queued", "scheduled"):
+        key, pad = f"one:{{one}}:{zset}", zset == "queued"
+        first, second = (admin.zscore(key, s.zfill(16) if pad else s) for s in (one, two))
+        assert first == second and (first is not None) is (zset == home)
+    assert admin.zscore("one:{one}:all", one) == float(one)
+    wakes.close()
+    records = backend.get([alone, batched])
+    assert records[0] is not None and records[1] is not None
+    assert dataclasses.replace(records[0], id=batched) == records[1]
+    admin.close()
+    backend.close()
 
 
 def test_prefixes_keep_apps_apart_on_one_server(local_url: str) -> None:

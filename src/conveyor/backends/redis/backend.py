@@ -52,7 +52,7 @@ from conveyor.events import KEEP, Entry, JobEvent, decode, encode
 from conveyor.job import TERMINAL_STATES, AttemptRecord, JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits
 
-_SCRIPTS = ("enqueue", "enqueue_many", "enqueue_tick", "claim", "extend", "finish", "recover",
+_SCRIPTS = ("enqueue", "enqueue_one", "enqueue_many", "enqueue_tick", "claim", "extend", "finish", "recover",
             "cancel", "retry", "purge", "delete", "watch", "resume", "claim_limited")  # fmt: skip
 _HOT_SCRIPTS = ("claim", "finish", "extend")  # a worker's every-batch calls (see warm_up)
 _BATCH = 1_000  # jobs per recover/purge script call: each call blocks Redis for ~1 ms
@@ -158,6 +158,8 @@ class RedisBackend(Backend):
     # -- producing ---------------------------------------------------------
     @_guarded
     def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if len(jobs) == 1 and _plain(jobs[0]):
+            return [self._enqueue_one(jobs[0])]
         groups: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
             if abs(job.priority) > _MAX_PRIORITY:
@@ -185,6 +187,18 @@ class RedisBackend(Backend):
             for i, (seq, created) in zip(groups[queue], reply, strict=True):
                 out[i] = Enqueued(f"{queue}:{seq}", bool(created))
         return out
+
+    def _enqueue_one(self, job: NewJob) -> Enqueued:
+        """A single plain job (see _plain) through enqueue_one.lua: a quarter less server
+        time than the batch script (see its header)."""
+        self._register([job.queue])
+        now = _num(self.clock.now())
+        meta = json.dumps(job.meta, separators=(",", ":")) if job.meta else _EMPTY_META
+        run_at = now if job.run_at is None else repr(job.run_at)
+        args = [self._first_seq(1), now, job.task, job.payload, str(job.priority), str(job.max_attempts),
+                str(job.retries), _num(job.timeout), run_at, meta]  # fmt: skip
+        seq = self._script("enqueue_one", self._keys(job.queue), args)
+        return Enqueued(f"{job.queue}:{seq}", True)
 
     def _job_args(self, job: NewJob, now: str) -> tuple[str, ...]:
         return (
@@ -699,6 +713,21 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
         _opt_float(progress), parent_id or None, json.loads(children) if children else [], flow or None,
         limit_key or None,
     )  # fmt: skip
+
+
+def _plain(job: NewJob) -> bool:
+    """A job enqueue_one.lua can store: no unique key, no flow, no per-key limit, and a
+    priority a score holds exactly."""
+    return (
+        job.unique_key is None
+        and job.unique_for is None
+        and not job.debounce
+        and job.parent is None
+        and not job.waiting
+        and job.flow is None
+        and job.limit_key is None
+        and abs(job.priority) <= _MAX_PRIORITY
+    )
 
 
 def _extras(jobs: Sequence[NewJob], first: int, flows: bool) -> list[str]:
