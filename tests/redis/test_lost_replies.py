@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,27 @@ def test_a_limited_claim_resent_after_a_lost_reply_takes_no_more_than_fits(backe
     assert [r.id for r in claimed] == ids[:2]  # the same two, not two more held back
     assert {r.attempt for r in claimed} == {1}
     assert backend.claim("w1", ["default"], 10, 30, limits) == []
+
+
+def test_a_cluster_claim_resent_by_its_client_gets_the_same_jobs(redis_deployments: Any) -> None:
+    """redis-py's Cluster client sends a command again after a connection error, with the
+    same arguments. A claim Redis ran whose reply was lost is resent that way: the resend
+    returns the jobs the first call leased instead of leasing more (they would sit until
+    their lease ran out, then count as a failed attempt)."""
+    cluster = redis_deployments("redis-cluster")
+    cluster.flush()
+    backend = open_backend(cluster.url, prefix="lost")
+    ids = _enqueue(backend, 3)
+    script = backend._s["claim"]  # type: ignore[attr-defined]
+
+    def reply_lost_once(keys: list[str], args: list[Any]) -> Any:
+        script(keys, args)  # Redis runs it; the reply never arrives
+        return script(keys, args)  # the client's resend
+
+    backend._s["claim"] = reply_lost_once  # type: ignore[attr-defined]
+    claimed = backend.claim("w1", ["default"], 2, 30)
+    assert [(r.id, r.attempt) for r in claimed] == [(ids[0], 1), (ids[1], 1)]
+    left = backend.get([ids[2]])[0]
+    assert left is not None and (left.state, left.attempt) == (JobState.QUEUED, 0)
+    assert [r.id for r in backend.claim("w1", ["default"], 10, 30)] == [ids[2]]
+    backend.close()

@@ -258,8 +258,10 @@ class RedisBackend(Backend):
         claimed = Claimed(self._reclaim(worker_id, limit))
         now = self.clock.now()
         token = secrets.token_hex(8)
-        # The last argument: "1" on a resend, which first takes what this token holds.
-        args: list[str | int] = [repr(now), 0, worker_id, token, repr(now + lease_seconds), "0"]
+        # The last argument: "1" on a resend, which first takes what this token holds; on
+        # Cluster "2", so the client's own resend finds it was one (see resent in _lib.lua).
+        first_call = "2" if self._cluster else "0"
+        args: list[str | int] = [repr(now), 0, worker_id, token, repr(now + lease_seconds), first_call]
         for queue in queues:
             if len(claimed) >= limit:
                 break

@@ -233,6 +233,15 @@ local function promote_due(now)
   end
 end
 
+-- Whether a claim may be the resend of one Redis ran and whose reply was lost (see
+-- reclaimed). `again` is '1' on the lane's own resend; '2' asks Redis: the first call
+-- with a token leaves a marker for 60 s, so a resend finds it. Cluster passes '2', as
+-- its client resends by itself after a connection error; the marker costs one SET a call.
+local function resent(again, token)
+  if again == '1' then return true end
+  return again == '2' and not redis.call('SET', key('claimed:' .. token), '1', 'NX', 'EX', '60')
+end
+
 -- The jobs an earlier claim with `token` leased and still holds, as claim returns them.
 -- Asked for when that claim's reply may have been lost (a dropped connection, a server
 -- killed after the write): else they would sit leased until the lease ran out, and then

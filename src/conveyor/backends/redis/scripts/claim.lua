@@ -1,11 +1,11 @@
 -- claim: lease up to `limit` ready jobs of one queue, promoting due scheduled jobs first.
 -- KEYS[1] queue base
 -- ARGV: now, limit, worker id, lease token, lease deadline, again ('1': this token may
---       have claimed already, its reply lost; see reclaimed)
+--       have claimed already, its reply lost; '2': ask the token's marker; see resent)
 -- Returns: one record per claimed job: {seq, FIELDS values...}; {} while paused. Again:
 --          the jobs the token holds, if any, and no new ones.
 local now, limit, worker, token, expires = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-if ARGV[6] == '1' then
+if resent(ARGV[6], token) then
   local kept = reclaimed(token)
   if #kept > 0 then return kept end
 end

@@ -10,7 +10,7 @@
 local now, limit, worker, token, expires = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local scan = tonumber(ARGV[7])
 local limits = cjson.decode(ARGV[8])
-if ARGV[6] == '1' then
+if resent(ARGV[6], token) then
   local kept = reclaimed(token)
   if #kept > 0 then
     table.insert(kept, 1, 0)
