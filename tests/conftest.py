@@ -270,3 +270,29 @@ def spy_part_sizes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
     monkeypatch.setattr(worker, "part_sizes", spy)
     return planned
+
+
+def run_with_one_part_refused(
+    app: Conveyor, concurrency: int, caplog: pytest.LogCaptureFixture, refuse: Callable[[int], bool]
+) -> None:
+    """Run the app's jobs in a burst while the engine refuses, as a busy one would, the
+    first claim `refuse(limit)` picks: it is logged as a part of a batch, and the worker
+    does not pause, since another part got jobs."""
+    import logging
+
+    from conveyor.errors import BackendUnavailable
+
+    claim, refused = app.backend.claim, threading.Event()
+
+    def refuse_once(worker_id: str, queues: Any, limit: int, *args: Any, **kw: Any) -> list[JobRecord]:
+        if refuse(limit) and not refused.is_set():
+            refused.set()
+            raise BackendUnavailable("the engine is busy")
+        return claim(worker_id, queues, limit, *args, **kw)
+
+    app.backend.claim = refuse_once  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="conveyor.worker"):
+        app.worker(concurrency=concurrency).run(burst=True, handle_signals=False)
+    assert refused.is_set()
+    assert "could not claim part of a batch: the engine is busy" in caplog.text
+    assert "retrying" not in caplog.text  # a part had landed: no pause

@@ -3,7 +3,6 @@ runs once, and a part the engine refuses costs nothing of the other part."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,8 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor, JobState
-from conveyor.errors import BackendUnavailable
 from conveyor.job import JobRecord
-from tests.conftest import engine_url
+from tests.conftest import engine_url, run_with_one_part_refused
 
 
 def test_redis_claims_a_large_batch_in_two_parts_and_runs_each_job_once(tmp_path: Path) -> None:
@@ -49,20 +47,10 @@ def test_a_refused_part_is_logged_and_the_other_part_runs(caplog: pytest.LogCapt
     async def work(i: int) -> int:
         return i
 
-    claim, refused = app.backend.claim, threading.Event()
-
-    def refuse_once(*args: Any, **kwargs: Any) -> list[JobRecord]:
-        if threading.current_thread().name.startswith("conveyor-engine-2") and not refused.is_set():
-            refused.set()
-            raise BackendUnavailable("the engine is busy")
-        return claim(*args, **kwargs)
-
-    app.backend.claim = refuse_once  # type: ignore[method-assign]
     jobs = work.enqueue_many([(i,) for i in range(100)])
-    with caplog.at_level(logging.ERROR, logger="conveyor.worker"):
-        app.worker(concurrency=64).run(burst=True, handle_signals=False)
-    assert refused.is_set()
-    assert "could not claim part of a batch: the engine is busy" in caplog.text
-    assert "retrying" not in caplog.text  # the other part got jobs: no pause
+    # The part claimed on the second engine thread is refused.
+    run_with_one_part_refused(
+        app, 64, caplog, refuse=lambda _: threading.current_thread().name.startswith("conveyor-engine-2")
+    )
     assert {j.refresh().state for j in jobs} == {JobState.COMPLETED}
     app.close()

@@ -19,7 +19,7 @@ from conveyor.errors import BackendUnavailable
 from conveyor.task import Task
 from conveyor.worker import worker as worker_module
 from conveyor.worker.worker import part_sizes
-from tests.conftest import spy_part_sizes
+from tests.conftest import run_with_one_part_refused, spy_part_sizes
 
 
 class Calls:
@@ -125,22 +125,9 @@ def test_a_part_refused_after_another_landed_is_logged_and_the_rest_run(
 ) -> None:
     monkeypatch.setattr(worker_module, "_LONG_JOB", 0.0)  # every job counts as long
     app, quick = _quick_app()
-
-    claim, refused = app.backend.claim, threading.Event()
-
-    def refuse_a_second_part(worker_id: str, queues: Any, limit: int, *args: Any, **kw: Any) -> Any:
-        if limit == 16 and not refused.is_set():  # the first claim is 8, 16, 16
-            refused.set()
-            raise BackendUnavailable("the engine is busy")
-        return claim(worker_id, queues, limit, *args, **kw)
-
-    app.backend.claim = refuse_a_second_part  # type: ignore[method-assign]
     jobs = quick.enqueue_many([(i,) for i in range(100)])
-    with caplog.at_level(logging.ERROR, logger="conveyor.worker"):
-        app.worker(concurrency=40).run(burst=True, handle_signals=False)
-    assert refused.is_set()
-    assert "could not claim part of a batch: the engine is busy" in caplog.text
-    assert "retrying" not in caplog.text  # a part had landed: no pause
+    # The first claim is 8, 16, 16: its second part is refused.
+    run_with_one_part_refused(app, 40, caplog, refuse=lambda limit: limit == 16)
     _all_completed_once(jobs, app)
     app.close()
 
