@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -30,10 +31,27 @@ ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "redi
 # Redis deployments started once per session, on first use (see redis_deployments).
 STARTED = {"redis-cluster", "redis-sentinel", "redis-6.2", "valkey"}
 
+# pytest-xdist's worker number (0 without it): worker n uses Redis database 15 - n and
+# PostgreSQL database `test_n` (created on first use) beside worker 0's 15 and `test`, so
+# tests on parallel workers never see each other's jobs. The overrides are shifted alike.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
+def _for_worker(url: str, path: Callable[[str], str]) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + path(parts.path.lstrip("/")))) if WORKER else url
+
+
 # A database of its own, emptied before each test: tests never touch db 0's data.
-REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = _for_worker(
+    os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+    lambda db: str(int(db or 0) - WORKER),
+)
 # The `test` database; every schema in it but public is dropped before each test.
-POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+POSTGRES_URL = _for_worker(
+    os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test"),
+    lambda db: f"{db}_{WORKER}",
+)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -81,7 +99,7 @@ def fresh_postgres(url: str) -> None:
         message = f"psycopg is not installed: {exc}"
         unavailable(message)
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+        with _connect_creating(url) as conn:
             schemas = conn.execute(
                 "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('public', 'information_schema')"
                 " AND nspname NOT LIKE 'pg\\_%'"
@@ -91,6 +109,23 @@ def fresh_postgres(url: str) -> None:
     except psycopg.OperationalError as exc:
         message = f"PostgreSQL is not running at {url}: {exc}"
         unavailable(message)
+
+
+def _connect_creating(url: str) -> Any:
+    """A connection to `url`'s database, created first if it does not exist yet (the
+    database of a pytest-xdist worker past the first, on a machine's first run)."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(psycopg.conninfo.make_conninfo(url, dbname="postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+    return psycopg.connect(url, autocommit=True, connect_timeout=3)
 
 
 @pytest.fixture(params=ENGINES)
