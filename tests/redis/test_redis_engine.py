@@ -8,8 +8,9 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def test_a_single_plain_job_is_stored_as_the_batch_script_stores_it(local_url: s
     backend._script = spied  # type: ignore[method-assign,assignment]
     admin = redis.Redis.from_url(local_url, decode_responses=True)
     wakes = admin.pubsub(ignore_subscribe_messages=True)
-    wakes.subscribe("one:{one}:wake")
+    wakes.subscribe(backend._channel("one", "wake"))
     assert wakes.get_message(timeout=1) is None  # the subscription is in place
     alone = backend.enqueue([job])[0].id
     woke = wakes.get_message(timeout=0.5 if job.run_at is None else 0.1)
@@ -358,3 +359,26 @@ def test_a_sentinel_failover_under_a_running_worker_loses_no_replicated_job(tmp_
         app.close()
     finally:
         deployment.stop()
+
+
+def test_apps_on_two_databases_with_one_prefix_do_not_wake_each_other(
+    redis_deployments: Callable[[str], Any],
+) -> None:
+    """Pub/sub spans a server's databases: the channels carry the database's number, so an
+    enqueue on database 2 does not wake database 0's waiters, and one on 0 does. A server
+    of this test's own (Redis 6.2), as parallel test processes use the machine's databases."""
+    server = redis_deployments("redis-6.2")
+    server.flush()
+    first, second = (RedisBackend(server.url.replace("/0", f"/{db}"), prefix="same") for db in (0, 2))
+    job = NewJob("t", "default", "[]")
+    try:
+        for producer, woken in ((second, False), (first, True)):
+            timer = threading.Timer(0.05, lambda producer=producer: producer.enqueue([job]))
+            timer.start()
+            started = time.monotonic()
+            assert first.wait_for_work(["default"], 1.0) is woken
+            assert (time.monotonic() - started < 0.5) is woken
+            timer.join()
+    finally:
+        first.close()
+        second.close()

@@ -44,6 +44,7 @@ from conveyor.backends.base import (
 )
 from conveyor.backends.redis.connect import connect, parse_redis_url
 from conveyor.backends.redis.lane import Lane
+from conveyor.backends.redis.prelude import db_suffix
 from conveyor.backends.redis.prelude import load as load_script
 from conveyor.backends.redis.waker import Waker
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -100,7 +101,9 @@ class RedisBackend(Backend):
             self._r: Any = connect(self.target)
         except RedisError as exc:
             raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
-        self._s: dict[str, Any] = {name: self._r.register_script(load_script(name)) for name in _SCRIPTS}
+        db = 0 if self._cluster else int(self._r.connection_pool.connection_kwargs.get("db") or 0)
+        self._channel_end = db_suffix(db)  # pub/sub spans databases (see DB in _lib.lua)
+        self._s: dict[str, Any] = {name: self._r.register_script(load_script(name, db)) for name in _SCRIPTS}
         self._lane = None if self._cluster else Lane(self._r)  # the hot path's calls
         self._seq_key = f"{prefix}:seq"
         self._queues_key = f"{prefix}:queues"
@@ -121,6 +124,10 @@ class RedisBackend(Backend):
     # -- keys --------------------------------------------------------------
     def _base(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}"
+
+    def _channel(self, queue: str, name: str) -> str:
+        """The pub/sub channel `name` ("wake", "done") of `queue` on this database."""
+        return f"{self._base(queue)}:{name}{self._channel_end}"
 
     def _read_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Read-only commands in one round trip, their replies in order (see Lane.read_many)."""
@@ -373,7 +380,7 @@ class RedisBackend(Backend):
     @_guarded
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        self._waker.listen(f"{self._base(q)}:wake" for q in queues)
+        self._waker.listen(self._channel(q, "wake") for q in queues)
         while True:
             generation = self._waker.generation
             ready, next_due = self._look(queues)
@@ -417,7 +424,7 @@ class RedisBackend(Backend):
         if where is None:
             return None
         queue, seq = where
-        self._waker.listen([f"{self._base(queue)}:done"])
+        self._waker.listen([self._channel(queue, "done")])
         while True:
             generation = self._waker.generation
             row = self._script("watch", [self._base(queue)], [seq])
@@ -584,7 +591,7 @@ class RedisBackend(Backend):
         pipe.execute()
         if not paused:  # after the flags are gone; Cluster pipelines refuse PUBLISH
             for queue in queues:
-                self._r.publish(f"{self._base(queue)}:wake", "1")
+                self._r.publish(self._channel(queue, "wake"), "1")
 
     @_guarded
     def paused(self) -> list[str]:

@@ -56,7 +56,14 @@ def trimmed(lib: str, body: str) -> str:
     return head + kept + "\n" + body
 
 
-def load(name: str) -> str:
-    """The text Redis runs for script `name` (`scripts/<name>.lua`)."""
+def db_suffix(db: int) -> str:
+    """What the pub/sub channels of database `db` end with (see DB in _lib.lua): channels
+    span a server's databases, so two apps on databases 1 and 2 would wake each other."""
+    return f"@{db}" if db else ""
+
+
+def load(name: str, db: int = 0) -> str:
+    """The text Redis runs for script `name` (`scripts/<name>.lua`) on database `db`."""
     folder = resources.files("conveyor.backends.redis") / "scripts"
-    return trimmed((folder / "_lib.lua").read_text(), (folder / f"{name}.lua").read_text())
+    body = trimmed((folder / "_lib.lua").read_text(), (folder / f"{name}.lua").read_text())
+    return f"local DB = '{db_suffix(db)}'\n{body}"

@@ -1,7 +1,8 @@
 """Wake-ups from Redis pub/sub: one subscriber connection per backend, read by one thread.
 
 Scripts publish on `<base>:wake` when work lands on an empty queue and on
-`<base>:done` when an awaited job finishes. Waiters subscribe first, then look at
+`<base>:done` when an awaited job finishes (outside database 0 the names end in
+`@<db>`: channels span a server's databases). Waiters subscribe first, then look at
 the data, then block on a generation counter, so a publish between the look and the
 block is never missed. A message carries no data the waiter trusts: it only says
 "look again". If the subscriber connection drops, every waiter is woken to look

@@ -18,7 +18,10 @@
 --   :ticks        hash   schedule -> last tick that got its job
 --   :paused       string present while the queue is paused
 -- Channels: <base>:wake (work arrived on an empty queue), <base>:done (message: the seq of
--- a watched job that finished). Times are seconds as the client's clock formats them.
+-- a watched job that finished), each with DB appended: pub/sub spans a server's
+-- databases, and DB ("@<n>" outside database 0, set when the script is loaded) keeps
+-- apps on two databases from waking each other. Times are seconds as the client's
+-- clock formats them.
 
 local base = KEYS[1]
 local function key(name) return base .. ':' .. name end
@@ -57,7 +60,7 @@ end
 
 local function wake()
   if redis.call('EXISTS', key('paused')) == 0 then
-    redis.call('PUBLISH', key('wake'), '1')
+    redis.call('PUBLISH', key('wake') .. DB, '1')
   end
 end
 
@@ -66,7 +69,7 @@ end
 local function finished(seq, watched)
   if watched == nil then watched = redis.call('HEXISTS', jkey(seq), 'watched') == 1 end
   if watched then
-    redis.call('PUBLISH', key('done'), seq)
+    redis.call('PUBLISH', key('done') .. DB, seq)
   end
 end
 
