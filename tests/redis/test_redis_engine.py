@@ -117,9 +117,10 @@ def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
     ],
     ids=["plain", "options", "delayed"],
 )
-def test_a_single_plain_job_is_stored_as_the_batch_script_stores_it(local_url: str, job: NewJob) -> None:
-    """One job goes through enqueue_one.lua, a batch through enqueue.lua: the same hash,
-    the same sorted sets, and a wake-up when it lands ready on an empty queue."""
+def test_a_single_plain_job_is_stored_as_the_batch_scripts_store_it(local_url: str, job: NewJob) -> None:
+    """One job goes through enqueue_one.lua, a batch through enqueue.lua, a bulk enqueue
+    through enqueue_many.lua: the same hash, the same sorted sets, and a wake-up when it
+    lands ready on an empty queue."""
     import redis
 
     backend = RedisBackend(local_url, prefix="one", clock=FakeClock())
@@ -138,20 +139,23 @@ def test_a_single_plain_job_is_stored_as_the_batch_script_stores_it(local_url: s
     alone = backend.enqueue([job])[0].id
     woke = wakes.get_message(timeout=0.5 if job.run_at is None else 0.1)
     batched = backend.enqueue([job, job])[0].id
-    assert used == ["enqueue_one", "enqueue"]
+    bulk = backend.enqueue_payloads(job, [job.payload, job.payload])[0]
+    assert used == ["enqueue_one", "enqueue", "enqueue_many"]
     assert (woke is not None) is (job.run_at is None)
-    one, two = alone.split(":")[1], batched.split(":")[1]
-    assert admin.hgetall(f"one:{{one}}:j:{one}") == admin.hgetall(f"one:{{one}}:j:{two}")
-    home = "queued" if job.run_at is None else "scheduled"
-    for zset in ("queued", "scheduled"):
-        key, pad = f"one:{{one}}:{zset}", zset == "queued"
-        first, second = (admin.zscore(key, s.zfill(16) if pad else s) for s in (one, two))
-        assert first == second and (first is not None) is (zset == home)
-    assert admin.zscore("one:{one}:all", one) == float(one)
+    one, *others = (i.split(":")[1] for i in (alone, batched, bulk))
+    for other in others:
+        assert admin.hgetall(f"one:{{one}}:j:{one}") == admin.hgetall(f"one:{{one}}:j:{other}")
+        home = "queued" if job.run_at is None else "scheduled"
+        for zset in ("queued", "scheduled"):
+            key, pad = f"one:{{one}}:{zset}", zset == "queued"
+            first, second = (admin.zscore(key, s.zfill(16) if pad else s) for s in (one, other))
+            assert first == second and (first is not None) is (zset == home)
+        assert admin.zscore("one:{one}:all", other) == float(other)
     wakes.close()
-    records = backend.get([alone, batched])
-    assert records[0] is not None and records[1] is not None
-    assert dataclasses.replace(records[0], id=batched) == records[1]
+    records = [r for r in backend.get([alone, batched, bulk]) if r is not None]
+    assert len(records) == 3
+    for record, other in zip(records[1:], (batched, bulk), strict=True):
+        assert dataclasses.replace(records[0], id=other) == record
     admin.close()
     backend.close()
 

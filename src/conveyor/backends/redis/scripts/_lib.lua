@@ -148,8 +148,6 @@ local function push(list, score, value)
   list[#list + 1] = value
 end
 
--- Store one job into `pending` (see batch). Fields left at their defaults are not
--- written (attempt 0, no attempts, meta {}): a bulk enqueue writes 9 fields a job.
 -- A later enqueue with a debounced key: the holder, if not started, takes the new
 -- payload and run time.
 local function debounce(seq, payload, run_at, now)
@@ -172,6 +170,9 @@ local function recently_completed(unique, window, now)
   return nil
 end
 
+-- Store one job into `pending` (see batch). Fields left at their defaults are not
+-- written (attempt 0, no attempts, meta {}): a plain job's hash has 8 fields, as
+-- enqueue_one.lua and enqueue_many.lua write it too.
 -- `extras` ('' or nil for most jobs) is JSON with any of p (parent id), c (children
 -- ids, JSON text), f (flow options, JSON text), w (true: the job waits), uf (the
 -- unique_for window in seconds), d (true: debounce), k (the per-key limit's key).
