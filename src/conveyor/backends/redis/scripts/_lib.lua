@@ -43,8 +43,22 @@ local function member(state, seq)
   return seq
 end
 
+-- Each field's position in FIELDS.
+local AT = {}
+for i, name in ipairs(FIELDS) do AT[name] = i end
+
+-- A job's FIELDS values in order (false where absent). HGETALL and placing its ~9
+-- stored fields here cost Redis less than HMGET of all 26, which looks each one up in
+-- the hash's listpack in turn (measured per claimed job: see the README).
 local function record(seq)
-  return redis.call('HMGET', jkey(seq), unpack(FIELDS))
+  local flat = redis.call('HGETALL', jkey(seq))
+  local rec = {false, false, false, false, false, false, false, false, false, false, false, false, false,
+    false, false, false, false, false, false, false, false, false, false, false, false, false}
+  for i = 1, #flat, 2 do
+    local at = AT[flat[i]]
+    if at then rec[at] = flat[i + 1] end
+  end
+  return rec
 end
 
 -- Move a job between state sets; `score` orders it in the new set.
