@@ -184,6 +184,19 @@ local function recently_completed(unique, window, now)
   return nil
 end
 
+-- A plain job's state, its score in that state's sorted set, and its hash fields after
+-- task, state and payload: enqueue_one.lua and enqueue_many.lua both store a job
+-- with no unique key, flow or per-key limit from these, so they store it alike.
+local function plain(now, priority, max_attempts, retries, timeout, run_at, meta)
+  local state, score = 'queued', -tonumber(priority)
+  if tonumber(run_at) > tonumber(now) then state, score = 'scheduled', run_at end
+  local rest = {'priority', priority, 'max_attempts', max_attempts, 'retries', retries, 'run_at', run_at,
+    'enqueued_at', now}
+  if timeout ~= '' then push(rest, 'timeout', timeout) end
+  if meta ~= '{}' then push(rest, 'meta', meta) end
+  return state, score, rest
+end
+
 -- Store one job into `pending` (see batch). Fields left at their defaults are not
 -- written (attempt 0, no attempts, meta {}): a plain job's hash has 8 fields, as
 -- enqueue_one.lua and enqueue_many.lua write it too.

@@ -4,21 +4,14 @@
 --       retries, timeout, run_at, meta, then the payloads
 -- Returns: the first seq; the jobs took consecutive seqs from it.
 -- Publishes <base>:wake if the queue was empty.
-local queue, now, task = ARGV[1], ARGV[2], ARGV[4]
-local priority, max_attempts, retries, timeout = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local run_at, meta = ARGV[9], ARGV[10]
+local task = ARGV[4]
 local count = #ARGV - 10
 local first = sequence(ARGV[3], count)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
 -- Every job shares all but its payload, so the per-job work is one HSET and two sorted-set
 -- entries, written here directly rather than through insert() (unique keys, flows and
 -- debounce do not apply): insert()'s checks were a third of the server's time per job.
-local state, score = 'queued', -tonumber(priority)
-if tonumber(run_at) > tonumber(now) then state, score = 'scheduled', run_at end
-local rest = {'priority', priority, 'max_attempts', max_attempts, 'retries', retries, 'run_at', run_at,
-  'enqueued_at', now}
-if timeout ~= '' then push(rest, 'timeout', timeout) end
-if meta ~= '{}' then push(rest, 'meta', meta) end
+local state, score, rest = plain(ARGV[2], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 local jobs = base .. ':j:'
 local ready, all = {}, {}
 for i = 0, count - 1 do

@@ -7,18 +7,12 @@
 -- Returns: the job's seq. Publishes <base>:wake if the queue was empty.
 local seq = ARGV[1]
 if seq == '0' then seq = string.format('%d', redis.call('INCRBY', KEYS[2], 1)) end
-local now, priority, run_at = ARGV[2], ARGV[5], ARGV[9]
-local due = tonumber(run_at) <= tonumber(now)
-local fields = {jkey(seq), 'task', ARGV[3], 'state', due and 'queued' or 'scheduled', 'payload', ARGV[4],
-  'priority', priority, 'max_attempts', ARGV[6], 'retries', ARGV[7], 'run_at', run_at, 'enqueued_at', now}
-if ARGV[8] ~= '' then push(fields, 'timeout', ARGV[8]) end
-if ARGV[10] ~= '{}' then push(fields, 'meta', ARGV[10]) end
-redis.call('HSET', unpack(fields))
+local state, score, rest = plain(ARGV[2], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+redis.call('HSET', jkey(seq), 'task', ARGV[3], 'state', state, 'payload', ARGV[4], unpack(rest))
 redis.call('ZADD', key('all'), seq, seq)
-if not due then
-  redis.call('ZADD', key('scheduled'), run_at, seq)
-elseif redis.call('ZADD', key('queued'), -tonumber(priority), pad(seq)) == 1
-    and redis.call('ZCARD', key('queued')) == 1 then
+if state == 'scheduled' then
+  redis.call('ZADD', key('scheduled'), score, seq)
+elseif redis.call('ZADD', key('queued'), score, pad(seq)) == 1 and redis.call('ZCARD', key('queued')) == 1 then
   wake()
 end
 return seq
