@@ -1,6 +1,7 @@
 """How a worker claims: for long jobs, free slots claim before the finished batch is
-stored and claims go in parts (each part's jobs started as it lands); short jobs claim
-whole; every engine thread connects before the first claim."""
+stored, claims go in parts (each part's jobs started as it lands) and a few jobs are
+held claimed ahead of a free slot; short jobs claim whole; every engine thread
+connects before the first claim."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from conveyor.backends.base import Fence, Outcome
 from conveyor.errors import BackendUnavailable
 from conveyor.task import Task
 from conveyor.worker import worker as worker_module
-from conveyor.worker.worker import part_sizes
+from conveyor.worker.worker import Worker, claim_ahead, part_sizes
 from tests.conftest import run_with_one_part_refused, spy_part_sizes
 
 
@@ -159,6 +161,114 @@ def test_long_jobs_freed_slots_claim_before_their_finished_batch_is_stored(
     answered = [n for kind, n in calls.seen[:first_store] if kind == "claimed"]
     assert answered[:2] == [4, 4], calls.seen
     _all_completed_once(jobs, app)
+    app.close()
+
+
+def _sleepy_app(seconds: float = 0.03) -> tuple[Conveyor, Task[[int], int]]:
+    """An app on the memory engine whose task holds its slot `seconds`: over the 20 ms
+    that makes jobs long, under the 250 ms past which none are held ahead."""
+    app = Conveyor("memory://")
+
+    @app.task
+    async def wait(i: int) -> int:
+        await asyncio.sleep(seconds)
+        return i
+
+    return app, wait
+
+
+def _spy_held(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The ids a worker holds claimed ahead, seen after each claim is started."""
+    seen: list[list[str]] = []
+    begin = Worker._begin
+
+    def spy(self: Worker, claimed: list[Any]) -> None:
+        begin(self, claimed)
+        seen.append(list(self._ahead))
+
+    monkeypatch.setattr(Worker, "_begin", spy)
+    return seen
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_claim_ahead_holds_what_frees_up_in_8_ms_for_jobs_of_20_to_250_ms() -> None:
+    assert claim_ahead(100, 0.05) == 16  # 100 slots of 50 ms: 2,000 free up a second
+    assert claim_ahead(100, 0.021) == 25  # at most a quarter of the slots
+    assert claim_ahead(4, 0.05) == 0  # under one job frees up in 8 ms
+    assert claim_ahead(100, 0.01) == 0  # short jobs claim for throughput instead
+    assert claim_ahead(1_000, 0.3) == 0  # a claim's round trip is under 1% of such a job
+    assert claim_ahead(100, 0.0) == 0  # nothing has run yet
+
+
+def test_long_jobs_hold_a_few_claimed_ahead_and_each_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, wait = _sleepy_app()
+    held = _spy_held(monkeypatch)
+    jobs = wait.enqueue_many([(i,) for i in range(300)])
+    app.worker(concurrency=40).run(burst=True, handle_signals=False)
+    assert 0 < max(map(len, held)) <= 10  # a quarter of 40 slots
+    _all_completed_once(jobs, app)
+    assert [j.result(timeout=1) for j in jobs] == list(range(300))
+    app.close()
+
+
+def test_a_stopping_worker_hands_back_the_jobs_it_held_unspent(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, wait = _sleepy_app()
+    handed_back: list[list[str]] = []
+    give_back = Worker._return_ahead
+
+    def spy(self: Worker) -> None:
+        handed_back.append(list(self._ahead))
+        give_back(self)
+
+    monkeypatch.setattr(Worker, "_return_ahead", spy)
+    jobs = wait.enqueue_many([(i,) for i in range(2_000)])
+    worker = app.worker(concurrency=40)
+    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+    thread.start()
+    _until(lambda: worker.processed >= 80 and len(worker._ahead) > 0)
+    worker.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    records = {r.id: r for r in app.backend.get([j.id for j in jobs]) if r is not None}
+    assert handed_back and handed_back[0]
+    assert {(records[i].state, records[i].attempt) for i in handed_back[0]} == {(JobState.QUEUED, 0)}
+    states = Counter((r.state, r.attempt) for r in records.values())
+    assert set(states) == {(JobState.COMPLETED, 1), (JobState.QUEUED, 0)}
+    assert states[JobState.COMPLETED, 1] == worker.processed
+    app.close()
+
+
+def test_a_held_job_whose_lease_is_lost_never_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 1)
+    app = Conveyor("memory://")
+    gate, ran = threading.Event(), []
+
+    @app.task
+    async def job(i: int) -> None:
+        ran.append(i)
+        while i < 2 and not gate.is_set():  # the first two hold both slots
+            await asyncio.sleep(0.005)
+
+    first, second, third = job.enqueue_many([(0,), (1,), (2,)])
+    worker = app.worker(concurrency=2)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True, "handle_signals": False})
+    thread.start()
+    _until(lambda: third.id in worker._ahead)
+    assert third.cancel()
+    worker._leases.request()  # its renewal finds the lease gone
+    _until(lambda: worker._ahead[third.id].lost)
+    gate.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert sorted(ran) == [0, 1]
+    assert third.refresh().state is JobState.CANCELLED
+    assert [first.result(timeout=1), second.result(timeout=1)] == [None, None]
     app.close()
 
 
