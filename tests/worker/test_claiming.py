@@ -6,6 +6,7 @@ connects before the first claim."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -269,6 +270,29 @@ def test_a_held_job_whose_lease_is_lost_never_starts(monkeypatch: pytest.MonkeyP
     assert sorted(ran) == [0, 1]
     assert third.refresh().state is JobState.CANCELLED
     assert [first.result(timeout=1), second.result(timeout=1)] == [None, None]
+    app.close()
+
+
+_REQUEST: contextvars.ContextVar[int] = contextvars.ContextVar("request")
+
+
+def test_a_held_job_starts_in_a_fresh_context_not_the_job_that_freed_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Conveyor("memory://")
+    seen: list[int | None] = []
+
+    @app.task
+    async def tagged(i: int) -> None:
+        seen.append(_REQUEST.get(None))
+        _REQUEST.set(i)  # a task's own context variable, as a logging library sets one
+        await asyncio.sleep(0.03)
+
+    held = _spy_held(monkeypatch)
+    tagged.enqueue_many([(i,) for i in range(200)])
+    app.worker(concurrency=40).run(burst=True, handle_signals=False)
+    assert max(map(len, held)) > 0  # some jobs started from the held ones
+    assert seen == [None] * 200
     app.close()
 
 

@@ -201,6 +201,9 @@ class Worker:
     async def arun(self, *, burst: bool = False, handle_signals: bool = False) -> int:
         """The worker's main coroutine; returns 0 after a clean stop, 1 after a crash."""
         self._loop = asyncio.get_running_loop()
+        # Each job's context starts as a copy of this one: a held job starts inside the
+        # task of the job that freed its slot, whose own context variables are not its.
+        self._context = contextvars.copy_context()
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self._deadlines = Deadlines(self._loop)
         backend = self.app.backend
@@ -706,7 +709,7 @@ class Worker:
         assert self._loop is not None
         self._running[job.id] = job
         self._used += 1
-        context = contextvars.copy_context()
+        context = self._context.copy()
         context.run(bind, job.context)
         if _eager is None:
             job.runner = self._loop.create_task(self._execute(job), context=context)
