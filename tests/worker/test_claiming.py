@@ -273,6 +273,30 @@ def test_a_held_job_whose_lease_is_lost_never_starts(monkeypatch: pytest.MonkeyP
     app.close()
 
 
+def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Held jobs count an attempt if the worker is killed, as running ones do: one on its
+    # last attempt would end dead without having run, so it goes back unspent instead.
+    monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 5)
+    app, wait = _sleepy_app()
+    held = _spy_held(monkeypatch)
+    given_back: list[str] = []
+    give_back = Worker._give_back
+
+    def spy(self: Worker, job: Any) -> None:
+        given_back.append(job.id)
+        give_back(self, job)
+
+    monkeypatch.setattr(Worker, "_give_back", spy)
+    last = wait.options(retries=0).enqueue_many([(i,) for i in range(100)])
+    spare = wait.options(retries=2).enqueue_many([(i,) for i in range(100, 200)])
+    app.worker(concurrency=40).run(burst=True, handle_signals=False)
+    ever_held = {i for seen in held for i in seen}
+    assert ever_held and ever_held <= {j.id for j in spare}
+    assert given_back and set(given_back) <= {j.id for j in last}  # the first claim's 5 extra
+    _all_completed_once([*last, *spare], app)
+    app.close()
+
+
 _REQUEST: contextvars.ContextVar[int] = contextvars.ContextVar("request")
 
 

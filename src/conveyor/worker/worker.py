@@ -130,6 +130,10 @@ class Worker:
         # Claimed ahead of a free slot (long jobs, see _AHEAD_WAIT), in claim order; each
         # starts as a slot frees, and all go back unspent when the worker stops.
         self._ahead: dict[str, Running] = {}
+        # Whether the last claim's jobs all had an attempt to spare. A held job counts an
+        # attempt if this worker is killed, as a running one does; so jobs are held only
+        # while they can spare one, and none on its last attempt ends dead unstarted.
+        self._spare_attempts = True
         self._stopping = False
         self._hard = False
         self._burst = False
@@ -390,7 +394,7 @@ class Worker:
     def _ahead_wanted(self) -> int:
         """How many more jobs to claim ahead of free slots (see _AHEAD_WAIT). None under
         rate or concurrency limits: a job held here would count against them unstarted."""
-        if self._limits is not None:
+        if self._limits is not None or not self._spare_attempts:
             return 0
         return max(0, claim_ahead(self.concurrency, self._run_time) - len(self._ahead))
 
@@ -550,11 +554,17 @@ class Worker:
         await wait_event(self._stop, self._claim_backoff)
 
     def _begin(self, claimed: list[JobRecord]) -> None:
-        """Start claimed jobs and say so; those beyond the free slots wait in _ahead."""
+        """Start claimed jobs and say so; those beyond the free slots wait in _ahead,
+        but one on its last attempt goes back unspent (see _spare_attempts)."""
         jobs = [Running(record, JobContext(record, self._leases.request)) for record in claimed]
+        if jobs:
+            self._spare_attempts = all(r.attempt < r.max_attempts for r in claimed)
         room = max(0, self.concurrency - self._used)
         for job in jobs[room:]:
-            self._ahead[job.id] = job
+            if job.record.attempt < job.record.max_attempts:
+                self._ahead[job.id] = job
+            else:
+                self._give_back(job)
         for job in jobs[:room]:
             self._run(job)
         self._say_started(jobs[:room])
@@ -573,12 +583,16 @@ class Worker:
         self._say_started(started)
 
     def _return_ahead(self) -> None:
-        """Hand the jobs claimed ahead back unspent (the worker is stopping): they are
-        stored with the next batch and renewed until then, like finished jobs."""
+        """Hand the jobs claimed ahead back unspent: the worker is stopping."""
         for job in self._ahead.values():
-            self._unstored[job.id] = job
-            self._outcomes.append(released(job, self.id))
+            self._give_back(job)
         self._ahead.clear()
+
+    def _give_back(self, job: Running) -> None:
+        """Hand a job that has not started back unspent: it is stored with the next batch
+        and its lease renewed until then, like a finished job's."""
+        self._unstored[job.id] = job
+        self._outcomes.append(released(job, self.id))
 
     def _say_started(self, jobs: list[Running]) -> None:
         """Emit the jobs' "active" events, one entry per queue, task, claim and attempt."""
