@@ -235,6 +235,16 @@ def test_expired_lease_requeues_and_counts_the_attempt(backend: Backend, clock: 
     assert state_of(backend, job.id) is JobState.DEAD
 
 
+def test_recovery_reaches_expired_leases_in_every_queue(backend: Backend, clock: FakeClock) -> None:
+    queues = [f"tenant-{n}" for n in range(12)]
+    backend.enqueue([new(queue=queue) for queue in queues])
+    claimed = backend.claim("w1", queues, len(queues), 10)
+    assert len(claimed) == len(queues)
+    clock.advance(11)
+    assert sorted(backend.recover_expired()) == sorted(job.id for job in claimed)
+    assert {state_of(backend, job.id) for job in claimed} == {JobState.QUEUED}
+
+
 def test_unique_key_returns_the_live_job(backend: Backend) -> None:
     first = backend.enqueue([new(unique_key="brief-7")])[0]
     again = backend.enqueue([new(unique_key="brief-7"), new(unique_key="brief-8")])

@@ -19,6 +19,7 @@ import pytest
 from conveyor import BackendUnavailable, ConfigError, Conveyor, JobState
 from conveyor.backends.base import NewJob
 from conveyor.backends.redis import RedisBackend
+from conveyor.backends.redis import backend as redis_backend
 from conveyor.backends.redis.backend import _SCRIPTS as SCRIPTS
 from conveyor.backends.redis.connect import parse_redis_url
 from conveyor.backends.redis.prelude import load as load_script
@@ -175,6 +176,37 @@ def test_scripts_are_reloaded_after_script_flush(local_url: str) -> None:
     backend.enqueue([NewJob("t", "default", "[]")])
     backend._r.script_flush()  # as after a restart without persistence of scripts
     assert len(backend.claim("w", ["default"], 1, 30)) == 1
+    backend.close()
+
+
+def test_recovery_sweeps_many_queues_a_write_at_a_time(
+    local_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every queue's recover script goes out in one write (per _CALLS_AT_ONCE queues),
+    and the queues that filled a batch (_BATCH jobs) go round again."""
+    monkeypatch.setattr(redis_backend, "_CALLS_AT_ONCE", 4)
+    monkeypatch.setattr(redis_backend, "_BATCH", 2)
+    clock = FakeClock()
+    backend = RedisBackend(local_url, prefix="sweep", clock=clock)
+    queues = [f"tenant-{n}" for n in range(10)]
+    backend.enqueue([NewJob("t", queue, "[]", max_attempts=2) for queue in queues for _ in range(3)])
+    claimed = backend.claim("w", queues, 30, 10)
+    assert len(claimed) == 30
+    assert backend._lane is not None
+    writes: list[int] = []
+    run_each = backend._lane.run_each
+
+    def counted(script: Any, calls: Any) -> Any:
+        writes.append(len(calls))
+        return run_each(script, calls)
+
+    monkeypatch.setattr(backend._lane, "run_each", counted)
+    backend._r.script_flush()  # the first write finds the script gone: it is loaded, sent again
+    clock.advance(11)
+    assert sorted(backend.recover_expired()) == sorted(r.id for r in claimed)
+    assert writes == [4, 4, 2, 4, 4, 2]  # each queue recovered 2 of its 3, then the last one
+    records = backend.get([r.id for r in claimed])
+    assert {(r.state, r.attempt) for r in records if r is not None} == {(JobState.QUEUED, 1)}
     backend.close()
 
 

@@ -57,6 +57,7 @@ _SCRIPTS = ("enqueue", "enqueue_one", "enqueue_many", "enqueue_tick", "claim", "
             "cancel", "retry", "purge", "delete", "watch", "resume", "claim_limited")  # fmt: skip
 _HOT_SCRIPTS = ("claim", "finish", "extend")  # a worker's every-batch calls (see warm_up)
 _BATCH = 1_000  # jobs per recover/purge script call: each call blocks Redis for ~1 ms
+_CALLS_AT_ONCE = 500  # script calls written in one go (recovery's sweep over many queues)
 _MAX_PRIORITY = 2**53  # scores are doubles: larger priorities would lose their order
 _WAIT_SLICE = 1.0  # longest block on a pub/sub wake-up before looking again
 _MIN_VERSION = (6, 2)
@@ -120,6 +121,17 @@ class RedisBackend(Backend):
         if self._lane is None:
             return self._s[name](keys, args)
         return self._lane.run(self._s[name], keys, args, again)
+
+    def _script_each(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """A script that is safe to run twice, once per (keys, args): written at once on
+        one server (see Lane.run_each), one call each on Cluster, where keys of different
+        queues live on different nodes."""
+        if self._lane is None:
+            return [self._script(name, keys, args) for keys, args in calls]
+        replies: list[Any] = []
+        for start in range(0, len(calls), _CALLS_AT_ONCE):
+            replies.extend(self._lane.run_each(self._s[name], calls[start : start + _CALLS_AT_ONCE]))
+        return replies
 
     # -- keys --------------------------------------------------------------
     def _base(self, queue: str) -> str:
@@ -367,14 +379,18 @@ class RedisBackend(Backend):
 
     @_guarded
     def recover_expired(self) -> list[str]:
+        """Every queue's recover script in one round trip (per _CALLS_AT_ONCE queues);
+        queues that filled a batch go round again. One call per queue had made a sweep
+        over 1,000 queues take 162 ms, every few seconds in every worker."""
         now = repr(self.clock.now())
         recovered: list[str] = []
-        for queue in self._queues():
-            while True:
-                seqs = self._script("recover", [self._base(queue)], [now, LEASE_EXPIRED, _BATCH])
+        queues = self._queues()
+        while queues:
+            calls = [([self._base(queue)], [now, LEASE_EXPIRED, _BATCH]) for queue in queues]
+            replies = self._script_each("recover", calls)
+            for queue, seqs in zip(queues, replies, strict=True):
                 recovered.extend(f"{queue}:{seq}" for seq in seqs)
-                if len(seqs) < _BATCH:
-                    break
+            queues = [queue for queue, seqs in zip(queues, replies, strict=True) if len(seqs) == _BATCH]
         return recovered
 
     @_guarded
