@@ -297,6 +297,43 @@ def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch
     app.close()
 
 
+def test_a_claim_that_lands_after_the_stop_began_goes_back_unspent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stop's wait for running jobs may be over by then (here nothing was running),
+    # so jobs started now would run unbounded by the grace, and held ones never start.
+    monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 3)
+    app = Conveyor("memory://")
+    gate = threading.Event()
+
+    @app.task
+    async def blocked(i: int) -> None:
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
+
+    jobs = blocked.enqueue_many([(i,) for i in range(10)])
+    claiming, answer = threading.Event(), threading.Event()
+    claim = app.backend.claim
+
+    def slow_claim(*args: Any, **kw: Any) -> Any:
+        claiming.set()
+        answer.wait(10)  # answered once the stop has begun
+        return claim(*args, **kw)
+
+    app.backend.claim = slow_claim  # type: ignore[method-assign]
+    worker = app.worker(concurrency=2, shutdown_grace=0.2)
+    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+    thread.start()
+    assert claiming.wait(10)
+    worker.stop()
+    _until(lambda: worker._stopping)
+    answer.set()
+    thread.join(timeout=10)
+    gate.set()
+    assert not thread.is_alive()
+    records = [r for r in app.backend.get([j.id for j in jobs]) if r is not None]
+    assert {(r.state, r.attempt) for r in records} == {(JobState.QUEUED, 0)}  # none ran
+    app.close()
+
+
 _REQUEST: contextvars.ContextVar[int] = contextvars.ContextVar("request")
 
 

@@ -555,8 +555,14 @@ class Worker:
 
     def _begin(self, claimed: list[JobRecord]) -> None:
         """Start claimed jobs and say so; those beyond the free slots wait in _ahead,
-        but one on its last attempt goes back unspent (see _spare_attempts)."""
+        but one on its last attempt goes back unspent (see _spare_attempts). A claim
+        that lands after the stop began goes back whole: the stop's wait for running
+        jobs may be over, and nothing would bound theirs."""
         jobs = [Running(record, JobContext(record, self._leases.request)) for record in claimed]
+        if self._stopping:
+            for job in jobs:
+                self._give_back(job)
+            return
         if jobs:
             self._spare_attempts = all(r.attempt < r.max_attempts for r in claimed)
         room = max(0, self.concurrency - self._used)
