@@ -164,11 +164,22 @@ def tls_server(folder: Path) -> tuple[Server, Path]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
+    # The extensions RFC 5280 asks of a CA and a server certificate: Python 3.13's default
+    # context verifies strictly (VERIFY_X509_STRICT) and refuses certificates without them.
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", str(ca),
-        "-days", "2", "-subj", "/CN=conveyor-test-ca")  # fmt: skip
+        "-days", "2", "-subj", "/CN=conveyor-test-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", "server.csr",
         "-subj", "/CN=127.0.0.1")  # fmt: skip
-    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (folder / "ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
     run("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", "ca.key", "-CAcreateserial",
         "-out", str(cert), "-days", "2", "-extfile", "ext")  # fmt: skip
     port = free_port()
