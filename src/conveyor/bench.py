@@ -49,6 +49,9 @@ class Result:
     p50_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
+    # The engine server's CPU a job, where it tells (Redis: INFO cpu; see Backend.server_cpu):
+    # how near the engine comes to the server's own limit.
+    server_us: float | None = None
     note: str = ""
 
 
@@ -128,11 +131,11 @@ class _Bench:
     def _enqueue(self, queue: str) -> Result:
         task = self.app.ref("bench.noop").options(queue=queue)
         n = min(self.jobs, 20_000)
-        start = time.perf_counter()
+        cpu, start = self._cpu(), time.perf_counter()
         for i in range(n):
             task.enqueue(i)
         took = time.perf_counter() - start
-        return Result("enqueue (one at a time)", n, took, n / took)
+        return Result("enqueue (one at a time)", n, took, n / took, server_us=self._cpu_per_job(cpu, n))
 
     def _enqueue_threads(self, queue: str) -> Result:
         """One job per call from several threads: a network engine's round trips overlap."""
@@ -145,21 +148,23 @@ class _Bench:
             for i in range(each):
                 task.enqueue(i)
 
-        start = time.perf_counter()
+        cpu, start = self._cpu(), time.perf_counter()
         with ThreadPoolExecutor(_PRODUCERS) as pool:
             list(pool.map(produce, range(_PRODUCERS)))
         took = time.perf_counter() - start
         n = each * _PRODUCERS
-        return Result(f"enqueue (one at a time, {_PRODUCERS} threads)", n, took, n / took)
+        name = f"enqueue (one at a time, {_PRODUCERS} threads)"
+        return Result(name, n, took, n / took, server_us=self._cpu_per_job(cpu, n))
 
     def _bulk(self, queue: str) -> Result:
         task = self.app.ref("bench.noop").options(queue=queue)
-        start = time.perf_counter()
+        cpu, start = self._cpu(), time.perf_counter()
         total = self.jobs * _BULK_PER_JOB
         for first in range(0, total, _BULK_BATCH):
             task.enqueue_many([(i,) for i in range(first, min(total, first + _BULK_BATCH))])
         took = time.perf_counter() - start
-        return Result(f"enqueue_many (batches of {_BULK_BATCH})", total, took, total / took)
+        name = f"enqueue_many (batches of {_BULK_BATCH})"
+        return Result(name, total, took, total / took, server_us=self._cpu_per_job(cpu, total))
 
     def _drain(self, queue: str, processes: int) -> Result:
         return self._drain_task("bench.noop", "drain no-op async", queue, processes)
@@ -171,32 +176,40 @@ class _Bench:
         ref = self.app.ref(task).options(queue=queue)
         for first in range(0, self.jobs, _BULK_BATCH):
             ref.enqueue_many([(i,) for i in range(first, min(self.jobs, first + _BULK_BATCH))])
+        cpu = self._cpu()
         self._work(queue, processes, self.concurrency, burst=True)
+        server_us = self._cpu_per_job(cpu, self.jobs)  # before the listing below adds its own
         records = self._finished(queue, self.jobs)
         took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
         name = f"{label}, {processes} process{'es' if processes > 1 else ''}, c={self.concurrency}"
-        return Result(name, len(records), took, len(records) / took)
+        return Result(name, len(records), took, len(records) / took, server_us=server_us)
 
     def _io(self, queue: str) -> Result:
         ref = self.app.ref("bench.sleep").options(queue=queue)
         ref.enqueue_many([(_IO_SLEEP,)] * _IO_JOBS)
+        cpu = self._cpu()
         self._work(queue, 1, _IO_CONCURRENCY, burst=True)
+        server_us = self._cpu_per_job(cpu, _IO_JOBS)
         records = self._finished(queue, _IO_JOBS)
         took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
         name = f"io-bound: {_IO_JOBS} x sleep {_IO_SLEEP * 1000:.0f} ms, c={_IO_CONCURRENCY}"
-        return Result(name, len(records), took, len(records) / took, note="ideal 2,000/s")
+        return Result(
+            name, len(records), took, len(records) / took, server_us=server_us, note="ideal 2,000/s"
+        )
 
     def _latency(self, queue: str) -> Result:
         ref = self.app.ref("bench.noop").options(queue=queue)
         stop = self._start_worker(queue, 1, self.concurrency)
         try:
             ref.enqueue(-1).result(timeout=30)  # the worker is up and warm
+            cpu = self._cpu()
             handles = []
             for i in range(_LATENCY_SAMPLES):
                 handles.append(ref.enqueue(i))
                 time.sleep(_LATENCY_GAP)  # pacing the load, not synchronising
             for handle in handles:
                 handle.result(timeout=30)
+            server_us = self._cpu_per_job(cpu, _LATENCY_SAMPLES)
         finally:
             stop()
         records = self._finished(queue, _LATENCY_SAMPLES + 1)[1:]
@@ -211,6 +224,7 @@ class _Bench:
             p50_ms=q[49],
             p95_ms=q[94],
             p99_ms=q[98],
+            server_us=server_us,
         )
 
     # -- workers ------------------------------------------------------------
@@ -259,6 +273,16 @@ class _Bench:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "CONVEYOR_URL": self.url, "CONVEYOR_PREFIX": _PREFIX}
 
+    def _cpu(self) -> float | None:
+        return self.app.backend.server_cpu()
+
+    def _cpu_per_job(self, before: float | None, jobs: int) -> float | None:
+        """Microseconds of the engine server's CPU a job since `before`; None if not told."""
+        after = self._cpu()
+        if before is None or after is None or jobs <= 0:
+            return None
+        return (after - before) / jobs * 1e6
+
     def _finished(self, queue: str, expected: int) -> list[JobRecord]:
         query = JobQuery(queue=queue, state=JobState.COMPLETED, limit=expected + 1)
         records = sorted(self.app.backend.list_jobs(query), key=lambda r: r.enqueued_at)
@@ -270,7 +294,8 @@ class _Bench:
 def _print(results: list[Result], url: str, loop: str, console: Console) -> None:
     engine, cores = url.split("://", maxsplit=1)[0], os.cpu_count()
     table = Table(title=f"conveyor bench on {engine} ({cores} cores, worker loop {loop})")
-    for column in ("scenario", "jobs", "seconds", "jobs/s", "p50 ms", "p95 ms", "p99 ms", "note"):
+    columns = ("scenario", "jobs", "seconds", "jobs/s", "p50 ms", "p95 ms", "p99 ms", "server µs/job", "note")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("scenario", "note") else "right")
     for r in results:
         table.add_row(
@@ -279,6 +304,7 @@ def _print(results: list[Result], url: str, loop: str, console: Console) -> None
             f"{r.seconds:.2f}",
             f"{r.jobs_per_second:,.0f}",
             *(f"{v:.2f}" if v is not None else "" for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
+            "" if r.server_us is None else f"{r.server_us:.1f}",
             r.note,
         )
     console.print(table)

@@ -245,6 +245,16 @@ def test_recovery_reaches_expired_leases_in_every_queue(backend: Backend, clock:
     assert {state_of(backend, job.id) for job in claimed} == {JobState.QUEUED}
 
 
+def test_server_cpu_is_told_by_redis_and_valkey_and_grows(backend: Backend, engine: str) -> None:
+    before = backend.server_cpu()
+    backend.enqueue([new() for _ in range(500)])
+    after = backend.server_cpu()
+    if engine.startswith("redis") or engine == "valkey":  # INFO cpu, every node's on Cluster
+        assert before is not None and after is not None and after >= before > 0
+    else:
+        assert before is None and after is None
+
+
 def test_unique_key_returns_the_live_job(backend: Backend) -> None:
     first = backend.enqueue([new(unique_key="brief-7")])[0]
     again = backend.enqueue([new(unique_key="brief-7"), new(unique_key="brief-8")])

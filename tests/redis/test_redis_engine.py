@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from conveyor import BackendUnavailable, ConfigError, Conveyor, JobState
 from conveyor.backends.base import NewJob
@@ -24,6 +25,7 @@ from conveyor.backends.redis.backend import _SCRIPTS as SCRIPTS
 from conveyor.backends.redis.connect import parse_redis_url
 from conveyor.backends.redis.prelude import load as load_script
 from conveyor.backends.redis.prelude import trimmed
+from conveyor.bench import run_bench
 from conveyor.clock import FakeClock
 from tests.conftest import REDIS_URL, eventually, fresh_redis, running, spy_part_sizes
 from tests.redis import servers
@@ -208,6 +210,14 @@ def test_recovery_sweeps_many_queues_a_write_at_a_time(
     records = backend.get([r.id for r in claimed])
     assert {(r.state, r.attempt) for r in records if r is not None} == {(JobState.QUEUED, 1)}
     backend.close()
+
+
+def test_bench_reports_the_servers_cpu_per_job(local_url: str) -> None:
+    console = Console(record=True, width=200)
+    results = run_bench(url=local_url, jobs=300, processes=1, concurrency=20, scenarios=["bulk", "drain"],
+                        json_path=None, console=console)  # fmt: skip
+    assert all(r.server_us is not None and r.server_us > 0 for r in results)
+    assert "server µs/job" in console.export_text()
 
 
 def test_warm_up_loads_the_hot_scripts_on_this_threads_connection(local_url: str) -> None:

@@ -19,6 +19,7 @@ def test_bench_runs_every_scenario_in_process(tmp_path: Path) -> None:
                         json_path=str(out), console=console)  # fmt: skip
     assert len(results) == len(SCENARIOS)
     assert all(r.jobs_per_second > 0 for r in results)
+    assert all(r.server_us is None for r in results)  # the memory engine has no server
     bulk = next(r for r in results if r.scenario.startswith("enqueue_many"))
     assert bulk.jobs == 1_500  # 5 x --jobs
     latency = next(r for r in results if r.scenario.startswith("latency"))

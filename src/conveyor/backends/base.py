@@ -381,6 +381,11 @@ class Backend(ABC):
     def maintain(self) -> None:  # noqa: B027 - an optional hook: most engines need no upkeep
         """Engine upkeep that any worker may run off the hot path (default: nothing)."""
 
+    def server_cpu(self) -> float | None:
+        """CPU seconds the engine's server has used so far, where it tells (Redis: INFO
+        cpu), else None. `conveyor bench` reports the server's CPU per job from it."""
+        return None
+
     def wait_finished(self, job_id: str, deadline: float | None) -> JobRecord | None:
         """The job's record once it is finished, or as it is at `deadline` (monotonic).
 

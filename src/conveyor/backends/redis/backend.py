@@ -377,6 +377,16 @@ class RedisBackend(Backend):
                 fences[index] = Fence.OK if ok else Fence.LEASE_LOST
         return fences
 
+    def server_cpu(self) -> float | None:
+        """The server's (on Cluster, every node's) user and system CPU seconds; None where
+        INFO is refused (some managed services rename or disable it)."""
+        try:
+            info = self._r.info("cpu")
+        except RedisError:
+            return None
+        nodes = [info] if "used_cpu_sys" in info else list(info.values())
+        return sum(float(node["used_cpu_sys"]) + float(node["used_cpu_user"]) for node in nodes)
+
     @_guarded
     def recover_expired(self) -> list[str]:
         """Every queue's recover script in one round trip (per _CALLS_AT_ONCE queues);
