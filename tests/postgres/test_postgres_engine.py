@@ -382,6 +382,25 @@ def test_batch_updates_never_walk_the_index_of_active_jobs(app: Conveyor, query:
     assert "jobs_leases" not in plan, plan  # the primary key, or a hash join on a small table
 
 
+def test_an_idle_queues_look_probes_its_index_whatever_waits_elsewhere(app: Conveyor) -> None:
+    """With a few queues the statistics say each holds half the jobs, and the look of an
+    idle worker's queue was planned as a scan of every queued job (76 ms with 92,000
+    waiting in another queue): it must go through the indexes of queued and scheduled jobs."""
+    backend = app.backend
+    assert isinstance(backend, PostgresBackend)
+    psql(
+        "INSERT INTO pg.jobs (task, queue, state, payload, run_at, enqueued_at) "
+        "SELECT 't', 'backlog', 'queued', '[]', 0, 0 FROM generate_series(1, 20000)",
+        "ANALYZE pg.jobs",
+    )
+    with psycopg.connect(POSTGRES_URL) as conn:
+        explain = "EXPLAIN " + backend.query("look")
+        plan = "\n".join(row[0] for row in conn.execute(explain, {"queues": ["idle"], "at": None}))
+    assert "Seq Scan on jobs" not in plan, plan
+    assert "jobs_ready" in plan and "jobs_due" in plan, plan
+    assert backend.wait_for_work(["backlog"], 0.1)
+
+
 def test_a_pool_of_two_connections_serves_a_worker_of_twenty(url: str) -> None:
     app = Conveyor(f"{url}&pool=2", prefix="small")
 

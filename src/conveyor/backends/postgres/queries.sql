@@ -246,13 +246,21 @@ FROM recovered ORDER BY state = 'dead', id
 
 -- name: look
 -- For a waiting worker: is a job ready on an unpaused queue, and in how many seconds
--- does the next scheduled one fall due?
+-- does the next scheduled one fall due? One probe of each queue's index, in the index's
+-- own order: with a few queues the statistics say any queue holds half the jobs, and
+-- `EXISTS (... queue IN (live))` was planned as a scan of every queued job, meant to
+-- stop at the first match; an idle queue's worker read them all (76 ms a look with
+-- 92,000 queued elsewhere, which put its p50 latency at 12 ms instead of 1.5).
 WITH live AS (
     SELECT q FROM unnest(%(queues)b::text[]) AS q
     WHERE NOT EXISTS (SELECT 1 FROM {p}.queues WHERE name = q AND paused)
 )
-SELECT EXISTS (SELECT 1 FROM {p}.jobs WHERE state = 'queued' AND queue IN (SELECT q FROM live)),
-       (SELECT min(run_at) FROM {p}.jobs WHERE state = 'scheduled' AND queue IN (SELECT q FROM live))
+SELECT EXISTS (SELECT 1 FROM live, LATERAL (
+           SELECT 1 FROM {p}.jobs WHERE state = 'queued' AND queue = live.q
+           ORDER BY priority DESC, id LIMIT 1) AS ready),
+       (SELECT min(due.run_at) FROM live, LATERAL (
+           SELECT run_at FROM {p}.jobs WHERE state = 'scheduled' AND queue = live.q
+           ORDER BY run_at LIMIT 1) AS due)
            - coalesce(%(at)s::float8, {p}.epoch())
 
 -- name: get
