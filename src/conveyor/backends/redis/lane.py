@@ -69,7 +69,7 @@ class Lane:
 
         try:
             return self._twice(commands(), commands())
-        except NoScriptError:  # the server lost it (restart, SCRIPT FLUSH): none of them ran
+        except NoScriptError:  # the server lost it (restart, SCRIPT FLUSH): load, send all again
             script.sha = self.command("SCRIPT", "LOAD", script.script)
             return self._twice(commands(), commands())
 
