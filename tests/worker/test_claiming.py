@@ -277,7 +277,18 @@ def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch
     # Held jobs count an attempt if the worker is killed, as running ones do: one on its
     # last attempt would end dead without having run, so it goes back unspent instead.
     monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 5)
-    app, wait = _sleepy_app()
+    app = Conveyor("memory://")
+    gate = threading.Event()
+
+    @app.task
+    async def work(i: int) -> int:
+        # The jobs with attempts to spare hold their slots until the gate opens, so the
+        # claim beyond them finds no slot free and must hold its jobs (a slot freed
+        # while a claim is out would start them instead).
+        while i >= 100 and not gate.is_set():
+            await asyncio.sleep(0.005)
+        return i
+
     held = _spy_held(monkeypatch)
     given_back: list[str] = []
     give_back = Worker._give_back
@@ -287,11 +298,17 @@ def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch
         give_back(self, job)
 
     monkeypatch.setattr(Worker, "_give_back", spy)
-    last = wait.options(retries=0).enqueue_many([(i,) for i in range(100)])
-    spare = wait.options(retries=2).enqueue_many([(i,) for i in range(100, 200)])
-    app.worker(concurrency=40).run(burst=True, handle_signals=False)
+    last = work.options(retries=0).enqueue_many([(i,) for i in range(100)])
+    spare = work.options(retries=2).enqueue_many([(i,) for i in range(100, 200)])
+    worker = app.worker(concurrency=40)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True, "handle_signals": False})
+    thread.start()
+    _until(lambda: any(held))
+    gate.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
     ever_held = {i for seen in held for i in seen}
-    assert ever_held and ever_held <= {j.id for j in spare}
+    assert ever_held <= {j.id for j in spare}
     assert given_back and set(given_back) <= {j.id for j in last}  # the first claim's 5 extra
     _all_completed_once([*last, *spare], app)
     app.close()
