@@ -218,17 +218,40 @@ def test_long_jobs_hold_a_few_claimed_ahead_and_each_runs_once(monkeypatch: pyte
     app.close()
 
 
+class Gated:
+    """An app on the memory engine whose task records its argument and, where `blocks(i)`,
+    holds its slot until `gate` opens: with every slot busy, a claim beyond them has to
+    hold its jobs (a slot that freed while the claim was out would start them instead)."""
+
+    def __init__(self, blocks: Callable[[int], bool] = lambda i: True) -> None:
+        self.app = Conveyor("memory://")
+        self.gate = threading.Event()
+        self.ran: list[int] = []
+
+        @self.app.task
+        async def gated(i: int) -> int:
+            self.ran.append(i)
+            while blocks(i) and not self.gate.is_set():
+                await asyncio.sleep(0.005)
+            return i
+
+        self.task = gated
+
+    def start(self, worker: Worker, *, burst: bool = False) -> threading.Thread:
+        thread = threading.Thread(target=worker.run, kwargs={"burst": burst, "handle_signals": False})
+        thread.start()
+        return thread
+
+    def finish(self, thread: threading.Thread) -> None:
+        """Open the gate and wait for the worker to end."""
+        self.gate.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
 def test_a_stopping_worker_hands_back_the_jobs_it_held_unspent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 5)
-    app = Conveyor("memory://")
-    gate = threading.Event()
-
-    @app.task
-    async def blocked(i: int) -> int:
-        while not gate.is_set():  # the running jobs keep their slots: the held ones wait
-            await asyncio.sleep(0.005)
-        return i
-
+    gated = Gated()
     handed_back: list[list[str]] = []
     give_back = Worker._return_ahead
 
@@ -237,68 +260,43 @@ def test_a_stopping_worker_hands_back_the_jobs_it_held_unspent(monkeypatch: pyte
         give_back(self)
 
     monkeypatch.setattr(Worker, "_return_ahead", spy)
-    jobs = blocked.enqueue_many([(i,) for i in range(20)])
-    worker = app.worker(concurrency=4)
-    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
-    thread.start()
+    jobs = gated.task.enqueue_many([(i,) for i in range(20)])
+    worker = gated.app.worker(concurrency=4)
+    thread = gated.start(worker)
     _until(lambda: len(worker._ahead) == 5)
     worker.stop()
     _until(lambda: worker._stopping)
-    gate.set()  # the 4 running jobs finish within the grace
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    records = {r.id: r for r in app.backend.get([j.id for j in jobs]) if r is not None}
+    gated.finish(thread)  # the 4 running jobs end within the grace
+    records = {r.id: r for r in gated.app.backend.get([j.id for j in jobs]) if r is not None}
     assert len(handed_back[0]) == 5
     assert {(records[i].state, records[i].attempt) for i in handed_back[0]} == {(JobState.QUEUED, 0)}
     states = Counter((r.state, r.attempt) for r in records.values())
     assert states == {(JobState.COMPLETED, 1): 4, (JobState.QUEUED, 0): 16}
-    app.close()
+    gated.app.close()
 
 
 def test_a_held_job_whose_lease_is_lost_never_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 1)
-    app = Conveyor("memory://")
-    gate, ran = threading.Event(), []
-
-    @app.task
-    async def job(i: int) -> None:
-        ran.append(i)
-        while i < 2 and not gate.is_set():  # the first two hold both slots
-            await asyncio.sleep(0.005)
-
-    first, second, third = job.enqueue_many([(0,), (1,), (2,)])
-    worker = app.worker(concurrency=2)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True, "handle_signals": False})
-    thread.start()
+    gated = Gated(blocks=lambda i: i < 2)  # the first two hold both slots
+    first, second, third = gated.task.enqueue_many([(0,), (1,), (2,)])
+    worker = gated.app.worker(concurrency=2)
+    thread = gated.start(worker, burst=True)
     _until(lambda: third.id in worker._ahead)
     assert third.cancel()
     worker._leases.request()  # its renewal finds the lease gone
     _until(lambda: worker._ahead[third.id].lost)
-    gate.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    assert sorted(ran) == [0, 1]
+    gated.finish(thread)
+    assert sorted(gated.ran) == [0, 1]
     assert third.refresh().state is JobState.CANCELLED
-    assert [first.result(timeout=1), second.result(timeout=1)] == [None, None]
-    app.close()
+    assert [first.result(timeout=1), second.result(timeout=1)] == [0, 1]
+    gated.app.close()
 
 
 def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch) -> None:
     # Held jobs count an attempt if the worker is killed, as running ones do: one on its
     # last attempt would end dead without having run, so it goes back unspent instead.
     monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 5)
-    app = Conveyor("memory://")
-    gate = threading.Event()
-
-    @app.task
-    async def work(i: int) -> int:
-        # The jobs with attempts to spare hold their slots until the gate opens, so the
-        # claim beyond them finds no slot free and must hold its jobs (a slot freed
-        # while a claim is out would start them instead).
-        while i >= 100 and not gate.is_set():
-            await asyncio.sleep(0.005)
-        return i
-
+    gated = Gated(blocks=lambda i: i >= 100)  # the jobs with attempts to spare
     held = _spy_held(monkeypatch)
     given_back: list[str] = []
     give_back = Worker._give_back
@@ -308,57 +306,46 @@ def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch
         give_back(self, job)
 
     monkeypatch.setattr(Worker, "_give_back", spy)
-    last = work.options(retries=0).enqueue_many([(i,) for i in range(100)])
-    spare = work.options(retries=2).enqueue_many([(i,) for i in range(100, 200)])
-    worker = app.worker(concurrency=40)
-    thread = threading.Thread(target=worker.run, kwargs={"burst": True, "handle_signals": False})
-    thread.start()
+    last = gated.task.options(retries=0).enqueue_many([(i,) for i in range(100)])
+    spare = gated.task.options(retries=2).enqueue_many([(i,) for i in range(100, 200)])
+    thread = gated.start(gated.app.worker(concurrency=40), burst=True)
     _until(lambda: any(held))
-    gate.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    gated.finish(thread)
     ever_held = {i for seen in held for i in seen}
     assert ever_held <= {j.id for j in spare}
     assert given_back and set(given_back) <= {j.id for j in last}  # the first claim's 5 extra
-    _all_completed_once([*last, *spare], app)
-    app.close()
+    _all_completed_once([*last, *spare], gated.app)
+    gated.app.close()
 
 
 def test_a_claim_that_lands_after_the_stop_began_goes_back_unspent(monkeypatch: pytest.MonkeyPatch) -> None:
     # The stop's wait for running jobs may be over by then (here nothing was running),
     # so jobs started now would run unbounded by the grace, and held ones never start.
     monkeypatch.setattr(worker_module, "claim_ahead", lambda concurrency, run_time: 3)
-    app = Conveyor("memory://")
-    gate = threading.Event()
-
-    @app.task
-    async def blocked(i: int) -> None:
-        while not gate.is_set():
-            await asyncio.sleep(0.005)
-
-    jobs = blocked.enqueue_many([(i,) for i in range(10)])
+    gated = Gated()
+    jobs = gated.task.enqueue_many([(i,) for i in range(10)])
     claiming, answer = threading.Event(), threading.Event()
-    claim = app.backend.claim
+    claim = gated.app.backend.claim
 
     def slow_claim(*args: Any, **kw: Any) -> Any:
         claiming.set()
         answer.wait(10)  # answered once the stop has begun
         return claim(*args, **kw)
 
-    app.backend.claim = slow_claim  # type: ignore[method-assign]
-    worker = app.worker(concurrency=2, shutdown_grace=0.2)
-    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
-    thread.start()
+    gated.app.backend.claim = slow_claim  # type: ignore[method-assign]
+    worker = gated.app.worker(concurrency=2, shutdown_grace=0.2)
+    thread = gated.start(worker)
     assert claiming.wait(10)
     worker.stop()
     _until(lambda: worker._stopping)
     answer.set()
     thread.join(timeout=10)
-    gate.set()
-    assert not thread.is_alive()
-    records = [r for r in app.backend.get([j.id for j in jobs]) if r is not None]
+    assert not thread.is_alive()  # ended with the gate shut: nothing was left running
+    gated.finish(thread)
+    records = [r for r in gated.app.backend.get([j.id for j in jobs]) if r is not None]
     assert {(r.state, r.attempt) for r in records} == {(JobState.QUEUED, 0)}  # none ran
-    app.close()
+    assert gated.ran == []
+    gated.app.close()
 
 
 _REQUEST: contextvars.ContextVar[int] = contextvars.ContextVar("request")
