@@ -102,6 +102,12 @@ def claim_ahead(concurrency: int, run_time: float) -> int:
     return min(concurrency // 4, int(concurrency * _AHEAD_WAIT / run_time))
 
 
+def _can_spare_one(record: JobRecord) -> bool:
+    """Whether a claimed job has an attempt after this one: only such jobs are held (see
+    Worker._spare_attempts)."""
+    return record.attempt < record.max_attempts
+
+
 _PAGE = 500  # active jobs listed at a time when taking back a lost claim's jobs
 _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
 # Python 3.12+: a job's task runs its first step at once, so a job that never waits
@@ -564,10 +570,10 @@ class Worker:
                 self._give_back(job)
             return
         if jobs:
-            self._spare_attempts = all(r.attempt < r.max_attempts for r in claimed)
+            self._spare_attempts = all(map(_can_spare_one, claimed))
         room = max(0, self.concurrency - self._used)
         for job in jobs[room:]:
-            if job.record.attempt < job.record.max_attempts:
+            if _can_spare_one(job.record):
                 self._ahead[job.id] = job
             else:
                 self._give_back(job)
