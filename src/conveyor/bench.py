@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from rich.console import Console
 from rich.table import Table
 
+from conveyor import benchbacklog
 from conveyor.app import Conveyor
 from conveyor.backends.base import JobQuery
 from conveyor.benchapp import register
@@ -29,6 +30,8 @@ from conveyor.job import JobRecord, JobState
 from conveyor.worker._aio import chosen_loop
 
 SCENARIOS = ("enqueue", "enqueue_threads", "bulk", "drain", "drain_sync", "latency", "io")
+# Run only when asked: each stores --backlog jobs (see benchbacklog).
+BACKLOG_SCENARIOS = ("backlog_queued", "backlog_finished")
 _PRODUCERS = 8  # threads in enqueue_threads: a web server's request handlers, say
 _BULK_PER_JOB = 5  # bulk enqueue stores 5 x --jobs: 100,000 at the default 20,000
 _BULK_BATCH = 1_000
@@ -64,13 +67,13 @@ def run_bench(
     scenarios: list[str] | None,
     json_path: str | None,
     console: Console,
+    backlog: int = 1_000_000,
 ) -> list[Result]:
     """Run the chosen scenarios and print (and optionally save) the results."""
-    unknown = set(scenarios or ()) - set(SCENARIOS)
+    unknown = set(scenarios or ()) - set(SCENARIOS) - set(BACKLOG_SCENARIOS)
     if unknown:
-        raise SystemExit(
-            f"error: unknown scenario {sorted(unknown)[0]!r}; choose from {', '.join(SCENARIOS)}"
-        )
+        known = ", ".join((*SCENARIOS, *BACKLOG_SCENARIOS))
+        raise SystemExit(f"error: unknown scenario {sorted(unknown)[0]!r}; choose from {known}")
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
         # The jobs go when the run ends, except where they go with the process or the
         # temporary folder anyway (deleting 100,000 from memory took 7 s).
@@ -78,12 +81,13 @@ def run_bench(
         url = url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
         app = register(Conveyor(url, prefix=_PREFIX))
         bench = _Bench(app, url, jobs, concurrency, console, clean=clean)
+        bench.backlog = backlog
         results = []
         for name in scenarios or SCENARIOS:
             console.print(f"[dim]running {name}...[/]")
-            results.append(bench.run(name))
+            results.extend(bench.run(name))
             if name.startswith("drain") and processes > 1:
-                results.append(bench.run(name, processes=processes))
+                results.extend(bench.run(name, processes=processes))
         app.close()
     loop = chosen_loop(app.settings.loop)
     _print(results, url, loop, console)
@@ -105,22 +109,25 @@ class _Bench:
             console,
         )
         self.clean = clean
+        self.backlog = 1_000_000
         self.in_process = url.startswith("memory://")
         self.round = 0
         # Queues are new per run: a server engine may hold an earlier run's jobs.
         self.run_id = secrets.token_hex(3)
 
-    def run(self, name: str, processes: int = 1) -> Result:
+    def run(self, name: str, processes: int = 1) -> list[Result]:
         self.round += 1
         queue = f"{name}-{self.run_id}-{self.round}"
-        runner: Callable[..., Result] = getattr(self, f"_{name}")
         try:
-            return runner(queue, processes) if name.startswith("drain") else runner(queue)
+            if name in BACKLOG_SCENARIOS:
+                return benchbacklog.SCENARIOS[name](self, queue)
+            runner: Callable[..., Result] = getattr(self, f"_{name}")
+            return [runner(queue, processes) if name.startswith("drain") else runner(queue)]
         finally:
             if self.clean:
-                self._forget(queue)
+                self.forget(queue)
 
-    def _forget(self, queue: str) -> None:
+    def forget(self, queue: str) -> None:
         """Delete the scenario's jobs, whatever their state: a full run stores about
         160,000 (most never run), and a shared server should not keep them."""
         backend = self.app.backend
@@ -131,11 +138,11 @@ class _Bench:
     def _enqueue(self, queue: str) -> Result:
         task = self.app.ref("bench.noop").options(queue=queue)
         n = min(self.jobs, 20_000)
-        cpu, start = self._cpu(), time.perf_counter()
+        cpu, start = self.server_cpu(), time.perf_counter()
         for i in range(n):
             task.enqueue(i)
         took = time.perf_counter() - start
-        return Result("enqueue (one at a time)", n, took, n / took, server_us=self._cpu_per_job(cpu, n))
+        return Result("enqueue (one at a time)", n, took, n / took, server_us=self.cpu_per_job(cpu, n))
 
     def _enqueue_threads(self, queue: str) -> Result:
         """One job per call from several threads: a network engine's round trips overlap."""
@@ -148,23 +155,23 @@ class _Bench:
             for i in range(each):
                 task.enqueue(i)
 
-        cpu, start = self._cpu(), time.perf_counter()
+        cpu, start = self.server_cpu(), time.perf_counter()
         with ThreadPoolExecutor(_PRODUCERS) as pool:
             list(pool.map(produce, range(_PRODUCERS)))
         took = time.perf_counter() - start
         n = each * _PRODUCERS
         name = f"enqueue (one at a time, {_PRODUCERS} threads)"
-        return Result(name, n, took, n / took, server_us=self._cpu_per_job(cpu, n))
+        return Result(name, n, took, n / took, server_us=self.cpu_per_job(cpu, n))
 
     def _bulk(self, queue: str) -> Result:
         task = self.app.ref("bench.noop").options(queue=queue)
-        cpu, start = self._cpu(), time.perf_counter()
+        cpu, start = self.server_cpu(), time.perf_counter()
         total = self.jobs * _BULK_PER_JOB
         for first in range(0, total, _BULK_BATCH):
             task.enqueue_many([(i,) for i in range(first, min(total, first + _BULK_BATCH))])
         took = time.perf_counter() - start
         name = f"enqueue_many (batches of {_BULK_BATCH})"
-        return Result(name, total, took, total / took, server_us=self._cpu_per_job(cpu, total))
+        return Result(name, total, took, total / took, server_us=self.cpu_per_job(cpu, total))
 
     def _drain(self, queue: str, processes: int) -> Result:
         return self._drain_task("bench.noop", "drain no-op async", queue, processes)
@@ -176,9 +183,9 @@ class _Bench:
         ref = self.app.ref(task).options(queue=queue)
         for first in range(0, self.jobs, _BULK_BATCH):
             ref.enqueue_many([(i,) for i in range(first, min(self.jobs, first + _BULK_BATCH))])
-        cpu = self._cpu()
-        self._work(queue, processes, self.concurrency, burst=True)
-        server_us = self._cpu_per_job(cpu, self.jobs)  # before the listing below adds its own
+        cpu = self.server_cpu()
+        self.work(queue, processes, self.concurrency, burst=True)
+        server_us = self.cpu_per_job(cpu, self.jobs)  # before the listing below adds its own
         records = self._finished(queue, self.jobs)
         took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
         name = f"{label}, {processes} process{'es' if processes > 1 else ''}, c={self.concurrency}"
@@ -187,9 +194,9 @@ class _Bench:
     def _io(self, queue: str) -> Result:
         ref = self.app.ref("bench.sleep").options(queue=queue)
         ref.enqueue_many([(_IO_SLEEP,)] * _IO_JOBS)
-        cpu = self._cpu()
-        self._work(queue, 1, _IO_CONCURRENCY, burst=True)
-        server_us = self._cpu_per_job(cpu, _IO_JOBS)
+        cpu = self.server_cpu()
+        self.work(queue, 1, _IO_CONCURRENCY, burst=True)
+        server_us = self.cpu_per_job(cpu, _IO_JOBS)
         records = self._finished(queue, _IO_JOBS)
         took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
         name = f"io-bound: {_IO_JOBS} x sleep {_IO_SLEEP * 1000:.0f} ms, c={_IO_CONCURRENCY}"
@@ -199,17 +206,17 @@ class _Bench:
 
     def _latency(self, queue: str) -> Result:
         ref = self.app.ref("bench.noop").options(queue=queue)
-        stop = self._start_worker(queue, 1, self.concurrency)
+        stop = self.start_worker(queue, 1, self.concurrency)
         try:
             ref.enqueue(-1).result(timeout=30)  # the worker is up and warm
-            cpu = self._cpu()
+            cpu = self.server_cpu()
             handles = []
             for i in range(_LATENCY_SAMPLES):
                 handles.append(ref.enqueue(i))
                 time.sleep(_LATENCY_GAP)  # pacing the load, not synchronising
             for handle in handles:
                 handle.result(timeout=30)
-            server_us = self._cpu_per_job(cpu, _LATENCY_SAMPLES)
+            server_us = self.cpu_per_job(cpu, _LATENCY_SAMPLES)
         finally:
             stop()
         records = self._finished(queue, _LATENCY_SAMPLES + 1)[1:]
@@ -228,7 +235,7 @@ class _Bench:
         )
 
     # -- workers ------------------------------------------------------------
-    def _work(self, queue: str, processes: int, concurrency: int, *, burst: bool) -> None:
+    def work(self, queue: str, processes: int, concurrency: int, *, burst: bool) -> None:
         if self.in_process:
             self.app.worker(queues=[queue], concurrency=concurrency).run(burst=burst, handle_signals=False)
             return
@@ -237,7 +244,7 @@ class _Bench:
             command.append(f"--processes={processes}")
         subprocess.run(command, check=True, env=self._env(), timeout=600)
 
-    def _start_worker(self, queue: str, processes: int, concurrency: int) -> Callable[[], None]:
+    def start_worker(self, queue: str, processes: int, concurrency: int) -> Callable[[], None]:
         if self.in_process:
             import threading
 
@@ -273,12 +280,12 @@ class _Bench:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "CONVEYOR_URL": self.url, "CONVEYOR_PREFIX": _PREFIX}
 
-    def _cpu(self) -> float | None:
+    def server_cpu(self) -> float | None:
         return self.app.backend.server_cpu()
 
-    def _cpu_per_job(self, before: float | None, jobs: int) -> float | None:
+    def cpu_per_job(self, before: float | None, jobs: int) -> float | None:
         """Microseconds of the engine server's CPU a job since `before`; None if not told."""
-        after = self._cpu()
+        after = self.server_cpu()
         if before is None or after is None or jobs <= 0:
             return None
         return (after - before) / jobs * 1e6
@@ -310,4 +317,4 @@ def _print(results: list[Result], url: str, loop: str, console: Console) -> None
     console.print(table)
 
 
-__all__ = ["SCENARIOS", "Result", "run_bench"]
+__all__ = ["BACKLOG_SCENARIOS", "SCENARIOS", "Result", "run_bench"]

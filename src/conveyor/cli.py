@@ -547,7 +547,18 @@ def demo(briefs: int, demo_url: str | None) -> None:
     help="Also drain with this many worker processes.",
 )
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@click.option("--only", help="Comma-separated scenarios: enqueue,bulk,drain,drain_sync,latency,io.")
+@click.option(
+    "--only",
+    help="Comma-separated scenarios: enqueue,enqueue_threads,bulk,drain,drain_sync,latency,io (the default "
+    "run), and backlog_queued,backlog_finished (run only when named).",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(1_000),
+    default=1_000_000,
+    show_default=True,
+    help="Jobs behind the backlog scenarios' 10,000-job drains.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results to this file.")
 def bench(
     bench_url: str | None,
@@ -555,6 +566,7 @@ def bench(
     processes: int,
     concurrency: int,
     only: str | None,
+    backlog: int,
     json_path: str | None,
 ) -> None:
     """Measure enqueue, drain, latency and io-bound throughput on an engine."""
@@ -569,6 +581,7 @@ def bench(
         scenarios=scenarios,
         json_path=json_path,
         console=console,
+        backlog=backlog,
     )
 
 
