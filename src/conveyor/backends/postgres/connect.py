@@ -13,6 +13,8 @@ Conveyor's are taken off first:
     migrate=1      apply missing migrations when the backend opens (else: `conveyor migrate`)
     listen=0       no LISTEN/NOTIFY; workers poll (behind PgBouncer in transaction mode)
     pgbouncer=1    listen=0, and no server-side prepared statements
+    vacuum=50000   dead rows in the jobs table at which a worker runs VACUUM on it
+                   (0: never; see vacuum.py)
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from conveyor.errors import ConfigError
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_POOL = 10  # a worker uses about 4 at once: claim/finish, waiter, leases, maintenance
-_OWN_OPTIONS = {"pool", "timeout", "migrate", "listen", "pgbouncer"}
+DEFAULT_VACUUM = 50_000
+_OWN_OPTIONS = {"pool", "timeout", "migrate", "listen", "pgbouncer", "vacuum"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 # The prefix is the schema name: unquoted identifiers only, so psql users type it as is.
@@ -42,6 +45,7 @@ class PostgresTarget:
     migrate: bool = False
     listen: bool = True
     prepare: bool = True
+    vacuum: int = DEFAULT_VACUUM
 
 
 def parse_postgres_url(url: str) -> PostgresTarget:
@@ -63,6 +67,7 @@ def parse_postgres_url(url: str) -> PostgresTarget:
         migrate=_flag(own, "migrate", False, url),
         listen=_flag(own, "listen", True, url) and not pgbouncer,
         prepare=not pgbouncer,
+        vacuum=int(_number(own, "vacuum", DEFAULT_VACUUM, url, minimum=0)),
     )
 
 

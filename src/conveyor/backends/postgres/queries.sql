@@ -362,3 +362,7 @@ SELECT seq, events FROM {p}.events WHERE seq > %(after)s ORDER BY seq LIMIT 50
 -- name: notify_done
 -- Jobs ended: result() waiters look again (one notification per batch, not per job).
 SELECT pg_notify('{p}.wake', ' done')
+
+-- name: dead_rows
+-- The jobs table's dead rows, for the workers' VACUUM (see vacuum.py).
+SELECT pg_stat_get_dead_tuples('{p}.jobs'::regclass)
