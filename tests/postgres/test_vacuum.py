@@ -14,7 +14,7 @@ from conveyor.backends.base import Outcome, OutcomeKind
 from conveyor.backends.postgres import vacuum
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import DEFAULT_VACUUM, parse_postgres_url
-from conveyor.backends.postgres.vacuum import Vacuumer
+from conveyor.backends.postgres.vacuum import CHECK_EVERY, MOST_WAIT, Vacuumer, next_wait
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
 
 
@@ -144,3 +144,13 @@ def test_a_role_that_may_not_vacuum_the_table_says_so_once_and_stops(
         assert vacuumer.vacuum() is False
     assert "not vacuuming vac.jobs: only its owner may" in caplog.text
     vacuumer.close()
+
+
+def test_a_vacuum_that_removes_nothing_waits_longer_each_time() -> None:
+    """Dead rows a long transaction still sees stay after VACUUM: trying again every
+    second would read the table's indexes for nothing."""
+    waits = [CHECK_EVERY]
+    for _ in range(8):
+        waits.append(next_wait(waits[-1], still_dead=True))
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0, 64.0] and MOST_WAIT == 64.0
+    assert next_wait(64.0, still_dead=False) == CHECK_EVERY

@@ -32,6 +32,15 @@ import psycopg
 
 log = logging.getLogger("conveyor.postgres")
 CHECK_EVERY = 1.0  # seconds between looks at the dead-row count
+MOST_WAIT = 64.0  # seconds between VACUUMs that leave the dead rows as many as before
+
+
+def next_wait(wait: float, still_dead: bool) -> float:
+    """Seconds to the next look after a VACUUM. One that left the dead rows at the
+    threshold could not remove them (a long transaction's snapshot still sees them), and
+    another each second would read the whole table's indexes for nothing: wait twice as
+    long each time, up to MOST_WAIT, until one succeeds."""
+    return min(wait * 2, MOST_WAIT) if still_dead else CHECK_EVERY
 
 
 class Vacuumer:
@@ -54,7 +63,7 @@ class Vacuumer:
         # The thread's own connection, opened at its first VACUUM: a pool of 2 (say) keeps
         # both of its connections for claims and finishes while a VACUUM runs.
         self._conn: psycopg.Connection[Any] | None = None
-        self.vacuums = 0  # VACUUMs this worker ran
+        self.vacuums = 0  # VACUUMs this worker sent (SKIP_LOCKED may have skipped some)
 
     def start(self) -> None:
         """Start the thread (once; never with threshold 0)."""
@@ -73,12 +82,14 @@ class Vacuumer:
                 self._disconnect()
 
     def _run(self) -> None:
-        failing = False
+        failing, wait = False, CHECK_EVERY
         try:
-            while not self._stop.wait(CHECK_EVERY):
+            while not self._stop.wait(wait):
                 try:
-                    if self._dead_rows() >= self.threshold and not self.vacuum():
-                        return
+                    if self._dead_rows() >= self.threshold:
+                        if not self.vacuum():
+                            return
+                        wait = next_wait(wait, self._dead_rows() >= self.threshold)
                     failing = False
                 except (psycopg.Error, OSError) as exc:  # the server restarting, say: try again later
                     if not failing:
