@@ -80,8 +80,7 @@ def run_bench(
         clean = url is not None and not url.startswith("memory://")
         url = url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
         app = register(Conveyor(url, prefix=_PREFIX))
-        bench = _Bench(app, url, jobs, concurrency, console, clean=clean)
-        bench.backlog = backlog
+        bench = _Bench(app, url, jobs, concurrency, console, clean=clean, backlog=backlog)
         results = []
         for name in scenarios or SCENARIOS:
             console.print(f"[dim]running {name}...[/]")
@@ -99,7 +98,15 @@ def run_bench(
 
 class _Bench:
     def __init__(
-        self, app: Conveyor, url: str, jobs: int, concurrency: int, console: Console, *, clean: bool
+        self,
+        app: Conveyor,
+        url: str,
+        jobs: int,
+        concurrency: int,
+        console: Console,
+        *,
+        clean: bool,
+        backlog: int = 1_000_000,
     ) -> None:
         self.app, self.url, self.jobs, self.concurrency, self.console = (
             app,
@@ -108,8 +115,7 @@ class _Bench:
             concurrency,
             console,
         )
-        self.clean = clean
-        self.backlog = 1_000_000
+        self.clean, self.backlog = clean, backlog
         self.in_process = url.startswith("memory://")
         self.round = 0
         # Queues are new per run: a server engine may hold an earlier run's jobs.
