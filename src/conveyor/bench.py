@@ -31,7 +31,7 @@ from conveyor.worker._aio import chosen_loop
 
 SCENARIOS = ("enqueue", "enqueue_threads", "bulk", "drain", "drain_sync", "latency", "io")
 # Run only when asked: each stores --backlog jobs (see benchbacklog).
-BACKLOG_SCENARIOS = ("backlog_queued", "backlog_finished")
+BACKLOG_SCENARIOS = tuple(benchbacklog.RUNNERS)
 _PRODUCERS = 8  # threads in enqueue_threads: a web server's request handlers, say
 _BULK_PER_JOB = 5  # bulk enqueue stores 5 x --jobs: 100,000 at the default 20,000
 _BULK_BATCH = 1_000
@@ -126,7 +126,7 @@ class _Bench:
         queue = f"{name}-{self.run_id}-{self.round}"
         try:
             if name in BACKLOG_SCENARIOS:
-                return benchbacklog.SCENARIOS[name](self, queue)
+                return benchbacklog.RUNNERS[name](self, queue)
             runner: Callable[..., Result] = getattr(self, f"_{name}")
             return [runner(queue, processes) if name.startswith("drain") else runner(queue)]
         finally:

@@ -156,7 +156,7 @@ def _rows(backlog: str, alone: list[_Drain], behind: list[_Drain]) -> list[Resul
     return [plain, loaded]
 
 
-SCENARIOS: dict[str, Callable[[_Bench, str], list[Result]]] = {
+RUNNERS: dict[str, Callable[[_Bench, str], list[Result]]] = {
     "backlog_queued": queued_behind,
     "backlog_finished": finished_behind,
 }
