@@ -154,3 +154,26 @@ def test_a_vacuum_that_removes_nothing_waits_longer_each_time() -> None:
         waits.append(next_wait(waits[-1], still_dead=True))
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0, 64.0] and MOST_WAIT == 64.0
     assert next_wait(64.0, still_dead=False) == CHECK_EVERY
+
+
+def test_the_thread_backs_off_while_vacuums_leave_the_rows_and_looks_each_second_once_cleared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = iter([100, 100, 100, 100, 5, 5])  # look, after the VACUUM; look, after; look; look
+    vacuumer = Vacuumer(POSTGRES_URL, {}, "vac.jobs", 10, lambda: next(counts))
+    monkeypatch.setattr(vacuumer, "vacuum", lambda: True)
+
+    class Waits:
+        """The thread's stop event: records each wait, and stops it after four."""
+
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def wait(self, timeout: float) -> bool:
+            self.seen.append(timeout)
+            return len(self.seen) > 4
+
+    waits = Waits()
+    monkeypatch.setattr(vacuumer, "_stop", waits)
+    vacuumer._run()
+    assert waits.seen == [1.0, 2.0, 4.0, 1.0, 1.0]

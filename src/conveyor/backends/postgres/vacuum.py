@@ -86,10 +86,12 @@ class Vacuumer:
         try:
             while not self._stop.wait(wait):
                 try:
-                    if self._dead_rows() >= self.threshold:
-                        if not self.vacuum():
-                            return
+                    if self._dead_rows() < self.threshold:
+                        wait = CHECK_EVERY  # cleared, by autovacuum say, after a backing off
+                    elif self.vacuum():
                         wait = next_wait(wait, self._dead_rows() >= self.threshold)
+                    else:
+                        return
                     failing = False
                 except (psycopg.Error, OSError) as exc:  # the server restarting, say: try again later
                     if not failing:
