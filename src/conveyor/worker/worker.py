@@ -130,8 +130,10 @@ class Worker:
         self._running: dict[str, Running] = {}
         self._outcomes: list[Outcome] = []
         # Finished jobs whose outcome is not stored yet keep their lease renewed, so an
-        # engine outage longer than the lease does not hand them to another worker.
-        self._unstored: dict[str, Running] = {}
+        # engine outage longer than the lease does not hand them to another worker. By job
+        # and lease token (one per claim): a retried job claimed again before its retry's
+        # store returned can end twice before that batch is done, and each needs its own.
+        self._unstored: dict[tuple[str, str], Running] = {}
         self._used = 0
         # Claimed ahead of a free slot (long jobs, see _AHEAD_WAIT), in claim order; each
         # starts as a slot frees, and all go back unspent when the worker stops.
@@ -151,6 +153,11 @@ class Worker:
         self._waiting: asyncio.Future[list[JobRecord] | None] | None = None
         self._waiter_slots = 0
         self._storing: asyncio.Task[bool] | None = None  # the batch of outcomes being stored
+        # Ids in that batch, and jobs claimed again meanwhile: a retried job can be claimed
+        # once the store commits, before the store's reply comes back, and its "active"
+        # event waits for the batch's "retried" one (see _say_started).
+        self._in_store: frozenset[str] = frozenset()
+        self._late_starts: list[Running] = []
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
         self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
@@ -219,7 +226,7 @@ class Worker:
         backend = self.app.backend
         self._leases = LeaseKeeper(
             backend,
-            lambda: {**self._unstored, **self._ahead, **self._running},
+            lambda: {**{j.id: j for j in self._unstored.values()}, **self._ahead, **self._running},
             self.settings.lease_timeout,
             self.settings.heartbeat_every,
             on_progress=self._progressed if self._emit is not None else None,
@@ -525,7 +532,7 @@ class Worker:
         (Backend.reclaims_lost_claims) are not asked."""
         # Known before the listing: a store in flight may finish a job the listing still
         # reads as active, and drop it from _unstored before the listing is back.
-        known = self._running.keys() | self._unstored.keys() | self._ahead.keys()
+        known = self._running.keys() | {j.id for j in self._unstored.values()} | self._ahead.keys()
         found = await in_thread(self._db, self._leased_to_me)
         self._claim_lost = False
         lost = [r for r in found if r.id not in known]
@@ -603,11 +610,15 @@ class Worker:
     def _give_back(self, job: Running) -> None:
         """Hand a job that has not started back unspent: it is stored with the next batch
         and its lease renewed until then, like a finished job's."""
-        self._unstored[job.id] = job
+        self._unstored[job.id, job.token] = job
         self._outcomes.append(released(job, self.id))
 
     def _say_started(self, jobs: list[Running]) -> None:
-        """Emit the jobs' "active" events, one entry per queue, task, claim and attempt."""
+        """Emit the jobs' "active" events, one entry per queue, task, claim and attempt.
+        Those of jobs whose last outcome is still being stored go after that outcome's."""
+        if self._in_store and jobs:
+            self._late_starts.extend(j for j in jobs if j.id in self._in_store)
+            jobs = [j for j in jobs if j.id not in self._in_store]
         if self._emit is not None and jobs:
             started: dict[tuple[str, str, float, int], list[str]] = {}
             for r in (job.record for job in jobs):
@@ -620,6 +631,16 @@ class Worker:
     async def _flush(self) -> bool:
         """Store finished attempts; keeps them (and retries) on engine errors. False: give up."""
         outcomes, self._outcomes = self._outcomes, []
+        if self._emit is not None:
+            self._in_store = frozenset(o.job_id for o in outcomes)
+        try:
+            return await self._store_batch(outcomes)
+        finally:
+            self._in_store = frozenset()
+            late, self._late_starts = self._late_starts, []
+            self._say_started(late)
+
+    async def _store_batch(self, outcomes: list[Outcome]) -> bool:
         backoff = 0.1
         while True:
             try:
@@ -649,7 +670,7 @@ class Worker:
         )
         now = time.time()
         for outcome, fence in zip(outcomes, fences, strict=True):
-            job = self._unstored.pop(outcome.job_id, None)
+            job = self._unstored.pop((outcome.job_id, outcome.token), None)
             if fence is Fence.LEASE_LOST:
                 log.warning(
                     "job %s: result discarded, its lease was lost (cancelled, or expired and "
@@ -763,7 +784,7 @@ class Worker:
     def _hand_over(self, job: Running, outcome: Outcome) -> None:
         assert self._wake is not None
         del self._running[job.id]
-        self._unstored[job.id] = job
+        self._unstored[job.id, outcome.token] = job
         self._outcomes.append(outcome)
         self.processed += 1
         self._run_time += (time.monotonic() - job.started - self._run_time) * _RUN_TIME_WEIGHT
