@@ -641,6 +641,8 @@ class Worker:
             self._say_started(late)
 
     async def _store_batch(self, outcomes: list[Outcome]) -> bool:
+        """_flush's engine call, retried while the engine is out, then the events and flow
+        parents of what it stored."""
         backoff = 0.1
         while True:
             try:
