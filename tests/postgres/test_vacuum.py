@@ -14,7 +14,8 @@ from conveyor.backends.base import Outcome, OutcomeKind
 from conveyor.backends.postgres import vacuum
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import DEFAULT_VACUUM, parse_postgres_url
-from conveyor.backends.postgres.vacuum import CHECK_EVERY, MOST_WAIT, Vacuumer, next_wait
+from conveyor.backends.postgres.vacuum import CHECK_EVERY, EVENTS_DEAD, MOST_WAIT, Vacuumer, next_wait
+from conveyor.events import KEEP, JobEvent
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
 
 
@@ -75,7 +76,7 @@ def test_jobs_run_through_a_queue_slow_its_next_look_until_a_vacuum(app: Conveyo
     _run_through(app, "busy", 6_000)
     app.ref("t.any").options(queue="busy").enqueue(0)
     assert _pages_to_next_job("busy") >= fresh + 10  # 6,000 dead entries, a few hundred a page
-    _pg(app).vacuumer.vacuum()
+    assert _pg(app).vacuumer.vacuum("vac.jobs")
     assert _pages_to_next_job("busy") <= fresh + 1
 
 
@@ -113,18 +114,18 @@ def test_a_failing_look_is_logged_once_and_tried_again(
     monkeypatch.setattr(vacuum, "CHECK_EVERY", 0.01)
     looks: list[int] = []
 
-    def dead_rows() -> int:
+    def dead_rows() -> dict[str, int]:
         looks.append(1)
         if len(looks) <= 5:
             raise psycopg.OperationalError("the server is restarting")
-        return 0
+        return {"vac.jobs": 0}
 
-    vacuumer = Vacuumer(POSTGRES_URL, {"autocommit": True}, "vac.jobs", 100, dead_rows)
+    vacuumer = Vacuumer(POSTGRES_URL, {"autocommit": True}, {"vac.jobs": 100}, dead_rows)
     with caplog.at_level(logging.WARNING, logger="conveyor.postgres"):
         vacuumer.start()
         eventually(lambda: len(looks) > 8, timeout=10)
         vacuumer.close()
-    failures = [r for r in caplog.records if "vacuum of the jobs table failed" in r.getMessage()]
+    failures = [r for r in caplog.records if "vacuum failed, trying again" in r.getMessage()]
     assert len(failures) == 1 and "the server is restarting" in failures[0].getMessage()
     assert vacuumer.vacuums == 0
 
@@ -139,9 +140,9 @@ def test_a_role_that_may_not_vacuum_the_table_says_so_once_and_stops(
             conn.execute("CREATE ROLE vac_reader LOGIN")
         conn.execute("GRANT USAGE ON SCHEMA vac TO vac_reader")
     reader = psycopg.conninfo.make_conninfo(POSTGRES_URL, user="vac_reader")
-    vacuumer = Vacuumer(reader, {"autocommit": True}, "vac.jobs", 100, lambda: 1_000)
+    vacuumer = Vacuumer(reader, {"autocommit": True}, {"vac.jobs": 100}, lambda: {"vac.jobs": 1_000})
     with caplog.at_level(logging.INFO, logger="conveyor.postgres"):
-        assert vacuumer.vacuum() is False
+        assert vacuumer.vacuum("vac.jobs") is False
     assert "not vacuuming vac.jobs: only its owner may" in caplog.text
     vacuumer.close()
 
@@ -160,8 +161,14 @@ def test_the_thread_backs_off_while_vacuums_leave_the_rows_and_looks_each_second
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     counts = iter([100, 100, 100, 100, 5, 5])  # look, after the VACUUM; look, after; look; look
-    vacuumer = Vacuumer(POSTGRES_URL, {}, "vac.jobs", 10, lambda: next(counts))
-    monkeypatch.setattr(vacuumer, "vacuum", lambda: True)
+    vacuumer = Vacuumer(POSTGRES_URL, {}, {"vac.jobs": 10}, lambda: {"vac.jobs": next(counts)})
+    vacuumed: list[str] = []
+
+    def vacuum_now(table: str) -> bool:
+        vacuumed.append(table)
+        return True
+
+    monkeypatch.setattr(vacuumer, "vacuum", vacuum_now)
 
     class Waits:
         """The thread's stop event: records each wait, and stops it after four."""
@@ -177,3 +184,25 @@ def test_the_thread_backs_off_while_vacuums_leave_the_rows_and_looks_each_second
     monkeypatch.setattr(vacuumer, "_stop", waits)
     vacuumer._run()
     assert waits.seen == [1.0, 2.0, 4.0, 1.0, 1.0]
+    assert vacuumed == ["vac.jobs", "vac.jobs"]
+
+
+def test_the_events_table_is_vacuumed_once_its_trims_leave_enough_dead_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each publish trims the batches past the newest 1,000, and that trim reads every
+    dead row in front of them until a VACUUM."""
+    monkeypatch.setattr(vacuum, "CHECK_EVERY", 0.05)
+    app = _app(DEFAULT_VACUUM)
+    backend = _pg(app)
+    try:
+        event = JobEvent("enqueued", "default:1", "default", "t", 0.0)
+        for _ in range(KEEP + EVENTS_DEAD + 100):
+            backend.publish([event])
+        backend._events.close()  # its server process reports its dead rows as it exits, not 10 s idle
+        backend.maintain()
+        sql = "SELECT last_vacuum FROM pg_stat_user_tables WHERE relid = 'vac.events'::regclass"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:  # statistics read afresh
+            eventually(lambda: (conn.execute(sql).fetchone() or (None,))[0] is not None, timeout=30)
+    finally:
+        app.close()

@@ -45,7 +45,7 @@ from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
-from conveyor.backends.postgres.vacuum import Vacuumer
+from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
 from conveyor.events import KEEP, Entry, JobEvent, decode, encode
@@ -99,8 +99,9 @@ class PostgresBackend(Backend):
         )
         self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
         self._events = Aside(target.conninfo, self.connect_options)  # the event publisher's
+        vacuum_at = {f"{self.schema}.jobs": target.vacuum, f"{self.schema}.events": EVENTS_DEAD}
         self.vacuumer = Vacuumer(
-            target.conninfo, self.connect_options, f"{self.schema}.jobs", target.vacuum, self._dead_rows
+            target.conninfo, self.connect_options, vacuum_at if target.vacuum else {}, self._dead_rows
         )
         try:
             self._pool.open(wait=True, timeout=target.timeout)
@@ -665,12 +666,12 @@ class PostgresBackend(Backend):
         """Start the worker's vacuum thread (see vacuum.py): only workers call this."""
         self.vacuumer.start()
 
-    def _dead_rows(self) -> int:
-        """The jobs table's dead rows as the statistics last counted them (each server
-        process reports its own at most once a second)."""
+    def _dead_rows(self) -> dict[str, int]:
+        """The jobs and events tables' dead rows as the statistics last counted them (each
+        server process reports its own at most once a second)."""
         with self._pool.connection() as conn:
-            row = conn.execute(self._q["dead_rows"]).fetchone()
-        return int(row[0]) if row else 0
+            jobs, events = conn.execute(self._q["dead_rows"]).fetchone() or (0, 0)
+        return {f"{self.schema}.jobs": int(jobs), f"{self.schema}.events": int(events)}
 
     def close(self) -> None:
         self.vacuumer.close()

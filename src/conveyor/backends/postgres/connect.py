@@ -13,8 +13,8 @@ Conveyor's are taken off first:
     migrate=1      apply missing migrations when the backend opens (else: `conveyor migrate`)
     listen=0       no LISTEN/NOTIFY; workers poll (behind PgBouncer in transaction mode)
     pgbouncer=1    listen=0, and no server-side prepared statements
-    vacuum=50000   dead rows in the jobs table at which a worker runs VACUUM on it
-                   (0: never; see vacuum.py)
+    vacuum=50000   dead rows in the jobs table at which a worker runs VACUUM on it (and
+                   on the events table at 1,000); 0: never (see vacuum.py)
 """
 
 from __future__ import annotations

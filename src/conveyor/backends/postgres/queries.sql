@@ -364,5 +364,5 @@ SELECT seq, events FROM {p}.events WHERE seq > %(after)s ORDER BY seq LIMIT 50
 SELECT pg_notify('{p}.wake', ' done')
 
 -- name: dead_rows
--- The jobs table's dead rows, for the workers' VACUUM (see vacuum.py).
-SELECT pg_stat_get_dead_tuples('{p}.jobs'::regclass)
+-- The jobs and events tables' dead rows, for the workers' VACUUM (see vacuum.py).
+SELECT pg_stat_get_dead_tuples('{p}.jobs'::regclass), pg_stat_get_dead_tuples('{p}.events'::regclass)
