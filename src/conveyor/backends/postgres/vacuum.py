@@ -40,6 +40,10 @@ import psycopg
 log = logging.getLogger("conveyor.postgres")
 CHECK_EVERY = 1.0  # seconds between looks at the dead-row count
 EVENTS_DEAD = 1_000  # dead rows at which the events table is vacuumed (see above)
+# Autovacuum's defaults since PostgreSQL 12. Latency at 100 jobs/s right after a
+# 20,000-job drain, 3 alternating runs: p99 14.85 / 2.78 / 3.34 ms at full speed, 4.79 /
+# 3.00 / 3.09 paced; a VACUUM of the jobs table took 0.06-0.08 s against 0.16-0.17 s.
+_COST_DELAY_MS, _COST_LIMIT = 2, 200
 MOST_WAIT = 64.0  # seconds between VACUUMs that leave the dead rows as many as before
 
 
@@ -121,6 +125,10 @@ class Vacuumer:
         or a superuser, may), which is logged once."""
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._conninfo, **self._options)
+            # Paced like autovacuum's defaults, not at full speed as a VACUUM typed by hand
+            # runs: a worker's commits wait for the WAL the VACUUM writes meanwhile.
+            self._conn.execute(f"SET vacuum_cost_delay = {_COST_DELAY_MS}")
+            self._conn.execute(f"SET vacuum_cost_limit = {_COST_LIMIT}")
         if table not in self._allowed:
             if not self._may_vacuum(self._conn, table):
                 log.info("not vacuuming %s: only its owner may; autovacuum has to keep it small", table)
