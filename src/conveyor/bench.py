@@ -193,7 +193,7 @@ class _Bench:
         self.work(queue, processes, self.concurrency, burst=True)
         server_us = self.cpu_per_job(cpu, self.jobs)  # before the listing below adds its own
         records = self._finished(queue, self.jobs)
-        took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
+        took = busy_seconds(records)
         name = f"{label}, {processes} process{'es' if processes > 1 else ''}, c={self.concurrency}"
         return Result(name, len(records), took, len(records) / took, server_us=server_us)
 
@@ -204,7 +204,7 @@ class _Bench:
         self.work(queue, 1, _IO_CONCURRENCY, burst=True)
         server_us = self.cpu_per_job(cpu, _IO_JOBS)
         records = self._finished(queue, _IO_JOBS)
-        took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
+        took = busy_seconds(records)
         name = f"io-bound: {_IO_JOBS} x sleep {_IO_SLEEP * 1000:.0f} ms, c={_IO_CONCURRENCY}"
         return Result(
             name, len(records), took, len(records) / took, server_us=server_us, note="ideal 2,000/s"
@@ -302,6 +302,11 @@ class _Bench:
         if len(records) != expected:
             raise RuntimeError(f"bench queue {queue}: {len(records)} of {expected} jobs completed")
         return records
+
+
+def busy_seconds(records: list[JobRecord]) -> float:
+    """A drain's time by the engine's own timestamps: first start to last finish."""
+    return max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
 
 
 def _print(results: list[Result], url: str, loop: str, console: Console) -> None:

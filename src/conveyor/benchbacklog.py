@@ -131,11 +131,12 @@ def _done(record: JobRecord | None) -> bool:
 
 def _measured(bench: _Bench, ids: Sequence[str], server_us: float | None) -> _Drain:
     """Throughput by the engine's own timestamps: first start to last finish."""
+    from conveyor.bench import busy_seconds
+
     records = [r for r in bench.app.backend.get(ids) if r is not None and r.state in TERMINAL_STATES]
     if len(records) != len(ids):
         raise RuntimeError(f"bench: {len(records)} of {len(ids)} jobs finished")
-    took = max(r.finished_at or 0 for r in records) - min(r.started_at or 0 for r in records)
-    return _Drain(len(records), took, server_us)
+    return _Drain(len(records), busy_seconds(records), server_us)
 
 
 def _rows(backlog: str, alone: list[_Drain], behind: list[_Drain]) -> list[Result]:

@@ -616,7 +616,7 @@ class Worker:
     def _say_started(self, jobs: list[Running]) -> None:
         """Emit the jobs' "active" events, one entry per queue, task, claim and attempt.
         Those of jobs whose last outcome is still being stored go after that outcome's."""
-        if self._in_store and jobs:
+        if self._in_store and not self._in_store.isdisjoint(j.id for j in jobs):  # rare: one pass
             self._late_starts.extend(j for j in jobs if j.id in self._in_store)
             jobs = [j for j in jobs if j.id not in self._in_store]
         if self._emit is not None and jobs:
