@@ -1,6 +1,7 @@
 """A claim whose reply is lost after Redis ran it: its jobs come back to the worker
 that claimed them, with the attempt they were claimed for, instead of sitting leased
-until the lease runs out (and then counting as a failed attempt).
+until the lease runs out (and then counting as a failed attempt). An enqueue whose
+reply is lost is resent, and the resend stores nothing twice.
 
 The faults are real: a TCP proxy in front of the local Redis drops the reply to one
 EVALSHA after Redis has answered it, and can refuse new connections for a while, as a
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from conveyor.backends import open_backend
-from conveyor.backends.base import Backend, NewJob
+from conveyor.backends.base import Backend, JobQuery, NewJob
 from conveyor.errors import BackendUnavailable
 from conveyor.job import JobState
 from conveyor.limits import Limit, QueueLimits
@@ -176,4 +177,84 @@ def test_a_cluster_claim_resent_by_its_client_gets_the_same_jobs(redis_deploymen
     left = backend.get([ids[2]])[0]
     assert left is not None and (left.state, left.attempt) == (JobState.QUEUED, 0)
     assert [r.id for r in backend.claim("w1", ["default"], 10, 30)] == [ids[2]]
+    backend.close()
+
+
+def _stored(backend: Backend, queue: str = "default") -> list[tuple[str, str]]:
+    """(id, payload) of every job in `queue`, oldest first."""
+    records = backend.list_jobs(JobQuery(queue=queue, limit=1000))
+    return sorted(((r.id, r.payload) for r in records), key=lambda pair: int(pair[0].rpartition(":")[2]))
+
+
+def _job(payload: str, queue: str = "default", unique_key: str | None = None) -> NewJob:
+    return NewJob("t.any", queue, payload, unique_key=unique_key)
+
+
+def test_a_single_enqueue_resent_after_a_lost_reply_is_stored_once(backend: Backend) -> None:
+    (before,) = backend.enqueue([_job("[[1],{}]")])  # the same payload, an instant earlier
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    (resent,) = backend.enqueue([_job("[[1],{}]")])
+    assert resent.created and resent.id != before.id
+    assert _stored(backend) == [(before.id, "[[1],{}]"), (resent.id, "[[1],{}]")]
+
+
+def test_a_batch_resent_after_a_lost_reply_returns_what_the_lost_call_stored(backend: Backend) -> None:
+    (held,) = backend.enqueue([_job("[[0],{}]", unique_key="held")])
+    batch = [_job("[[1],{}]"), _job("[[1],{}]"), _job("[[2],{}]", unique_key="k"),
+             _job("[[2],{}]", unique_key="k"), _job("[[3],{}]", unique_key="held")]  # fmt: skip
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    out = backend.enqueue(batch)
+    assert [e.created for e in out] == [True, True, True, False, False]
+    assert out[3].id == out[2].id and out[4].id == held.id  # the keys' holders
+    stored = _stored(backend)
+    assert [payload for _, payload in stored] == ["[[0],{}]", "[[1],{}]", "[[1],{}]", "[[2],{}]"]
+    assert [job_id for job_id, _ in stored] == [held.id, out[0].id, out[1].id, out[2].id]
+
+
+def test_a_batch_of_held_keys_resent_after_a_lost_reply_stores_nothing(backend: Backend) -> None:
+    (held,) = backend.enqueue([_job("[[0],{}]", unique_key="held")])
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    out = backend.enqueue([_job("[[1],{}]", unique_key="held"), _job("[[2],{}]", unique_key="held")])
+    assert [(e.id, e.created) for e in out] == [(held.id, False), (held.id, False)]
+    assert _stored(backend) == [(held.id, "[[0],{}]")]
+
+
+def test_a_bulk_enqueue_resent_after_a_lost_reply_is_stored_once(backend: Backend) -> None:
+    payloads = ["[[1],{}]", "[[2],{}]", "[[1],{}]"]
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    ids = backend.enqueue_payloads(_job(""), payloads)
+    assert _stored(backend) == list(zip(ids, payloads, strict=True))
+
+
+def test_several_queues_resent_after_a_lost_reply_are_stored_once(backend: Backend) -> None:
+    """Two queues go as one MULTI/EXEC, which redis-py resends itself; the seqs were
+    taken before it, so the resend finds them stored (and a job with a unique key is
+    not taken for one that holds it)."""
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    out = backend.enqueue([_job("[[1],{}]", "a"), _job("[[2],{}]", "b"), _job("[[3],{}]", "a", "k")])
+    assert all(e.created for e in out)
+    assert _stored(backend, "a") == [(out[0].id, "[[1],{}]"), (out[2].id, "[[3],{}]")]
+    assert _stored(backend, "b") == [(out[1].id, "[[2],{}]")]
+
+
+def test_a_cluster_enqueue_resent_by_its_client_is_stored_once(redis_deployments: Any) -> None:
+    """On Cluster the client takes the seqs first, and redis-py resends a call after a
+    connection error by itself: a seq stored already is not stored again."""
+    cluster = redis_deployments("redis-cluster")
+    cluster.flush()
+    backend = open_backend(cluster.url, prefix="lost")
+    for name in ("enqueue", "enqueue_one", "enqueue_many"):
+        script = backend._s[name]  # type: ignore[attr-defined]
+
+        def reply_lost_once(keys: list[str], args: list[Any], script: Any = script) -> Any:
+            script(keys, args)  # Redis runs it; the reply never arrives
+            return script(keys, args)  # the client's resend
+
+        backend._s[name] = reply_lost_once  # type: ignore[attr-defined]
+    one = backend.enqueue([_job("[[1],{}]")])
+    batch = backend.enqueue([_job("[[2],{}]"), _job("[[3],{}]", unique_key="k")])
+    bulk = backend.enqueue_payloads(_job(""), ["[[4],{}]", "[[5],{}]"])
+    assert [e.created for e in [*one, *batch]] == [True, True, True]
+    expected = [(e.id, p) for e, p in zip([*one, *batch], ["[[1],{}]", "[[2],{}]", "[[3],{}]"], strict=True)]
+    assert _stored(backend) == [*expected, *zip(bulk, ["[[4],{}]", "[[5],{}]"], strict=True)]
     backend.close()

@@ -243,10 +243,11 @@ local FIELDS = {'task'}
 local function record(seq) return redis.call('HMGET', jkey(seq), unpack(FIELDS)) end
 local function wake() redis.call('PUBLISH', key('wake'), '') end
 """
-    body = "local out = record(ARGV[1])\nreturn out.key\n"
+    body = "-- one record; then wake() it\nlocal out = record(ARGV[1])  -- wake()?\nreturn out.key\n"
     text = trimmed(lib, body)
     assert text.startswith("-- the head comment\n")
-    # record needs jkey and FIELDS, jkey needs base; `.key` is a field, not the helper.
+    # record needs jkey and FIELDS, jkey needs base; `.key` is a field, not the helper,
+    # and a helper named in a comment is not carried.
     assert "local function record" in text and "-- says what jkey does" in text
     assert "local FIELDS" in text and "local base" in text
     assert "local function key" not in text and "local function wake" not in text

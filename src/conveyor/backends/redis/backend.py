@@ -216,7 +216,7 @@ class RedisBackend(Backend):
         run_at = now if job.run_at is None else repr(job.run_at)
         args = [self._first_seq(1), now, job.task, job.payload, str(job.priority), str(job.max_attempts),
                 str(job.retries), _num(job.timeout), run_at, meta]  # fmt: skip
-        seq = self._script("enqueue_one", self._keys(job.queue), args)
+        seq = self._script("enqueue_one", self._keys(job.queue), args, _resent(args, 0))
         return Enqueued(f"{job.queue}:{seq}", True)
 
     def _job_args(self, job: NewJob, now: str) -> tuple[str, ...]:
@@ -235,7 +235,7 @@ class RedisBackend(Backend):
     def _run_atomic(self, script: str, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
         """One script call per queue; several queues in one MULTI/EXEC on a single server."""
         if len(calls) == 1 or self._cluster:
-            return [self._script(script, self._keys(queue), args) for queue, args in calls]
+            return [self._script(script, self._keys(queue), args, _resent(args, 2)) for queue, args in calls]
         pipe = self._r.pipeline(transaction=True)
         for queue, args in calls:
             self._s[script](self._keys(queue), args, client=pipe)
@@ -253,7 +253,7 @@ class RedisBackend(Backend):
         shared = [str(template.priority), str(template.max_attempts), str(template.retries)]
         args = [queue, now, self._first_seq(len(payloads)), template.task, *shared,
                 _num(template.timeout), run_at, meta, *payloads]  # fmt: skip
-        first = int(self._script("enqueue_many", self._keys(queue), args))
+        first = int(self._script("enqueue_many", self._keys(queue), args, _resent(args, 2)))
         return [f"{queue}:{first + i}" for i in range(len(payloads))]
 
     @_guarded
@@ -748,6 +748,14 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
         _opt_float(progress), parent_id or None, json.loads(children) if children else [], flow or None,
         limit_key or None,
     )  # fmt: skip
+
+
+def _resent(args: list[Any], at: int) -> list[Any]:
+    """An enqueue script's arguments for a resend after a dropped connection, where
+    `args[at]` is its first seq: 0 (the script takes them) becomes "r", so the script
+    first looks whether the lost call stored the jobs (see stored_by_lost_call in
+    _lib.lua). Seqs the client took need no mark: a stored seq is never stored again."""
+    return args if args[at] else [*args[:at], "r", *args[at + 1 :]]
 
 
 def _plain(job: NewJob) -> bool:

@@ -37,8 +37,15 @@ def _comment_start(text: str, start: int) -> int:
     return lines_start
 
 
+# A `--` comment to the end of its line: no script has `--` inside a string.
+_COMMENT = re.compile(r"--.*$", re.MULTILINE)
+
+
 def _uses(text: str, name: str) -> bool:
-    return re.search(rf"(?<![A-Za-z0-9_.:]){re.escape(name)}(?![A-Za-z0-9_])", text) is not None
+    """Whether `text`'s code (not its comments) names `name`: a helper named in a comment,
+    as "resent" or "batch" in prose, would carry it and all it needs for nothing."""
+    code = _COMMENT.sub("", text)
+    return re.search(rf"(?<![A-Za-z0-9_.:]){re.escape(name)}(?![A-Za-z0-9_])", code) is not None
 
 
 def trimmed(lib: str, body: str) -> str:

@@ -250,10 +250,42 @@ local function insert(pending, seq, now, task, payload, priority, max_attempts, 
 end
 
 -- Sequence numbers: KEYS[2] is the prefix's counter when the script may reach it
--- (one server); on Cluster the client takes them first and passes `first` (> 0).
+-- (one server); on Cluster the client takes them first and passes `first` (> 0). '0' and
+-- 'r' (a resend, see stored_by_lost_call) take them here.
 local function sequence(first, count)
-  if tonumber(first) > 0 then return tonumber(first) end
+  local given = tonumber(first)
+  if given and given > 0 then return given end
   return redis.call('INCRBY', KEYS[2], count) - count + 1
+end
+
+-- A job's identity for stored_by_lost_call: what two calls' jobs enqueued at the same
+-- instant would have to share for one to be taken for the other.
+local function identity(task, payload, unique) return task .. '\0' .. payload .. '\0' .. unique end
+
+-- Enqueue scripts that take their seqs themselves are resent after a dropped connection
+-- (see Lane.run) with first seq 'r': the lost call may have run, and a second store would
+-- duplicate its jobs. Whether it ran is read from the queue's newest jobs, newest first:
+-- one the lost call stored has its enqueued_at (the client's `now`, to the microsecond)
+-- and an identity in `wanted` (identity -> the job's offset in the call). Returns that
+-- job's seq and offset, or nil once a job enqueued a minute before `now` is reached
+-- (clients' clocks may differ that much) or 10,000 jobs were read: the resend follows at
+-- once, so the lost call's jobs are among the newest.
+local function stored_by_lost_call(now, wanted)
+  local oldest = tonumber(now) - 60
+  for start = 0, 9800, 200 do
+    local seqs = redis.call('ZREVRANGE', key('all'), start, start + 199)
+    for _, seq in ipairs(seqs) do
+      local f = redis.call('HMGET', jkey(seq), 'enqueued_at', 'task', 'payload', 'unique_key')
+      if f[1] == now then
+        local offset = wanted[identity(f[2], f[3], f[4] or '')]
+        if offset then return seq, offset end
+      elseif f[1] and tonumber(f[1]) < oldest then
+        return nil
+      end
+    end
+    if #seqs < 200 then return nil end
+  end
+  return nil
 end
 
 -- Promote due scheduled jobs, a bounded batch per call so one call stays short.

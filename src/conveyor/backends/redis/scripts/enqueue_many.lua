@@ -1,11 +1,19 @@
 -- enqueue_many: store one job per payload, every other field shared (bulk enqueue).
 -- KEYS[1] queue base; KEYS[2] the prefix's sequence counter (single server only)
--- ARGV: queue, now, first seq (0: take from KEYS[2]), task, priority, max_attempts,
---       retries, timeout, run_at, meta, then the payloads
--- Returns: the first seq; the jobs took consecutive seqs from it.
+-- ARGV: queue, now, first seq (0: take from KEYS[2]; r: the same, on a resend), task,
+--       priority, max_attempts, retries, timeout, run_at, meta, then the payloads
+-- Returns: the first seq; the jobs took consecutive seqs from it. A call resent after a
+--          dropped connection stores nothing if the lost one ran: it returns that first seq.
 -- Publishes <base>:wake if the queue was empty.
 local task = ARGV[4]
 local count = #ARGV - 10
+if ARGV[3] == 'r' then
+  -- Its last job is the lost call's newest with that payload, should a payload repeat.
+  local stored = stored_by_lost_call(ARGV[2], {[identity(task, ARGV[#ARGV], '')] = count - 1})
+  if stored then return tonumber(stored) - (count - 1) end
+elseif ARGV[3] ~= '0' and redis.call('EXISTS', jkey(ARGV[3])) == 1 then
+  return tonumber(ARGV[3])  -- the client's seqs (Cluster): its client resent a call that ran
+end
 local first = sequence(ARGV[3], count)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
 -- Every job shares all but its payload, so the per-job work is one HSET and two sorted-set
