@@ -68,8 +68,11 @@ def run_bench(
     json_path: str | None,
     console: Console,
     backlog: int = 1_000_000,
+    rounds: int = 1,
 ) -> list[Result]:
-    """Run the chosen scenarios and print (and optionally save) the results."""
+    """Run the chosen scenarios and print (and optionally save) the results. With
+    `rounds` > 1 every scenario runs that many times, the rounds one after another, and
+    each row is the median of its runs (see median_row)."""
     unknown = set(scenarios or ()) - set(SCENARIOS) - set(BACKLOG_SCENARIOS)
     if unknown:
         known = ", ".join((*SCENARIOS, *BACKLOG_SCENARIOS))
@@ -81,19 +84,63 @@ def run_bench(
         url = url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
         app = register(Conveyor(url, prefix=_PREFIX))
         bench = _Bench(app, url, jobs, concurrency, console, clean=clean, backlog=backlog)
-        results = []
-        for name in scenarios or SCENARIOS:
-            console.print(f"[dim]running {name}...[/]")
-            results.extend(bench.run(name))
-            if name.startswith("drain") and processes > 1:
-                results.extend(bench.run(name, processes=processes))
+        each: list[list[Result]] = []
+        for done in range(rounds):
+            each.append([])
+            which = f" (round {done + 1} of {rounds})" if rounds > 1 else ""
+            for name in scenarios or SCENARIOS:
+                console.print(f"[dim]running {name}{which}...[/]")
+                each[-1].extend(bench.run(name))
+                if name.startswith("drain") and processes > 1:
+                    each[-1].extend(bench.run(name, processes=processes))
         app.close()
+    results = [median_row(runs) for runs in _by_scenario(each)]
     loop = chosen_loop(app.settings.loop)
     _print(results, url, loop, console)
     if json_path:
+        saved: dict[str, object] = {"url": url, "loop": loop, "results": [asdict(r) for r in results]}
+        if rounds > 1:
+            saved["rounds"] = [[asdict(r) for r in round_] for round_ in each]
         with open(json_path, "w", encoding="utf-8") as out:
-            json.dump({"url": url, "loop": loop, "results": [asdict(r) for r in results]}, out, indent=2)
+            json.dump(saved, out, indent=2)
     return results
+
+
+def _by_scenario(rounds: list[list[Result]]) -> list[list[Result]]:
+    """Each row's runs across the rounds, in the first round's order."""
+    runs: dict[str, list[Result]] = {}
+    for round_ in rounds:
+        for r in round_:
+            runs.setdefault(r.scenario, []).append(r)
+    return list(runs.values())
+
+
+def median_row(runs: list[Result]) -> Result:
+    """One row for a scenario's runs: the median of each figure, and the note gives the
+    runs' range of jobs/s. A single run is its own row. Rounds exist because this kind of
+    machine drifts: the same Redis drain here ran at 16,188-24,272 jobs/s in seven
+    runs within half an hour, so one run says little about a difference of 10%."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    rates = [r.jobs_per_second for r in runs]
+    notes = [r.note for r in runs if r.note]
+    note = f"median of {len(runs)}: {min(rates):,.0f}-{max(rates):,.0f} jobs/s"
+    return Result(
+        runs[0].scenario,
+        runs[0].jobs,
+        statistics.median(r.seconds for r in runs),
+        statistics.median(rates),
+        median([r.p50_ms for r in runs]),
+        median([r.p95_ms for r in runs]),
+        median([r.p99_ms for r in runs]),
+        median([r.server_us for r in runs]),
+        "; ".join([note, *notes]),
+    )
 
 
 class _Bench:
@@ -328,4 +375,4 @@ def _print(results: list[Result], url: str, loop: str, console: Console) -> None
     console.print(table)
 
 
-__all__ = ["BACKLOG_SCENARIOS", "SCENARIOS", "Result", "run_bench"]
+__all__ = ["BACKLOG_SCENARIOS", "SCENARIOS", "Result", "median_row", "run_bench"]

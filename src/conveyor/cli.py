@@ -559,6 +559,14 @@ def demo(briefs: int, demo_url: str | None) -> None:
     show_default=True,
     help="Jobs behind the backlog scenarios' 10,000-job drains.",
 )
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Run the scenarios this many times, one round after another, and report each one's median "
+    "(the note gives the range).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write results to this file.")
 def bench(
     bench_url: str | None,
@@ -567,6 +575,7 @@ def bench(
     concurrency: int,
     only: str | None,
     backlog: int,
+    rounds: int,
     json_path: str | None,
 ) -> None:
     """Measure enqueue, drain, latency and io-bound throughput on an engine."""
@@ -582,6 +591,7 @@ def bench(
         json_path=json_path,
         console=console,
         backlog=backlog,
+        rounds=rounds,
     )
 
 

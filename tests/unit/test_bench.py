@@ -10,7 +10,7 @@ from rich.console import Console
 
 from conveyor import Conveyor
 from conveyor.backends.base import JobQuery
-from conveyor.bench import BACKLOG_SCENARIOS, SCENARIOS, run_bench
+from conveyor.bench import BACKLOG_SCENARIOS, SCENARIOS, Result, median_row, run_bench
 
 
 def test_bench_runs_every_scenario_in_process(tmp_path: Path) -> None:
@@ -75,3 +75,33 @@ def test_a_backlog_scenario_compares_drains_with_and_without_it(tmp_path: Path, 
 
 def test_the_default_run_leaves_the_backlog_scenarios_out() -> None:
     assert not set(BACKLOG_SCENARIOS) & set(SCENARIOS)
+
+
+def test_rounds_run_every_scenario_in_turn_and_report_medians(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    console = Console(record=True, width=200)
+    scenarios = ["enqueue", "latency"]
+    results = run_bench(url="memory://", jobs=100, processes=1, concurrency=20, scenarios=scenarios,
+                        json_path=str(out), console=console, rounds=3)  # fmt: skip
+    assert [r.scenario.split(" ")[0] for r in results] == ["enqueue", "latency"]
+    saved = json.loads(out.read_text())
+    labels = [r.scenario for r in results]
+    assert [[r["scenario"] for r in round_] for round_ in saved["rounds"]] == [labels] * 3
+    for row, index in zip(results, range(2), strict=True):
+        rates = sorted(round_[index]["jobs_per_second"] for round_ in saved["rounds"])
+        assert row.jobs_per_second == rates[1]
+        assert row.note.startswith(f"median of 3: {rates[0]:,.0f}-{rates[2]:,.0f} jobs/s")
+    assert "round 3 of 3" in console.export_text()
+
+
+def test_a_median_row_takes_each_figure_s_median_and_keeps_the_notes() -> None:
+    runs = [
+        Result("drain", 100, 1.0, 100.0, 1.0, None, 9.0, None, "0.90 of nothing behind"),
+        Result("drain", 100, 4.0, 25.0, 3.0, None, 5.0, 30.0),
+        Result("drain", 100, 2.0, 50.0, 2.0, None, 7.0, 10.0, "1.10 of nothing behind"),
+    ]
+    row = median_row(runs)
+    assert (row.scenario, row.jobs, row.seconds, row.jobs_per_second) == ("drain", 100, 2.0, 50.0)
+    assert (row.p50_ms, row.p95_ms, row.p99_ms, row.server_us) == (2.0, None, 7.0, 20.0)
+    assert row.note == "median of 3: 25-100 jobs/s; 0.90 of nothing behind; 1.10 of nothing behind"
+    assert median_row(runs[:1]) is runs[0]
