@@ -128,7 +128,7 @@ def median_row(runs: list[Result]) -> Result:
         return statistics.median(known) if known else None
 
     rates = [r.jobs_per_second for r in runs]
-    notes = [r.note for r in runs if r.note]
+    notes = list(dict.fromkeys(r.note for r in runs if r.note))  # each once, in order
     note = f"median of {len(runs)}: {min(rates):,.0f}-{max(rates):,.0f} jobs/s"
     return Result(
         runs[0].scenario,

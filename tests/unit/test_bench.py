@@ -105,3 +105,5 @@ def test_a_median_row_takes_each_figure_s_median_and_keeps_the_notes() -> None:
     assert (row.p50_ms, row.p95_ms, row.p99_ms, row.server_us) == (2.0, None, 7.0, 20.0)
     assert row.note == "median of 3: 25-100 jobs/s; 0.90 of nothing behind; 1.10 of nothing behind"
     assert median_row(runs[:1]) is runs[0]
+    same = [Result("io", 10, 1.0, 10.0, note="ideal 2,000/s")] * 2
+    assert median_row(same).note == "median of 2: 10-10 jobs/s; ideal 2,000/s"
