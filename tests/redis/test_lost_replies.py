@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conveyor.backends import open_backend
-from conveyor.backends.base import Backend, JobQuery, NewJob
+from conveyor.backends.base import Backend, Fence, JobQuery, NewJob, Outcome, OutcomeKind
 from conveyor.errors import BackendUnavailable
 from conveyor.job import JobState
 from conveyor.limits import Limit, QueueLimits
@@ -258,3 +258,36 @@ def test_a_cluster_enqueue_resent_by_its_client_is_stored_once(redis_deployments
     expected = [(e.id, p) for e, p in zip([*one, *batch], ["[[1],{}]", "[[2],{}]", "[[3],{}]"], strict=True)]
     assert _stored(backend) == [*expected, *zip(bulk, ["[[4],{}]", "[[5],{}]"], strict=True)]
     backend.close()
+
+
+def _finish_all(backend: Backend, jobs: list[Any]) -> list[Fence]:
+    return backend.finish([Outcome(r.id, r.lease_token, OutcomeKind.COMPLETED, result="1") for r in jobs])
+
+
+def test_a_finish_resent_after_a_lost_reply_answers_stored_not_lease_lost(backend: Backend) -> None:
+    """Run again, the batch's jobs would no longer be active under its token, and the
+    worker would log their results as discarded, emit no events and skip flow parents."""
+    _enqueue(backend, 3)
+    claimed = backend.claim("w1", ["default"], 10, 30)
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    assert _finish_all(backend, claimed) == [Fence.OK] * 3
+    done = backend.get([r.id for r in claimed])
+    assert {(r.state, r.result) for r in done if r is not None} == {(JobState.COMPLETED, "1")}
+
+
+def test_a_finish_retried_by_the_worker_after_an_error_answers_stored(backend: Backend) -> None:
+    """The lane's resend cannot get through either, so the worker retries the same
+    outcomes later (see Worker._store_batch): the answer is still the first call's."""
+    _enqueue(backend, 2)
+    claimed = backend.claim("w1", ["default"], 10, 30)
+    proxy = backend.proxy  # type: ignore[attr-defined]
+    proxy.drop_next.set()
+    proxy.refusing.set()
+    with pytest.raises(BackendUnavailable):
+        _finish_all(backend, claimed)
+    proxy.refusing.clear()
+    assert _finish_all(backend, claimed) == [Fence.OK, Fence.OK]
+    other = backend.claim("w2", ["default"], 10, 30)
+    assert other == []  # nothing came back to run again
+    stale = [Outcome(r.id, "not-the-token", OutcomeKind.COMPLETED) for r in claimed]
+    assert backend.finish(stale) == [Fence.LEASE_LOST, Fence.LEASE_LOST]  # other batches are fenced as ever

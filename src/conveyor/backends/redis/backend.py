@@ -13,6 +13,7 @@ worker and producer clocks in sync (NTP) to well within the lease timeout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -353,7 +354,7 @@ class RedisBackend(Backend):
                 *_logs(o.logs),
             ]
 
-        return self._fenced("finish", outcomes, [now], pack)
+        return self._fenced("finish", outcomes, [now], pack, called=_batch_id)
 
     def _fenced(
         self,
@@ -361,18 +362,22 @@ class RedisBackend(Backend):
         items: Sequence[Any],
         head: list[str],
         pack: Callable[[Any, str], list[str]],
+        called: Callable[[list[Any]], str] | None = None,
     ) -> list[Fence]:
-        """Run a fenced script once per queue; one Fence per item, in the caller's order."""
+        """Run a fenced script once per queue; one Fence per item, in the caller's order.
+        `called`: the id of a queue's items, passed after `head` (see finish.lua)."""
         fences = [Fence.LEASE_LOST] * len(items)
         groups: dict[str, tuple[list[int], list[str]]] = {}
         for index, item in enumerate(items):
             where = split_id(item.job_id)
             if where is None:
                 continue
-            indexes, args = groups.setdefault(where[0], ([], list(head)))
+            indexes, args = groups.setdefault(where[0], ([], [*head, ""] if called else list(head)))
             indexes.append(index)
             args.extend(pack(item, where[1]))
         for queue, (indexes, args) in groups.items():
+            if called is not None:
+                args[len(head)] = called([items[i] for i in indexes])
             for index, ok in zip(indexes, self._script(script, [self._base(queue)], args), strict=True):
                 fences[index] = Fence.OK if ok else Fence.LEASE_LOST
         return fences
@@ -748,6 +753,14 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
         _opt_float(progress), parent_id or None, json.loads(children) if children else [], flow or None,
         limit_key or None,
     )  # fmt: skip
+
+
+def _batch_id(outcomes: list[Outcome]) -> str:
+    """A finish call's id: the same outcomes (job, lease token, kind) give the same id,
+    so a resend of the batch, even the worker's own after an error, finds the first
+    call's answer (see finish.lua). Lease tokens are random, so other batches do not."""
+    text = "\n".join(f"{o.job_id} {o.token} {o.kind.value}" for o in outcomes)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _resent(args: list[Any], at: int) -> list[Any]:

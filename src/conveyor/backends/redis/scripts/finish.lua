@@ -1,14 +1,26 @@
 -- finish: persist attempt outcomes and release their leases, fenced by the lease token.
 -- KEYS[1] queue base
--- ARGV: now, then per outcome 11 values + n log lines: seq, token, kind, result, error,
---       traceback, retry_at, worker, progress, n, n log lines ('' for none)
+-- ARGV: now, call (the batch's id: the same outcomes give the same id), then per outcome
+--       11 values + n log lines: seq, token, kind, result, error, traceback, retry_at,
+--       worker, progress, n, n log lines ('' for none)
 --       kind: completed | retry | dead | released | snoozed
--- Returns: per outcome 1 (stored) or 0 (lease lost: the job is no longer ours).
+-- Returns: per outcome 1 (stored) or 0 (lease lost: the job is no longer ours). A call
+--          whose id ran in the last minute changes nothing and returns that call's answer:
+--          it is a resend whose first reply was lost (after a dropped connection, by the
+--          lane, by Cluster's client, or by the worker after an error), and run again its
+--          stored jobs would answer 0, as if their leases were lost.
 local now = ARGV[1]
+local answer = key('finished:' .. ARGV[2])
+local answered = redis.call('GET', answer)
+if answered then
+  local out = {}
+  for i = 1, #answered do out[i] = string.byte(answered, i) - 48 end  -- '0'/'1' each
+  return out
+end
 local out = {}
 local requeued = false
 local completed = {}  -- the common case, batched: {now, seq, now, seq, ...}
-local a = 2
+local a = 3
 while a <= #ARGV do
   local seq, token, kind = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local n = tonumber(ARGV[a + 9])
@@ -65,4 +77,7 @@ if #completed > 0 then
   zadd('completed', completed)
 end
 if requeued then wake() end
+-- One key a batch (not a job), for a minute: a resend comes at once, or after the
+-- worker's backoff while the server is out.
+redis.call('SET', answer, table.concat(out), 'EX', 60)
 return out
