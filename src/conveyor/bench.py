@@ -107,12 +107,11 @@ def run_bench(
 
 
 def _by_scenario(rounds: list[list[Result]]) -> list[list[Result]]:
-    """Each row's runs across the rounds, in the first round's order."""
-    runs: dict[str, list[Result]] = {}
-    for round_ in rounds:
-        for r in round_:
-            runs.setdefault(r.scenario, []).append(r)
-    return list(runs.values())
+    """Each row's runs across the rounds, in the first round's order. Rows are matched
+    by place, not label: every round runs the same scenarios in the same order, and two
+    scenarios may print the same label (both backlog scenarios have a "nothing behind"
+    row)."""
+    return [list(runs) for runs in zip(*rounds, strict=True)]
 
 
 def median_row(runs: list[Result]) -> Result:

@@ -107,3 +107,13 @@ def test_a_median_row_takes_each_figure_s_median_and_keeps_the_notes() -> None:
     assert median_row(runs[:1]) is runs[0]
     same = [Result("io", 10, 1.0, 10.0, note="ideal 2,000/s")] * 2
     assert median_row(same).note == "median of 2: 10-10 jobs/s; ideal 2,000/s"
+
+
+def test_rows_that_share_a_label_stay_apart(tmp_path: Path) -> None:
+    """Both backlog scenarios have a "nothing behind" row: one round keeps both, and
+    rounds match rows by place."""
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    results = run_bench(url=url, jobs=100, processes=1, concurrency=20, scenarios=list(BACKLOG_SCENARIOS),
+                        json_path=None, console=Console(record=True, width=200), backlog=1_000)  # fmt: skip
+    alone = [r for r in results if r.scenario.endswith("nothing behind")]
+    assert len(alone) == 2 and not any(r.note.startswith("median of") for r in results)
