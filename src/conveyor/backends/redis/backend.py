@@ -367,18 +367,16 @@ class RedisBackend(Backend):
         """Run a fenced script once per queue; one Fence per item, in the caller's order.
         `called`: the id of a queue's items, passed after `head` (see finish.lua)."""
         fences = [Fence.LEASE_LOST] * len(items)
-        groups: dict[str, tuple[list[int], list[str]]] = {}
+        groups: dict[str, list[tuple[int, str]]] = {}  # queue -> (index, seq) of its items
         for index, item in enumerate(items):
             where = split_id(item.job_id)
-            if where is None:
-                continue
-            indexes, args = groups.setdefault(where[0], ([], [*head, ""] if called else list(head)))
-            indexes.append(index)
-            args.extend(pack(item, where[1]))
-        for queue, (indexes, args) in groups.items():
-            if called is not None:
-                args[len(head)] = called([items[i] for i in indexes])
-            for index, ok in zip(indexes, self._script(script, [self._base(queue)], args), strict=True):
+            if where is not None:
+                groups.setdefault(where[0], []).append((index, where[1]))
+        for queue, places in groups.items():
+            args = [*head, called([items[i] for i, _ in places])] if called else list(head)
+            for index, seq in places:
+                args.extend(pack(items[index], seq))
+            for (index, _), ok in zip(places, self._script(script, [self._base(queue)], args), strict=True):
                 fences[index] = Fence.OK if ok else Fence.LEASE_LOST
         return fences
 
