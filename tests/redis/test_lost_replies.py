@@ -1,7 +1,8 @@
 """A claim whose reply is lost after Redis ran it: its jobs come back to the worker
 that claimed them, with the attempt they were claimed for, instead of sitting leased
 until the lease runs out (and then counting as a failed attempt). An enqueue whose
-reply is lost is resent, and the resend stores nothing twice.
+reply is lost is resent, and the resend stores nothing twice; a finish resent answers
+what the lost call stored, not "lease lost".
 
 The faults are real: a TCP proxy in front of the local Redis drops the reply to one
 EVALSHA after Redis has answered it, and can refuse new connections for a while, as a
@@ -239,11 +240,12 @@ def test_several_queues_resent_after_a_lost_reply_are_stored_once(backend: Backe
 
 def test_a_cluster_enqueue_resent_by_its_client_is_stored_once(redis_deployments: Any) -> None:
     """On Cluster the client takes the seqs first, and redis-py resends a call after a
-    connection error by itself: a seq stored already is not stored again."""
+    connection error by itself: a seq stored already is not stored again, and a finish
+    resent answers as the first call did."""
     cluster = redis_deployments("redis-cluster")
     cluster.flush()
     backend = open_backend(cluster.url, prefix="lost")
-    for name in ("enqueue", "enqueue_one", "enqueue_many"):
+    for name in ("enqueue", "enqueue_one", "enqueue_many", "finish"):
         script = backend._s[name]  # type: ignore[attr-defined]
 
         def reply_lost_once(keys: list[str], args: list[Any], script: Any = script) -> Any:
@@ -257,6 +259,7 @@ def test_a_cluster_enqueue_resent_by_its_client_is_stored_once(redis_deployments
     assert [e.created for e in [*one, *batch]] == [True, True, True]
     expected = [(e.id, p) for e, p in zip([*one, *batch], ["[[1],{}]", "[[2],{}]", "[[3],{}]"], strict=True)]
     assert _stored(backend) == [*expected, *zip(bulk, ["[[4],{}]", "[[5],{}]"], strict=True)]
+    assert _finish_all(backend, backend.claim("w1", ["default"], 2, 30)) == [Fence.OK, Fence.OK]
     backend.close()
 
 
