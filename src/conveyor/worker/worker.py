@@ -643,7 +643,7 @@ class Worker:
     async def _store_batch(self, outcomes: list[Outcome]) -> bool:
         """_flush's engine call, retried while the engine is out, then the events and flow
         parents of what it stored."""
-        backoff = 0.1
+        backoff, retried = 0.1, False
         while True:
             try:
                 if self._aio is not None:
@@ -652,6 +652,7 @@ class Worker:
                     fences = await in_thread(self._store, self.app.backend.finish, outcomes)
                 break
             except BackendUnavailable as exc:
+                retried = True
                 if self._hard and self._stopping:
                     log.error(
                         "engine unreachable at hard stop; %d result(s) not stored, those jobs "
@@ -665,6 +666,8 @@ class Worker:
                 log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
+        if retried and Fence.LEASE_LOST in fences:
+            fences = await self._completed_before(outcomes, fences)
         parents: list[str] = []
         # Events grouped by everything but the job: one entry for most of a batch.
         ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = (
@@ -695,6 +698,32 @@ class Worker:
         if parents:
             await self._settle(parents)
         return True
+
+    async def _completed_before(self, outcomes: list[Outcome], fences: list[Fence]) -> list[Fence]:
+        """Fences for a store that was sent again after an engine error: an earlier try
+        may have committed and lost its reply, and then its jobs answer "lease lost" now.
+        A completed outcome whose job is completed at the attempt this worker ran was
+        that try's (only the lease holder completes a job, and a later claim would have
+        counted another attempt), so it counts as stored: its event and flow parent are
+        not lost. Other outcomes stay as answered: a dead or retried job may also be
+        the lease recovery's. Redis answers a resent batch itself (see finish.lua)."""
+        ran = {
+            i: job.record.attempt
+            for i, (o, f) in enumerate(zip(outcomes, fences, strict=True))
+            if f is Fence.LEASE_LOST and o.kind is OutcomeKind.COMPLETED
+            if (job := self._unstored.get((o.job_id, o.token))) is not None
+        }
+        if not ran:
+            return fences
+        try:
+            records = await in_thread(self._store, self.app.backend.get, [outcomes[i].job_id for i in ran])
+        except BackendUnavailable:
+            return fences  # as answered: the results are logged as discarded
+        fixed = list(fences)
+        for (i, attempt), record in zip(ran.items(), records, strict=True):
+            if record is not None and record.state is JobState.COMPLETED and record.attempt == attempt:
+                fixed[i] = Fence.OK
+        return fixed
 
     async def _settle(self, parents: list[str]) -> None:
         """Move on the flow jobs waiting for jobs that just ended; maintenance retries later."""
