@@ -1,7 +1,5 @@
 """A store whose commit landed but whose reply was lost is sent again by the worker:
-its completed jobs still count as stored (events, no "discarded" warning). The engines
-whose store the worker calls from a thread; PostgreSQL's async store takes the same
-path in the worker after it."""
+its completed jobs still count as stored (events, no "discarded" warning)."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ from conveyor.errors import BackendUnavailable
 from tests.conftest import engine_url, running
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
 def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
     engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -27,17 +25,26 @@ def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
     def double(x: int) -> int:
         return 2 * x
 
-    store = app.backend.finish
     lost: list[int] = []
 
-    def reply_lost_once(outcomes: Sequence[Outcome]) -> list[Fence]:
-        fences = store(outcomes)  # committed
+    def once(outcomes: Sequence[Outcome], fences: list[Fence]) -> list[Fence]:
         if not lost:
             lost.append(len(outcomes))
             raise BackendUnavailable("connection lost before the reply")
         return fences
 
-    monkeypatch.setattr(app.backend, "finish", reply_lost_once)
+    if engine == "postgres":  # the worker stores through the engine's async work
+        from conveyor.backends.postgres.aio import PostgresAsyncWork
+
+        store_async = PostgresAsyncWork.finish
+
+        async def reply_lost_async(self: PostgresAsyncWork, outcomes: Sequence[Outcome]) -> list[Fence]:
+            return once(outcomes, await store_async(self, outcomes))  # committed, then lost
+
+        monkeypatch.setattr(PostgresAsyncWork, "finish", reply_lost_async)
+    else:
+        store = app.backend.finish
+        monkeypatch.setattr(app.backend, "finish", lambda outcomes: once(outcomes, store(outcomes)))
     stream = app.events(idle=5)
     jobs = double.enqueue_many([(i,) for i in range(5)])
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
