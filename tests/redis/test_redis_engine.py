@@ -40,6 +40,17 @@ def local_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def flushable_url(tmp_path: Path) -> Iterator[str]:
+    """A server of the test's own, for tests that flush scripts: SCRIPT FLUSH reaches
+    every database, and on the shared server it hit a lost-reply test beside it (its
+    claim found no script, so nothing was leased) and can load scripts back mid-test."""
+    servers.need_binaries()
+    server = servers.server(tmp_path / "scripts")
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
+
+
+@pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[servers.Server]:
     servers.need_binaries()
     # Every write is on disk before Redis answers, so a restart may lose nothing acknowledged.
@@ -173,8 +184,8 @@ def test_prefixes_keep_apps_apart_on_one_server(local_url: str) -> None:
     prod.close()
 
 
-def test_scripts_are_reloaded_after_script_flush(local_url: str) -> None:
-    backend = RedisBackend(local_url, prefix="flush")
+def test_scripts_are_reloaded_after_script_flush(flushable_url: str) -> None:
+    backend = RedisBackend(flushable_url, prefix="flush")
     backend.enqueue([NewJob("t", "default", "[]")])
     backend._r.script_flush()  # as after a restart without persistence of scripts
     assert len(backend.claim("w", ["default"], 1, 30)) == 1
@@ -182,14 +193,14 @@ def test_scripts_are_reloaded_after_script_flush(local_url: str) -> None:
 
 
 def test_recovery_sweeps_many_queues_a_write_at_a_time(
-    local_url: str, monkeypatch: pytest.MonkeyPatch
+    flushable_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every queue's recover script goes out in one write (per _CALLS_AT_ONCE queues),
     and the queues that filled a batch (_BATCH jobs) go round again."""
     monkeypatch.setattr(redis_backend, "_CALLS_AT_ONCE", 4)
     monkeypatch.setattr(redis_backend, "_BATCH", 2)
     clock = FakeClock()
-    backend = RedisBackend(local_url, prefix="sweep", clock=clock)
+    backend = RedisBackend(flushable_url, prefix="sweep", clock=clock)
     queues = [f"tenant-{n}" for n in range(10)]
     backend.enqueue([NewJob("t", queue, "[]", max_attempts=2) for queue in queues for _ in range(3)])
     claimed = backend.claim("w", queues, 30, 10)
@@ -220,10 +231,10 @@ def test_bench_reports_the_servers_cpu_per_job(local_url: str) -> None:
     assert "server µs/job" in console.export_text()
 
 
-def test_warm_up_loads_the_hot_scripts_on_this_threads_connection(local_url: str) -> None:
+def test_warm_up_loads_the_hot_scripts_on_this_threads_connection(flushable_url: str) -> None:
     """A worker's first claim, finish and lease renewal find their scripts loaded (no
     NOSCRIPT round trip), on a connection its thread already has."""
-    backend = RedisBackend(local_url, prefix="warm")
+    backend = RedisBackend(flushable_url, prefix="warm")
     backend._r.script_flush()  # as after a restart without persistence of scripts
     hot = ("claim", "finish", "extend")
     assert backend._r.script_exists(*(backend._s[name].sha for name in hot)) == [False] * 3
@@ -263,6 +274,31 @@ def test_every_trimmed_script_compiles_on_the_server(local_url: str, name: str) 
         client.script_load(load_script(name))  # splicing left valid Lua (helpers run in the contract suite)
     finally:
         client.close()
+
+
+def test_a_batch_across_queues_is_stored_once_when_its_script_is_flushed_before_exec(
+    flushable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server loses the script between redis-py's load and EXEC (a restart, or
+    SCRIPT FLUSH from elsewhere: CI saw it once, from a test beside it). Every call
+    fails alike, and sent again the batch is stored once."""
+    import redis.client
+
+    load: Any = redis.client.Pipeline.load_scripts  # redis-py leaves it untyped
+    flushed: list[bool] = []
+
+    def load_then_flush(pipe: Any) -> None:
+        load(pipe)
+        if not flushed:
+            flushed.append(True)
+            pipe.immediate_execute_command("SCRIPT", "FLUSH")
+
+    monkeypatch.setattr(redis.client.Pipeline, "load_scripts", load_then_flush)
+    backend = RedisBackend(flushable_url, prefix="flush")
+    jobs = [NewJob("t.any", queue, "[[],{}]") for queue in ("a", "b", "a")]
+    assert all(e.created for e in backend.enqueue(jobs)) and flushed
+    assert backend.counts() == {"a": {JobState.QUEUED: 2}, "b": {JobState.QUEUED: 1}}
+    backend.close()
 
 
 def test_hot_path_connections_are_per_thread_and_heal(local_url: str) -> None:

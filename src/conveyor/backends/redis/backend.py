@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import (
@@ -237,6 +237,16 @@ class RedisBackend(Backend):
         """One script call per queue; several queues in one MULTI/EXEC on a single server."""
         if len(calls) == 1 or self._cluster:
             return [self._script(script, self._keys(queue), args, _resent(args, 2)) for queue, args in calls]
+        try:
+            return self._transaction(script, calls)
+        except NoScriptError:
+            # Flushed (a restart, SCRIPT FLUSH) after the pipeline loaded it: every call
+            # failed, as all run the one script, so run them again. CI saw it once, in a
+            # resend after a lost reply, while another test flushed the server's scripts.
+            return self._transaction(script, calls)
+
+    def _transaction(self, script: str, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
+        """The calls in one MULTI/EXEC; redis-py loads the script first if the server lacks it."""
         pipe = self._r.pipeline(transaction=True)
         for queue, args in calls:
             self._s[script](self._keys(queue), args, client=pipe)
