@@ -29,6 +29,22 @@ def slow(marker: str, seconds: float) -> dict[str, int]:
     return {"pid": os.getpid(), "attempt": current_job().attempt}
 
 
+@app.task(name="crash.meet")
+def meet(marker: str, together: int, timeout: float) -> int:
+    """Records that it started, then waits (up to `timeout` seconds) until `together`
+    jobs have: that many run at once, so with one slot each they are in as many processes."""
+    _note(marker, f"{current_job().id} {os.getpid()} {current_job().attempt}")
+    deadline = time.monotonic() + timeout
+    while len(_lines(marker)) < together and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def _lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
 @app.task(name="crash.record")
 async def record(runs: str, i: int) -> int:
     """Records each run, so the test can see every job ran exactly once."""

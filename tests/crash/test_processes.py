@@ -14,7 +14,7 @@ import pytest
 
 from conveyor import Conveyor, JobState
 from tests.conftest import engine_url, eventually
-from tests.crash.crashapp import record, slow
+from tests.crash.crashapp import meet, record, slow
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.crash
@@ -146,7 +146,10 @@ def test_processes_supervisor_forwards_sigterm_and_exits_zero(
     crash_app: Conveyor, shared_url: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "started"
-    jobs = slow.enqueue_many([(str(marker), 0.5), (str(marker), 0.5)])
+    # Each job waits for the other to start: with a slot per process, one process could
+    # run both one after the other (CI saw it once, when the second process started
+    # after the first had finished a 0.5 s job), and then the test would show nothing.
+    jobs = meet.enqueue_many([(str(marker), 2, 20.0)] * 2)
     log = tmp_path / "worker.log"
     supervisor = start_worker(shared_url, "--processes=2", "--concurrency=1", log=log)
     try:
