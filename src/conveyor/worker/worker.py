@@ -226,7 +226,7 @@ class Worker:
         backend = self.app.backend
         self._leases = LeaseKeeper(
             backend,
-            lambda: {**{j.id: j for j in self._unstored.values()}, **self._ahead, **self._running},
+            self._held,
             self.settings.lease_timeout,
             self.settings.heartbeat_every,
             on_progress=self._progressed if self._emit is not None else None,
@@ -532,7 +532,7 @@ class Worker:
         (Backend.reclaims_lost_claims) are not asked."""
         # Known before the listing: a store in flight may finish a job the listing still
         # reads as active, and drop it from _unstored before the listing is back.
-        known = self._running.keys() | {j.id for j in self._unstored.values()} | self._ahead.keys()
+        known = self._held().keys()
         found = await in_thread(self._db, self._leased_to_me)
         self._claim_lost = False
         lost = [r for r in found if r.id not in known]
@@ -606,6 +606,11 @@ class Worker:
         for job in self._ahead.values():
             self._give_back(job)
         self._ahead.clear()
+
+    def _held(self) -> dict[str, Running]:
+        """Every job this worker holds a lease on, by id: finished but not yet stored,
+        claimed ahead, and running (the lease keeper renews these)."""
+        return {**{j.id: j for j in self._unstored.values()}, **self._ahead, **self._running}
 
     def _give_back(self, job: Running) -> None:
         """Hand a job that has not started back unspent: it is stored with the next batch
