@@ -1,10 +1,10 @@
 """A store whose commit landed but whose reply was lost is sent again by the worker:
-its completed jobs still count as stored (events, no "discarded" warning)."""
+its jobs' outcomes still count as stored (events, no "discarded" warning)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,23 +12,21 @@ import pytest
 from conveyor import Conveyor
 from conveyor.backends.base import Fence, Outcome
 from conveyor.errors import BackendUnavailable
+from conveyor.events import JobEvent
+from conveyor.job import JobState
 from tests.conftest import engine_url, running
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
-def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
-    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    app = Conveyor(engine_url(engine, tmp_path))
-
-    @app.task
-    def double(x: int) -> int:
-        return 2 * x
-
+def lose_each_first_reply(app: Conveyor, engine: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make each batch of outcomes commit and then lose its reply, the first time it is
+    sent: the worker sends it again. Returns the sizes of the batches whose reply was lost."""
     lost: list[int] = []
+    seen: set[tuple[tuple[str, str, str], ...]] = set()
 
     def once(outcomes: Sequence[Outcome], fences: list[Fence]) -> list[Fence]:
-        if not lost:
+        batch = tuple((o.job_id, o.token, str(o.kind)) for o in outcomes)
+        if batch not in seen:
+            seen.add(batch)
             lost.append(len(outcomes))
             raise BackendUnavailable("connection lost before the reply")
         return fences
@@ -45,15 +43,60 @@ def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
     else:
         store = app.backend.finish
         monkeypatch.setattr(app.backend, "finish", lambda outcomes: once(outcomes, store(outcomes)))
+    return lost
+
+
+def events_of(stream: Iterator[JobEvent], kinds: set[str], want: int) -> dict[str, set[str]]:
+    """Job ids per event kind, until each kind has `want` of them (the stream's idle ends it)."""
+    got: dict[str, set[str]] = {kind: set() for kind in kinds}
+    for event in stream:
+        if event.kind in got:
+            got[event.kind].add(event.job_id)
+        if all(len(ids) >= want for ids in got.values()):
+            break
+    return got
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
+def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Conveyor(engine_url(engine, tmp_path))
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    lost = lose_each_first_reply(app, engine, monkeypatch)
     stream = app.events(idle=5)
     jobs = double.enqueue_many([(i,) for i in range(5)])
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
         assert [j.result(timeout=10) for j in jobs] == [0, 2, 4, 6, 8]
-        completed: set[str] = set()
-        for event in stream:
-            completed |= {event.job_id} if event.kind == "completed" else set()
-            if len(completed) == len(jobs):
-                break
-    assert lost and completed == {j.id for j in jobs}
+        got = events_of(stream, {"completed"}, len(jobs))
+    assert lost and got["completed"] == {j.id for j in jobs}
+    assert "lease was lost" not in caplog.text
+    app.close()
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
+def test_failed_attempts_of_a_store_retried_after_a_lost_reply_count_as_stored(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retry and a final failure are told from the lease recovery's by their error. The
+    retry waits 1-2 s (the default backoff), so the worker reads it before it runs again."""
+    app = Conveyor(engine_url(engine, tmp_path))
+
+    @app.task(retries=1)
+    def broken(x: int) -> None:
+        raise ValueError(f"bad row {x}")
+
+    lost = lose_each_first_reply(app, engine, monkeypatch)
+    stream = app.events(idle=5)
+    jobs = broken.enqueue_many([(i,) for i in range(3)])
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
+        got = events_of(stream, {"retried", "dead"}, len(jobs))
+    ids = {j.id for j in jobs}
+    assert len(lost) >= 2 and got == {"retried": ids, "dead": ids}
+    assert {j.refresh().state for j in jobs} == {JobState.DEAD}
     assert "lease was lost" not in caplog.text
     app.close()

@@ -114,6 +114,19 @@ _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow p
 # (most do little) finishes without being scheduled through the loop's queue.
 _eager = getattr(asyncio, "eager_task_factory", None)
 _EVENT_OF = {OutcomeKind.COMPLETED: "completed", OutcomeKind.RETRY: "retried", OutcomeKind.DEAD: "dead"}
+# The states an attempt's outcome leaves its job in (a retry due now is queued at once).
+_STORED_AS = {
+    OutcomeKind.COMPLETED: (JobState.COMPLETED,),
+    OutcomeKind.RETRY: (JobState.SCHEDULED, JobState.QUEUED),
+    OutcomeKind.DEAD: (JobState.DEAD,),
+}
+
+
+def _stored_as(outcome: Outcome, record: JobRecord, attempt: int) -> bool:
+    """Is the job where this outcome, stored at this attempt, would have left it?"""
+    if record.state not in _STORED_AS[outcome.kind] or record.attempt != attempt:
+        return False
+    return outcome.kind is OutcomeKind.COMPLETED or record.error == outcome.error
 
 
 class Worker:
@@ -672,7 +685,7 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
         if retried and Fence.LEASE_LOST in fences:
-            fences = await self._completed_before(outcomes, fences)
+            fences = await self._stored_before(outcomes, fences)
         parents: list[str] = []
         # Events grouped by everything but the job: one entry for most of a batch.
         ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = (
@@ -704,18 +717,20 @@ class Worker:
             await self._settle(parents)
         return True
 
-    async def _completed_before(self, outcomes: list[Outcome], fences: list[Fence]) -> list[Fence]:
+    async def _stored_before(self, outcomes: list[Outcome], fences: list[Fence]) -> list[Fence]:
         """Fences for a store that was sent again after an engine error: an earlier try
         may have committed and lost its reply, and then its jobs answer "lease lost" now.
-        A completed outcome whose job is completed at the attempt this worker ran was
-        that try's (only the lease holder completes a job, and a later claim would have
-        counted another attempt), so it counts as stored: its event and flow parent are
-        not lost. Other outcomes stay as answered: a dead or retried job may also be
-        the lease recovery's. Redis answers a resent batch itself (see finish.lua)."""
+        An outcome whose job is in the state it leads to, at the attempt this worker ran,
+        was that try's: only the lease holder ends an attempt, a later claim would have
+        counted another one, and the lease recovery, the only other writer of a failure at
+        that attempt, stores its own error (LEASE_EXPIRED). So it counts as stored: its
+        event and flow parent are not lost. Redis answers a resent batch itself (see
+        finish.lua). Stay as answered: a retry claimed again before this read, and snoozed
+        and released jobs, which have no event."""
         ran = {
             i: job.record.attempt
             for i, (o, f) in enumerate(zip(outcomes, fences, strict=True))
-            if f is Fence.LEASE_LOST and o.kind is OutcomeKind.COMPLETED
+            if f is Fence.LEASE_LOST and o.kind in _STORED_AS
             if (job := self._unstored.get((o.job_id, o.token))) is not None
         }
         if not ran:
@@ -726,7 +741,7 @@ class Worker:
             return fences  # as answered: the results are logged as discarded
         fixed = list(fences)
         for (i, attempt), record in zip(ran.items(), records, strict=True):
-            if record is not None and record.state is JobState.COMPLETED and record.attempt == attempt:
+            if record is not None and _stored_as(outcomes[i], record, attempt):
                 fixed[i] = Fence.OK
         return fixed
 
