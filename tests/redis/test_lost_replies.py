@@ -294,3 +294,20 @@ def test_a_finish_retried_by_the_worker_after_an_error_answers_stored(backend: B
     assert other == []  # nothing came back to run again
     stale = [Outcome(r.id, "not-the-token", OutcomeKind.COMPLETED) for r in claimed]
     assert backend.finish(stale) == [Fence.LEASE_LOST, Fence.LEASE_LOST]  # other batches are fenced as ever
+
+
+def test_operator_calls_resent_after_a_lost_reply_answer_what_they_did(backend: Backend) -> None:
+    """Run again, a cancel, retry or delete would find its work done and answer that it
+    did nothing: each call keeps its reply under an id of its own for the resend."""
+    proxy = backend.proxy  # type: ignore[attr-defined]
+    ids = _enqueue(backend, 3)
+    proxy.drop_next.set()
+    assert backend.cancel(ids[:2]) == [True, True]
+    proxy.drop_next.set()
+    assert backend.retry(ids[:2]) == [True, True]
+    assert {r.state for r in backend.get(ids) if r is not None} == {JobState.QUEUED}
+    proxy.drop_next.set()
+    assert backend.delete(ids) == 3
+    assert backend.get(ids) == [None, None, None]
+    assert backend.cancel(ids) == [False] * 3  # a new call: nothing left to cancel
+    assert backend.delete(ids) == 0

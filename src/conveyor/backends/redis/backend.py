@@ -594,18 +594,19 @@ class RedisBackend(Backend):
 
     @_guarded
     def cancel(self, ids: Sequence[str]) -> list[bool]:
-        return [bool(r) for r in self._per_queue("cancel", ids, [repr(self.clock.now())])]
+        return [bool(r) for r in self._per_queue("cancel", ids, [repr(self.clock.now()), _call_id()])]
 
     @_guarded
     def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
         # One script call per queue: resume.lua takes (seq, error) pairs.
         errors = [r.error or "" for r in resumptions]
-        pairs = self._per_queue("resume", [r.job_id for r in resumptions], [repr(self.clock.now())], errors)
+        head = [repr(self.clock.now()), _call_id()]
+        pairs = self._per_queue("resume", [r.job_id for r in resumptions], head, errors)
         return [bool(reply) for reply in pairs]
 
     @_guarded
     def retry(self, ids: Sequence[str]) -> list[bool]:
-        return [bool(r) for r in self._per_queue("retry", ids, [repr(self.clock.now())])]
+        return [bool(r) for r in self._per_queue("retry", ids, [repr(self.clock.now()), _call_id()])]
 
     @_guarded
     def delete(self, ids: Sequence[str]) -> int:
@@ -614,7 +615,8 @@ class RedisBackend(Backend):
             where = split_id(job_id)
             if where is not None:
                 groups.setdefault(where[0], []).append(where[1])
-        return sum(int(self._script("delete", [self._base(q)], seqs)) for q, seqs in groups.items())
+        call = _call_id()
+        return sum(int(self._script("delete", [self._base(q)], [call, *seqs])) for q, seqs in groups.items())
 
     @_guarded
     def set_paused(self, queues: Sequence[str], paused: bool) -> None:
@@ -769,6 +771,12 @@ def _batch_id(outcomes: list[Outcome]) -> str:
     call's answer (see finish.lua). Lease tokens are random, so other batches do not."""
     text = "\n".join(f"{o.job_id} {o.token} {o.kind.value}" for o in outcomes)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _call_id() -> str:
+    """An operator call's id (cancel, retry, delete, resume): its resend after a lost
+    reply answers what the call did, not what is left to do (see keep in _lib.lua)."""
+    return secrets.token_hex(8)
 
 
 def _resent(args: list[Any], at: int) -> list[Any]:

@@ -17,6 +17,7 @@
 --   :unique_done  hash   unique key -> seq of the last job that completed with it
 --   :ticks        hash   schedule -> last tick that got its job
 --   :paused       string present while the queue is paused
+--   :answer:<call>  string  a call's reply, kept a minute for its resend (see keep)
 -- Channels: <base>:wake (work arrived on an empty queue), <base>:done (message: the seq of
 -- a watched job that finished), each with DB appended: pub/sub spans a server's
 -- databases, and DB ("@<n>" outside database 0, set when the script is loaded) keeps
@@ -331,4 +332,23 @@ local function lease(seq, now, worker, token, expires)
   rec[3], rec[6], rec[12], rec[16], rec[17], rec[18] = 'active', attempt, now, worker, token, expires
   table.insert(rec, 1, seq)
   return rec
+end
+
+-- The reply of an earlier call with this id, if it ran in the last minute (see keep), else
+-- nil. Replies kept are lists of integers (a count is a list of one).
+local function kept(call)
+  local text = redis.call('GET', key('answer:' .. call))
+  if not text then return nil end
+  local out = {}
+  for n in string.gmatch(text, '%d+') do out[#out + 1] = tonumber(n) end
+  return out
+end
+
+-- Keep a call's reply for a minute under its id, and return it. A call resent after its
+-- reply was lost (by the lane after a dropped connection, by Cluster's client, or by the
+-- worker after an error) comes at once or after a backoff of seconds; run again, a call
+-- that cancelled, requeued or finished jobs would answer that it had not.
+local function keep(call, out)
+  redis.call('SET', key('answer:' .. call), table.concat(out, ','), 'EX', 60)
+  return out
 end

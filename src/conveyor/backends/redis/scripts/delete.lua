@@ -1,9 +1,12 @@
 -- delete: remove jobs whatever their state, with their logs.
 -- KEYS[1] queue base
--- ARGV: seqs
+-- ARGV: call (an id per call, see keep), then seqs
 -- Returns: how many existed.
+local answered = kept(ARGV[1])
+if answered then return answered[1] end
 local deleted = 0
-for _, seq in ipairs(ARGV) do
+for i = 2, #ARGV do
+  local seq = ARGV[i]
   local state = redis.call('HGET', jkey(seq), 'state')
   if state then
     release_unique(seq)
@@ -14,4 +17,4 @@ for _, seq in ipairs(ARGV) do
     deleted = deleted + 1
   end
 end
-return deleted
+return keep(ARGV[1], {deleted})[1]

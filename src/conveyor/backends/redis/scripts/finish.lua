@@ -10,13 +10,8 @@
 --          lane, by Cluster's client, or by the worker after an error), and run again its
 --          stored jobs would answer 0, as if their leases were lost.
 local now = ARGV[1]
-local answer = key('finished:' .. ARGV[2])
-local answered = redis.call('GET', answer)
-if answered then
-  local out = {}
-  for i = 1, #answered do out[i] = string.byte(answered, i) - 48 end  -- '0'/'1' each
-  return out
-end
+local answered = kept(ARGV[2])
+if answered then return answered end
 local out = {}
 local requeued = false
 local completed = {}  -- the common case, batched: {now, seq, now, seq, ...}
@@ -77,7 +72,4 @@ if #completed > 0 then
   zadd('completed', completed)
 end
 if requeued then wake() end
--- One key a batch (not a job), for a minute: a resend comes at once, or after the
--- worker's backoff while the server is out.
-redis.call('SET', answer, table.concat(out), 'EX', 60)
-return out
+return keep(ARGV[2], out)  -- one key a batch, not a job

@@ -1,11 +1,13 @@
 -- resume: move flow jobs on from waiting, once: to queued, or to dead with an error.
 -- KEYS[1] queue base
--- ARGV: now, then per job 2 values: seq, error ('' to queue it)
+-- ARGV: now, call (an id per call, see keep), then per job 2 values: seq, error ('' to queue it)
 -- Returns: per job 1 (moved by this call) or 0 (unknown or no longer waiting).
 local now = ARGV[1]
+local answered = kept(ARGV[2])
+if answered then return answered end
 local out = {}
 local queued = false
-for a = 2, #ARGV, 2 do
+for a = 3, #ARGV, 2 do
   local seq, err = ARGV[a], ARGV[a + 1]
   if redis.call('HGET', jkey(seq), 'state') == 'waiting' then
     if err == '' then
@@ -23,4 +25,4 @@ for a = 2, #ARGV, 2 do
   end
 end
 if queued then wake() end
-return out
+return keep(ARGV[2], out)

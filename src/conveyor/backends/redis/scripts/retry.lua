@@ -1,11 +1,13 @@
 -- retry: requeue dead or cancelled jobs with a fresh retry budget.
 -- KEYS[1] queue base
--- ARGV: now, then seqs
+-- ARGV: now, call (an id per call, see keep), then seqs
 -- Returns: per seq 1 (requeued) or 0 (not dead/cancelled, or a live job holds its unique key).
 local now = ARGV[1]
+local answered = kept(ARGV[2])
+if answered then return answered end
 local out = {}
 local requeued = false
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local seq = ARGV[i]
   local job = jkey(seq)
   local f = redis.call('HMGET', job, 'state', 'unique_key', 'attempt', 'retries')
@@ -24,4 +26,4 @@ for i = 2, #ARGV do
   end
 end
 if requeued then wake() end
-return out
+return keep(ARGV[2], out)
