@@ -660,15 +660,27 @@ class Worker:
 
     async def _store_batch(self, outcomes: list[Outcome]) -> bool:
         """_flush's engine call, retried while the engine is out, then the events and flow
-        parents of what it stored."""
+        parents of what it stored. False: a hard stop gave up on it."""
+        sent = await self._send_store(outcomes)
+        if sent is None:
+            return False
+        fences, retried = sent
+        if retried and Fence.LEASE_LOST in fences:
+            fences = await self._stored_before(outcomes, fences)
+        parents = self._account(outcomes, fences)
+        if parents:
+            await self._settle(parents)
+        return True
+
+    async def _send_store(self, outcomes: list[Outcome]) -> tuple[list[Fence], bool] | None:
+        """The engine's fences for the outcomes, and whether the store had to be sent
+        again; None if a hard stop came while the engine was out."""
         backoff, retried = 0.1, False
         while True:
             try:
                 if self._aio is not None:
-                    fences = await self._aio.finish(outcomes)
-                else:
-                    fences = await in_thread(self._store, self.app.backend.finish, outcomes)
-                break
+                    return await self._aio.finish(outcomes), retried
+                return await in_thread(self._store, self.app.backend.finish, outcomes), retried
             except BackendUnavailable as exc:
                 retried = True
                 if self._hard and self._stopping:
@@ -680,12 +692,14 @@ class Worker:
                     )
                     self._running.clear()
                     self._unstored.clear()
-                    return False
+                    return None
                 log.error("could not store %d result(s), retrying in %.1fs: %s", len(outcomes), backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
-        if retried and Fence.LEASE_LOST in fences:
-            fences = await self._stored_before(outcomes, fences)
+
+    def _account(self, outcomes: list[Outcome], fences: list[Fence]) -> list[str]:
+        """Forget the stored outcomes, warn of the discarded ones, emit the events of those
+        stored; returns the flow parents that may now move on."""
         parents: list[str] = []
         # Events grouped by everything but the job: one entry for most of a batch.
         ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = (
@@ -713,9 +727,7 @@ class Worker:
                 )
                 for (kind, queue, task, attempt, error), ids in ended.items()
             )
-        if parents:
-            await self._settle(parents)
-        return True
+        return parents
 
     async def _stored_before(self, outcomes: list[Outcome], fences: list[Fence]) -> list[Fence]:
         """Fences for a store that was sent again after an engine error: an earlier try
