@@ -311,3 +311,14 @@ def test_operator_calls_resent_after_a_lost_reply_answer_what_they_did(backend: 
     assert backend.get(ids) == [None, None, None]
     assert backend.cancel(ids) == [False] * 3  # a new call: nothing left to cancel
     assert backend.delete(ids) == 0
+
+
+def test_a_schedule_tick_resent_after_a_lost_reply_answers_its_job(backend: Backend) -> None:
+    """Run again, the tick's compare-and-set finds the tick taken and answers None, as if
+    another scheduler had enqueued it: the scheduler would log nothing for its job."""
+    job = NewJob("t.tick", "default", "[[],{}]")
+    backend.proxy.drop_next.set()  # type: ignore[attr-defined]
+    stored = backend.enqueue_tick("nightly", 1_000.0, job)
+    assert stored is not None
+    assert [r.id for r in backend.list_jobs(JobQuery(queue="default"))] == [stored]
+    assert backend.enqueue_tick("nightly", 1_000.0, job) is None  # another call: the tick is taken

@@ -271,7 +271,8 @@ class RedisBackend(Backend):
     def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> str | None:
         self._register([job.queue])
         now = _num(self.clock.now())
-        args = [job.queue, now, self._first_seq(1), schedule, repr(tick), *self._job_args(job, now)]
+        head = [job.queue, now, self._first_seq(1), schedule, repr(tick)]
+        args = [*head, *self._job_args(job, now), _call_id()]
         seq = self._script("enqueue_tick", self._keys(job.queue), args)
         return None if seq is None else f"{job.queue}:{seq}"
 
@@ -774,8 +775,8 @@ def _batch_id(outcomes: list[Outcome]) -> str:
 
 
 def _call_id() -> str:
-    """An operator call's id (cancel, retry, delete, resume): its resend after a lost
-    reply answers what the call did, not what is left to do (see keep in _lib.lua)."""
+    """A call's id (cancel, retry, delete, resume, a schedule's tick): its resend after
+    a lost reply answers what the call did, not what is left to do (see keep in _lib.lua)."""
     return secrets.token_hex(8)
 
 

@@ -2,9 +2,12 @@
 -- already has its job. Many schedulers may race; the compare-and-set on :ticks lets one win.
 -- KEYS[1] queue base; KEYS[2] the prefix's sequence counter (single server only)
 -- ARGV: queue, now, first seq (0: take from KEYS[2]), schedule, tick, then the 9 job
---       values as in enqueue
+--       values as in enqueue, then call (an id per call, see keep)
 -- Returns: the new job's seq, or false when the tick was taken (or a unique key matched).
-local queue, now, schedule, tick = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+--          A resend of a call that ran answers what it did: the tick is taken by then.
+local queue, now, schedule, tick, call = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[15]
+local answered = kept(call)
+if answered then return answered[1] or false end
 local last = redis.call('HGET', key('ticks'), schedule)
 if last and tonumber(last) >= tonumber(tick) then return false end
 redis.call('HSET', key('ticks'), schedule, tick)
@@ -17,5 +20,5 @@ flush(pending)
 -- Jobs queued by this batch need no second ZCARD (one redis.call is ~5 us of ~30);
 -- a debounce may have moved an earlier job into :queued, so look when none were.
 if was_empty and (#pending.queued > 0 or redis.call('ZCARD', key('queued')) > 0) then wake() end
-if created == 0 then return false end
-return id
+if created == 0 then return keep(call, {})[1] or false end
+return keep(call, {id})[1]
