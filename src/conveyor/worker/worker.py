@@ -32,7 +32,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conveyor.backends.base import AsyncWork, Fence, JobQuery, Outcome, OutcomeKind, WorkerInfo
+from conveyor.backends.base import AsyncWork, Backend, Fence, JobQuery, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.events import JobEvent, JobEvents
@@ -237,31 +237,9 @@ class Worker:
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self._deadlines = Deadlines(self._loop)
         backend = self.app.backend
-        self._leases = LeaseKeeper(
-            backend,
-            self._held,
-            self.settings.lease_timeout,
-            self.settings.heartbeat_every,
-            on_progress=self._progressed if self._emit is not None else None,
-        )
-        done, dead = self.settings.keep_completed, self.settings.keep_dead
-        keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
-        most, most_dead = self.settings.keep_completed_count, self.settings.keep_dead_count
-        counts = {JobState.COMPLETED: most, JobState.CANCELLED: most, JobState.DEAD: most_dead}
-        self._maintenance = Maintenance(
-            backend, self._leases.thread, self.settings.lease_timeout, self._info, self._request_wake,
-            retention=keep, now=self.app.clock.now, keep_counts=counts,
-        )  # fmt: skip
+        self._leases, self._maintenance = self._keepers(backend)
         self._burst = burst
-        self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
-        # A thread per claim lane, each with the engine connection it keeps.
-        self._claimers = [self._db] + [
-            concurrent.futures.ThreadPoolExecutor(1, f"conveyor-engine-{lane}")
-            for lane in range(2, backend.claim_lanes + 1)
-        ]
-        self._store = concurrent.futures.ThreadPoolExecutor(1, "conveyor-store")
-        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
+        self._open_threads(backend)
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
@@ -288,11 +266,45 @@ class Worker:
                     self._loop.remove_signal_handler(signum)
             if self._aio is not None:
                 await self._aio.aclose()
-            # Join the engine threads (the waiter returns within _IDLE_WAIT) so the app
-            # can close its connections safely; task threads are the user's and may hang.
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for executor in (*self._claimers, self._store, self._leases.thread, self._waiter, *self._threads):
-                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            await self._close_threads()
+
+    def _keepers(self, backend: Backend) -> tuple[LeaseKeeper, Maintenance]:
+        """The lease keeper (renewals, progress) and maintenance (recovery, retention)."""
+        leases = LeaseKeeper(
+            backend,
+            self._held,
+            self.settings.lease_timeout,
+            self.settings.heartbeat_every,
+            on_progress=self._progressed if self._emit is not None else None,
+        )
+        done, dead = self.settings.keep_completed, self.settings.keep_dead
+        keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
+        most, most_dead = self.settings.keep_completed_count, self.settings.keep_dead_count
+        counts = {JobState.COMPLETED: most, JobState.CANCELLED: most, JobState.DEAD: most_dead}
+        maintenance = Maintenance(
+            backend, leases.thread, self.settings.lease_timeout, self._info, self._request_wake,
+            retention=keep, now=self.app.clock.now, keep_counts=counts,
+        )  # fmt: skip
+        return leases, maintenance
+
+    def _open_threads(self, backend: Backend) -> None:
+        """The engine's threads (one per claim lane, the store's, the waiter's) and the
+        task threads; each engine thread keeps its own connection."""
+        self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
+        self._claimers = [self._db] + [
+            concurrent.futures.ThreadPoolExecutor(1, f"conveyor-engine-{lane}")
+            for lane in range(2, backend.claim_lanes + 1)
+        ]
+        self._store = concurrent.futures.ThreadPoolExecutor(1, "conveyor-store")
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
+
+    async def _close_threads(self) -> None:
+        """Join the engine threads (the waiter returns within _IDLE_WAIT) so the app can
+        close its connections safely; task threads are the user's and may hang."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for executor in (*self._claimers, self._store, self._leases.thread, self._waiter, *self._threads):
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _warm_up(self) -> None:
         """Each engine thread's connection opened before the first claim (Backend.warm_up).
