@@ -90,6 +90,14 @@ def test_a_password_never_shows_in_errors() -> None:
     assert "s3cret" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
 
 
+def test_a_missing_database_fails_at_once_with_the_servers_reason() -> None:
+    """The pool would retry until its timeout and then say only that it timed out."""
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match='database "no_such_db" does not exist'):
+        open_backend(POSTGRES_URL.rsplit("/", 1)[0] + "/no_such_db?timeout=5", prefix="x")
+    assert time.monotonic() - started < 2
+
+
 def test_an_unmigrated_schema_asks_for_conveyor_migrate_which_installs_it() -> None:
     fresh_postgres(POSTGRES_URL)
     with pytest.raises(ConfigError, match="has no Conveyor tables.*conveyor migrate"):

@@ -104,12 +104,18 @@ class PostgresBackend(Backend):
             target.conninfo, self.connect_options, vacuum_at if target.vacuum else {}, self._dead_rows
         )
         try:
-            self._pool.open(wait=True, timeout=target.timeout)
-            with self._pool.connection() as conn:
+            # The schema check has a connection of its own, not the pool's: a wrong host,
+            # database or password then fails at once with the server's reason, where the
+            # pool retried until `timeout` and said only "pool initialization incomplete".
+            with psycopg.connect(target.conninfo, autocommit=True) as conn:
                 if target.migrate:
                     migrate(conn, self.schema)
                 else:
                     require_current(conn, self.schema)
+            # Waited for: a first call that found the pool empty would grow it to two
+            # connections, and a producer's calls would then alternate between two server
+            # processes (a tenth slower, see the README's benchmark notes).
+            self._pool.open(wait=True, timeout=target.timeout)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             self.close()
             raise BackendUnavailable(f"PostgreSQL at {self.where}: {exc}") from exc
