@@ -20,5 +20,8 @@ flush(pending)
 -- Jobs queued by this batch need no second ZCARD (one redis.call is ~5 us of ~30);
 -- a debounce may have moved an earlier job into :queued, so look when none were.
 if was_empty and (#pending.queued > 0 or redis.call('ZCARD', key('queued')) > 0) then wake() end
-if created == 0 then return keep(call, {})[1] or false end
+if created == 0 then
+  keep(call, {})  -- a resend answers false too
+  return false
+end
 return keep(call, {id})[1]
