@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, Snooze, current_job
 from conveyor.backends.base import Fence, Outcome
 from conveyor.errors import BackendUnavailable
 from conveyor.events import JobEvent
@@ -98,5 +98,30 @@ def test_failed_attempts_of_a_store_retried_after_a_lost_reply_count_as_stored(
     ids = {j.id for j in jobs}
     assert len(lost) >= 2 and got == {"retried": ids, "dead": ids}
     assert {j.refresh().state for j in jobs} == {JobState.DEAD}
+    assert "lease was lost" not in caplog.text
+    app.close()
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
+def test_a_snooze_of_a_store_retried_after_a_lost_reply_counts_as_stored(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A snooze gives its attempt back, which the lease recovery never does: told apart
+    by the attempt count. It waits 1 s, so the worker reads it before it runs again."""
+    app = Conveyor(engine_url(engine, tmp_path))
+    runs: list[int] = []
+
+    @app.task
+    def later(x: int) -> int:
+        runs.append(current_job().attempt)
+        if len(runs) == 1:
+            raise Snooze(1.0)
+        return x
+
+    lost = lose_each_first_reply(app, engine, monkeypatch)
+    job = later.enqueue(7)
+    with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
+        assert job.result(timeout=10) == 7
+    assert len(lost) >= 2 and runs == [1, 1]  # the snooze spent no attempt
     assert "lease was lost" not in caplog.text
     app.close()

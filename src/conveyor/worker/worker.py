@@ -114,19 +114,25 @@ _ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow p
 # (most do little) finishes without being scheduled through the loop's queue.
 _eager = getattr(asyncio, "eager_task_factory", None)
 _EVENT_OF = {OutcomeKind.COMPLETED: "completed", OutcomeKind.RETRY: "retried", OutcomeKind.DEAD: "dead"}
-# The states an attempt's outcome leaves its job in (a retry due now is queued at once).
+# Per outcome: the states it leaves its job in (a job due now may be queued at once), and
+# the attempt count it leaves against the attempt run: snoozed and released jobs give
+# their attempt back, which the lease recovery never does.
 _STORED_AS = {
-    OutcomeKind.COMPLETED: (JobState.COMPLETED,),
-    OutcomeKind.RETRY: (JobState.SCHEDULED, JobState.QUEUED),
-    OutcomeKind.DEAD: (JobState.DEAD,),
+    OutcomeKind.COMPLETED: ((JobState.COMPLETED,), 0),
+    OutcomeKind.RETRY: ((JobState.SCHEDULED, JobState.QUEUED), 0),
+    OutcomeKind.DEAD: ((JobState.DEAD,), 0),
+    OutcomeKind.SNOOZED: ((JobState.SCHEDULED, JobState.QUEUED), -1),
+    OutcomeKind.RELEASED: ((JobState.QUEUED,), -1),
 }
+_FAILED = (OutcomeKind.RETRY, OutcomeKind.DEAD)
 
 
 def _stored_as(outcome: Outcome, record: JobRecord, attempt: int) -> bool:
     """Is the job where this outcome, stored at this attempt, would have left it?"""
-    if record.state not in _STORED_AS[outcome.kind] or record.attempt != attempt:
+    states, counted = _STORED_AS[outcome.kind]
+    if record.state not in states or record.attempt != attempt + counted:
         return False
-    return outcome.kind is OutcomeKind.COMPLETED or record.error == outcome.error
+    return outcome.kind not in _FAILED or record.error == outcome.error
 
 
 class Worker:
@@ -744,17 +750,17 @@ class Worker:
     async def _stored_before(self, outcomes: list[Outcome], fences: list[Fence]) -> list[Fence]:
         """Fences for a store that was sent again after an engine error: an earlier try
         may have committed and lost its reply, and then its jobs answer "lease lost" now.
-        An outcome whose job is in the state it leads to, at the attempt this worker ran,
+        An outcome whose job is in the state it leads to, at the attempt count it leaves,
         was that try's: only the lease holder ends an attempt, a later claim would have
         counted another one, and the lease recovery, the only other writer of a failure at
         that attempt, stores its own error (LEASE_EXPIRED). So it counts as stored: its
-        event and flow parent are not lost. Redis answers a resent batch itself (see
-        finish.lua). Stay as answered: a retry claimed again before this read, and snoozed
-        and released jobs, which have no event."""
+        event and flow parent are not lost, and no "discarded" warning misleads. Redis
+        answers a resent batch itself (see finish.lua). A job claimed again before this
+        read stays as answered."""
         ran = {
             i: job.record.attempt
             for i, (o, f) in enumerate(zip(outcomes, fences, strict=True))
-            if f is Fence.LEASE_LOST and o.kind in _STORED_AS
+            if f is Fence.LEASE_LOST
             if (job := self._unstored.get((o.job_id, o.token))) is not None
         }
         if not ran:
