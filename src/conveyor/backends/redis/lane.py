@@ -106,8 +106,13 @@ class Lane:
             conn.connect()
             if _pack is None:
                 conn.send_packed_command(conn.pack_commands(commands))
+            elif len(commands) == 1:
+                conn.send_packed_command([_pack(commands[0])])
             else:
-                conn.send_packed_command([_pack(command) for command in commands])
+                # One write: redis-py sends each item with a sendall of its own, so Redis
+                # read 2,000 probes (a recovery sweep) in many small reads: 11.4 ms of
+                # its CPU for 1.4 ms of commands, 2.2-2.5 ms as one write.
+                conn.send_packed_command([b"".join([_pack(command) for command in commands])])
             replies: list[Any] = []
             for _ in commands:
                 try:
