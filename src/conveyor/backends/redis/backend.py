@@ -403,10 +403,9 @@ class RedisBackend(Backend):
 
     @_guarded
     def recover_expired(self) -> list[str]:
-        """The recover script of every queue holding an expired lease, in one round trip
-        (per _CALLS_AT_ONCE queues); queues that filled a batch go round again. A sweep
-        over 1,000 queues took 102-108 ms with a call each, 26-28 ms this way; every
-        worker sweeps every few seconds."""
+        """The recover script of every queue holding an expired lease (see _expired_in),
+        written at once per _CALLS_AT_ONCE queues; queues that filled a batch go round
+        again. With a round trip per queue, 1,000 queues took 102-108 ms a sweep."""
         now = repr(self.clock.now())
         recovered: list[str] = []
         queues = self._expired_in(self._queues(), now)
