@@ -57,17 +57,26 @@ def events_of(stream: Iterator[JobEvent], kinds: set[str], want: int) -> dict[st
     return got
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+def lossy(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Conveyor, list[int]]]:
+    """An app on each engine whose stores of finished attempts lose their first reply,
+    and the sizes of the batches whose reply was lost."""
+    app = Conveyor(engine_url(request.param, tmp_path))
+    yield app, lose_each_first_reply(app, request.param, monkeypatch)
+    app.close()
+
+
 def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
-    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    lossy: tuple[Conveyor, list[int]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = Conveyor(engine_url(engine, tmp_path))
+    app, lost = lossy
 
     @app.task
     def double(x: int) -> int:
         return 2 * x
 
-    lost = lose_each_first_reply(app, engine, monkeypatch)
     stream = app.events(idle=5)
     jobs = double.enqueue_many([(i,) for i in range(5)])
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
@@ -75,22 +84,19 @@ def test_completed_jobs_of_a_store_retried_after_a_lost_reply_count_as_stored(
         got = events_of(stream, {"completed"}, len(jobs))
     assert lost and got["completed"] == {j.id for j in jobs}
     assert "lease was lost" not in caplog.text
-    app.close()
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
 def test_failed_attempts_of_a_store_retried_after_a_lost_reply_count_as_stored(
-    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    lossy: tuple[Conveyor, list[int]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A retry and a final failure are told from the lease recovery's by their error. The
     retry waits 1-2 s (the default backoff), so the worker reads it before it runs again."""
-    app = Conveyor(engine_url(engine, tmp_path))
+    app, lost = lossy
 
     @app.task(retries=1)
     def broken(x: int) -> None:
         raise ValueError(f"bad row {x}")
 
-    lost = lose_each_first_reply(app, engine, monkeypatch)
     stream = app.events(idle=5)
     jobs = broken.enqueue_many([(i,) for i in range(3)])
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
@@ -99,16 +105,14 @@ def test_failed_attempts_of_a_store_retried_after_a_lost_reply_count_as_stored(
     assert len(lost) >= 2 and got == {"retried": ids, "dead": ids}
     assert {j.refresh().state for j in jobs} == {JobState.DEAD}
     assert "lease was lost" not in caplog.text
-    app.close()
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite", "redis", "postgres"])
 def test_a_snooze_of_a_store_retried_after_a_lost_reply_counts_as_stored(
-    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    lossy: tuple[Conveyor, list[int]], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A snooze gives its attempt back, which the lease recovery never does: told apart
     by the attempt count. It waits 1 s, so the worker reads it before it runs again."""
-    app = Conveyor(engine_url(engine, tmp_path))
+    app, lost = lossy
     runs: list[int] = []
 
     @app.task
@@ -118,10 +122,8 @@ def test_a_snooze_of_a_store_retried_after_a_lost_reply_counts_as_stored(
             raise Snooze(1.0)
         return x
 
-    lost = lose_each_first_reply(app, engine, monkeypatch)
     job = later.enqueue(7)
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"), running(app):
         assert job.result(timeout=10) == 7
     assert len(lost) >= 2 and runs == [1, 1]  # the snooze spent no attempt
     assert "lease was lost" not in caplog.text
-    app.close()
