@@ -450,13 +450,12 @@ class RedisBackend(Backend):
 
     def _look(self, queues: Sequence[str]) -> tuple[bool, float | None]:
         """Is a job ready on an unpaused queue; when does the next scheduled one fall due?"""
-        pipe = self._r.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for queue in queues:
             base = self._base(queue)
-            pipe.exists(f"{base}:paused")
-            pipe.zcard(f"{base}:queued")
-            pipe.zrange(f"{base}:scheduled", 0, 0, withscores=True)
-        replies = pipe.execute()
+            commands += [("EXISTS", f"{base}:paused"), ("ZCARD", f"{base}:queued"),
+                         ("ZRANGE", f"{base}:scheduled", 0, 0, "WITHSCORES")]  # fmt: skip
+        replies = self._read_many(commands)
         now = self.clock.now()
         next_due: float | None = None
         for i in range(0, len(replies), 3):
@@ -465,8 +464,8 @@ class RedisBackend(Backend):
                 continue
             if queued:
                 return True, None
-            if first:
-                due = float(first[0][1])
+            if first:  # [[member, score]] on RESP3 (redis-py 8's default), [member, score] on RESP2
+                due = float(first[0][1] if isinstance(first[0], list) else first[1])
                 if due <= now:
                     return True, None
                 next_due = due if next_due is None else min(next_due, due)
