@@ -758,24 +758,27 @@ def _first(info: Any) -> dict[str, Any]:
     return dict(info)
 
 
-def _opt_float(value: str | None) -> float | None:
-    return None if value is None or value == "" else float(value)
+# JobState by value as a dict: the enum's own lookup, JobState("active"), took 0.38 us of
+# the 3.4 a record cost here, and a drain builds one per claimed job.
+_STATES = {state.value: state for state in JobState}
 
 
 def _record(queue: str, row: Sequence[Any]) -> JobRecord:
-    """A JobRecord from a script's row: seq, then the _FIELDS values in order."""
+    """A JobRecord from a script's row: seq, then the _FIELDS values in order. An absent
+    field is None (or '' where the scripts clear it): numbers read `float(x) if x`."""
     (seq, task, _queue, state, payload, priority, attempt, max_attempts, retries, timeout, run_at,
      enqueued_at, started_at, finished_at, unique_key, meta, lease_owner, lease_token, lease_expires,
      result, error, attempts, progress, parent_id, children, flow, limit_key) = row  # fmt: skip
     return JobRecord(
-        f"{queue}:{seq}", task, queue, JobState(state), payload, int(priority), int(attempt or 0),
-        int(max_attempts), int(retries), _opt_float(timeout), float(run_at), float(enqueued_at),
-        _opt_float(started_at), _opt_float(finished_at), unique_key,
+        f"{queue}:{seq}", task, queue, _STATES[state], payload, int(priority), int(attempt or 0),
+        int(max_attempts), int(retries), float(timeout) if timeout else None, float(run_at),
+        float(enqueued_at), float(started_at) if started_at else None,
+        float(finished_at) if finished_at else None, unique_key,
         json.loads(meta) if meta and meta != _EMPTY_META else {}, lease_owner or None,
-        lease_token or None, _opt_float(lease_expires), result, error,
+        lease_token or None, float(lease_expires) if lease_expires else None, result, error,
         [AttemptRecord(*a) for a in json.loads(attempts)] if attempts and attempts != "[]" else [],
-        _opt_float(progress), parent_id or None, json.loads(children) if children else [], flow or None,
-        limit_key or None,
+        float(progress) if progress else None, parent_id or None,
+        json.loads(children) if children else [], flow or None, limit_key or None,
     )  # fmt: skip
 
 
