@@ -29,6 +29,9 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A stored state's JobState: engines read one per record, and this dict lookup is a tenth
+# of JobState(value)'s cost (0.38 us of a Redis record's 3.4 here).
+STATE_OF = {state.value: state for state in JobState}
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
 UNFINISHED_STATES = frozenset(set(JobState) - TERMINAL_STATES)
 PENDING_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.WAITING})

@@ -49,7 +49,7 @@ from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
 from conveyor.events import KEEP, Entry, JobEvent, decode, encode
-from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
+from conveyor.job import STATE_OF, TERMINAL_STATES, JobRecord, JobState, LogEntry
 from conveyor.limits import SCAN, Claimed, QueueLimits, admit, windows
 
 _PACKAGE = "conveyor.backends.postgres"
@@ -57,7 +57,6 @@ _DONE = " done"  # the wake channel's payload when jobs ended (result() waiters 
 _EVENTS = " events"  # the wake channel's payload for new events: no queue name has a space
 _POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
 _PAYLOADS_PER_INSERT = 10_000  # payloads in one array: bounds one statement's memory
-_STATES = {state.value: state for state in JobState}
 R = TypeVar("R")
 
 _guarded = translate_errors(
@@ -540,7 +539,7 @@ class PostgresBackend(Backend):
     def counts(self) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}
         for queue, state, count in self._one("counts", {}):
-            out.setdefault(queue, {})[_STATES[state]] = int(count)
+            out.setdefault(queue, {})[STATE_OF[state]] = int(count)
         return out
 
     @_guarded
@@ -721,7 +720,7 @@ def _record(row: Sequence[Any]) -> JobRecord:
     """A JobRecord from a row in `columns` order, which is JobRecord's field order."""
     values = list(row)
     values[0] = str(row[0])
-    values[3] = _STATES[row[3]]
+    values[3] = STATE_OF[row[3]]
     values[15] = row[15] or {}
     values[21] = attempts_from(row[21]) if row[21] else []
     values[23] = None if row[23] is None else str(row[23])
