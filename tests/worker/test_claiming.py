@@ -307,9 +307,16 @@ def test_a_job_on_its_last_attempt_is_never_held(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(Worker, "_give_back", spy)
     last = gated.task.options(retries=0).enqueue_many([(i,) for i in range(100)])
+    worker = gated.app.worker(concurrency=40)
+    thread = gated.start(worker)
+    # The jobs with attempts to spare come once the others are done: a claim that brought
+    # both would pause holding, and with every slot then blocked no claim would resume it.
+    _until(lambda: all(j.refresh().is_finished for j in last))
     spare = gated.task.options(retries=2).enqueue_many([(i,) for i in range(100, 200)])
-    thread = gated.start(gated.app.worker(concurrency=40), burst=True)
     _until(lambda: any(held))
+    gated.gate.set()
+    _until(lambda: all(j.refresh().is_finished for j in spare))
+    worker.stop()
     gated.finish(thread)
     ever_held = {i for seen in held for i in seen}
     assert ever_held <= {j.id for j in spare}
