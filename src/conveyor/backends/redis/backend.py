@@ -585,11 +585,11 @@ class RedisBackend(Backend):
         return events, cursor
 
     # -- operating ---------------------------------------------------------
-    def _per_queue(
-        self, script: str, ids: Sequence[str], head: list[str], extra: Sequence[str] | None = None
-    ) -> list[Any]:
+    def _per_queue(self, script: str, ids: Sequence[str], extra: Sequence[str] | None = None) -> list[Any]:
         """Run `script` once per queue over the seqs of `ids` (each followed by its item of
-        `extra`, when given); replies in the ids' order, 0 for an id that is not ours."""
+        `extra`, when given), after its head (now, the call's id: see keep in _lib.lua);
+        replies in the ids' order, 0 for an id that is not ours."""
+        head = [repr(self.clock.now()), _call_id()]
         out: list[Any] = [0] * len(ids)
         groups: dict[str, tuple[list[int], list[str]]] = {}
         for index, job_id in enumerate(ids):
@@ -608,19 +608,18 @@ class RedisBackend(Backend):
 
     @_guarded
     def cancel(self, ids: Sequence[str]) -> list[bool]:
-        return [bool(r) for r in self._per_queue("cancel", ids, [repr(self.clock.now()), _call_id()])]
+        return [bool(r) for r in self._per_queue("cancel", ids)]
 
     @_guarded
     def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
         # One script call per queue: resume.lua takes (seq, error) pairs.
         errors = [r.error or "" for r in resumptions]
-        head = [repr(self.clock.now()), _call_id()]
-        pairs = self._per_queue("resume", [r.job_id for r in resumptions], head, errors)
+        pairs = self._per_queue("resume", [r.job_id for r in resumptions], errors)
         return [bool(reply) for reply in pairs]
 
     @_guarded
     def retry(self, ids: Sequence[str]) -> list[bool]:
-        return [bool(r) for r in self._per_queue("retry", ids, [repr(self.clock.now()), _call_id()])]
+        return [bool(r) for r in self._per_queue("retry", ids)]
 
     @_guarded
     def delete(self, ids: Sequence[str]) -> int:
