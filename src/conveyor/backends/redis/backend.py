@@ -55,7 +55,7 @@ from conveyor.job import STATE_OF, TERMINAL_STATES, AttemptRecord, JobRecord, Jo
 from conveyor.limits import SCAN, Claimed, QueueLimits
 
 _SCRIPTS = ("enqueue", "enqueue_one", "enqueue_many", "enqueue_tick", "claim", "extend", "finish", "recover",
-            "cancel", "retry", "purge", "delete", "watch", "resume", "claim_limited")  # fmt: skip
+            "cancel", "retry", "purge", "delete", "forget", "watch", "resume", "claim_limited")  # fmt: skip
 _HOT_SCRIPTS = ("claim", "finish", "extend")  # a worker's every-batch calls (see warm_up)
 _BATCH = 1_000  # jobs per recover/purge script call: each call blocks Redis for ~1 ms
 _CALLS_AT_ONCE = 500  # script calls written in one go (recovery's sweep over many queues)
@@ -152,8 +152,9 @@ class RedisBackend(Backend):
         return list(pipe.execute())
 
     def _keys(self, queue: str) -> list[str]:
-        """KEYS for a script that may take sequence numbers itself (single server)."""
-        return [self._base(queue)] if self._cluster else [self._base(queue), self._seq_key]
+        """KEYS for a script that may take sequence numbers or keep the list of queues
+        itself (single server; see register in _lib.lua)."""
+        return [self._base(queue)] if self._cluster else [self._base(queue), self._seq_key, self._queues_key]
 
     def _first_seq(self, count: int) -> int:
         """0 (the script takes seqs itself) on one server; on Cluster the counter is in
@@ -164,7 +165,11 @@ class RedisBackend(Backend):
         return int(self._r.incrby(self._seq_key, count)) - count + 1
 
     def _register(self, queues: Iterable[str]) -> None:
-        """Remember queue names (for counts, listing and recovery) before jobs land in them."""
+        """On Cluster, list queue names (for counts, listing and recovery) before jobs land
+        in them, once per process: the scripts cannot reach the list there. On one server
+        each script that stores jobs lists its queue itself (see register in _lib.lua)."""
+        if not self._cluster:
+            return
         new = set(queues) - self._known
         if new:
             self._r.sadd(self._queues_key, *new)
@@ -216,7 +221,7 @@ class RedisBackend(Backend):
         meta = json.dumps(job.meta, separators=(",", ":")) if job.meta else _EMPTY_META
         run_at = now if job.run_at is None else repr(job.run_at)
         args = [self._first_seq(1), now, job.task, job.payload, str(job.priority), str(job.max_attempts),
-                str(job.retries), _num(job.timeout), run_at, meta]  # fmt: skip
+                str(job.retries), _num(job.timeout), run_at, meta, job.queue]  # fmt: skip
         seq = self._script("enqueue_one", self._keys(job.queue), args, _resent(args, 0))
         return Enqueued(f"{job.queue}:{seq}", True)
 
@@ -629,19 +634,20 @@ class RedisBackend(Backend):
             if where is not None:
                 groups.setdefault(where[0], []).append(where[1])
         call = _call_id()
-        return sum(int(self._script("delete", [self._base(q)], [call, *seqs])) for q, seqs in groups.items())
+        return sum(int(self._script("delete", self._keys(q), [call, q, *seqs])) for q, seqs in groups.items())
 
     @_guarded
     def set_paused(self, queues: Sequence[str], paused: bool) -> None:
         if not queues:
             return
-        self._register(queues)
         pipe = self._r.pipeline(transaction=False)
         for queue in queues:
             if paused:
                 pipe.set(f"{self._base(queue)}:paused", "1")
             else:
                 pipe.delete(f"{self._base(queue)}:paused")
+        if paused:  # listed after its flag is set, so a paused queue with no job stays listed
+            pipe.sadd(self._queues_key, *queues)
         pipe.execute()
         if not paused:  # after the flags are gone; Cluster pipelines refuse PUBLISH
             for queue in queues:
@@ -663,19 +669,57 @@ class RedisBackend(Backend):
         limit: int | None = None,
     ) -> int:
         older = "+inf" if older_than is None else repr(older_than)
-        queues = [queue] if queue is not None else self._queues()
+        if queue is not None:
+            return self._purge({state: [queue] for state in purgeable(states)}, older, limit)
+        due, empty = self._due_for_purge(self._queues(), purgeable(states), older)
+        deleted = self._purge(due, older, limit)
+        if empty:
+            self._script_each("forget", [(self._keys(name), [name]) for name in empty])
+        return deleted
+
+    def _purge(self, due: dict[JobState, list[str]], older: str, limit: int | None) -> int:
+        """Run the purge script over each state's queues, at most `limit` jobs a state."""
         deleted = 0
-        for state in purgeable(states):
+        for state, queues in due.items():
             left = limit
             for name in queues:
                 while left is None or left > 0:
                     batch = _BATCH if left is None else min(_BATCH, left)
-                    n = int(self._script("purge", [self._base(name)], [state.value, older, batch]))
+                    n = int(self._script("purge", self._keys(name), [state.value, older, batch, name]))
                     deleted += n
                     left = None if left is None else left - n
                     if n < batch:
                         break
         return deleted
+
+    def _due_for_purge(
+        self, queues: list[str], states: Sequence[JobState], older: str
+    ) -> tuple[dict[JobState, list[str]], list[str]]:
+        """The queues holding a job of each state finished before `older`, and (one server)
+        the queues with no job left that are not paused, for forget.lua. Plain reads, in
+        one write per _CALLS_AT_ONCE queues: a retention pass over 2,000 queues ran the
+        script for each queue and state, one round trip each."""
+        bound = older if older == "+inf" else f"({older}"
+        due: dict[JobState, list[str]] = {state: [] for state in states}
+        empty: list[str] = []
+        for start in range(0, len(queues), _CALLS_AT_ONCE):
+            part = queues[start : start + _CALLS_AT_ONCE]
+            probes: list[tuple[Any, ...]] = []
+            for name in part:
+                base = self._base(name)
+                probes.extend(
+                    ("ZRANGEBYSCORE", f"{base}:{s.value}", "-inf", bound, "LIMIT", 0, 1) for s in states
+                )
+                if not self._cluster:
+                    probes.append(("EXISTS", f"{base}:all", f"{base}:paused"))
+            replies = iter(self._read_many(probes))
+            for name in part:
+                for state in states:
+                    if next(replies):
+                        due[state].append(name)
+                if not self._cluster and not next(replies):
+                    empty.append(name)
+        return due, empty
 
     @_guarded
     def report_worker(self, info: WorkerInfo | None, *, remove: str | None = None) -> None:

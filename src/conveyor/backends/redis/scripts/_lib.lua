@@ -18,6 +18,8 @@
 --   :ticks        hash   schedule -> last tick that got its job
 --   :paused       string present while the queue is paused
 --   :answer:<call>  string  a call's reply, kept a minute for its resend (see keep)
+-- On one server KEYS[2] and KEYS[3] are the prefix's sequence counter and its list of
+-- queues (see sequence and register); on Cluster they are in other slots, so absent.
 -- Channels: <base>:wake (work arrived on an empty queue), <base>:done (message: the seq of
 -- a watched job that finished), each with DB appended: pub/sub spans a server's
 -- databases, and DB ("@<n>" outside database 0, set when the script is loaded) keeps
@@ -248,6 +250,27 @@ local function insert(pending, seq, now, task, payload, priority, max_attempts, 
   end
   push(pending.all, seq, seq)
   return seq, 1
+end
+
+-- The prefix's list of queue names (KEYS[3], a set): counts, listing, the recovery sweep
+-- and the retention pass read every queue on it. Only where the script may reach it (one
+-- server): on Cluster it lives in another slot, and the client adds a queue before its
+-- first job and never takes one off.
+-- Scripts that store jobs add their queue in the same atomic step, whenever the queue may
+-- have been empty: then no job is ever in a queue the list lacks, and forget_if_empty
+-- may take a queue off without a race with a producer.
+local function register(queue)
+  if KEYS[3] then redis.call('SADD', KEYS[3], queue) end
+end
+
+-- Take the queue off the list once it holds no job (every job is in :all) and is not
+-- paused: else the list only grows, and a sweep of 2,000 queues whose jobs were all
+-- purged still read each one. Returns whether it took the queue off.
+local function forget_if_empty(queue)
+  if KEYS[3] and redis.call('EXISTS', key('all'), key('paused')) == 0 then
+    return redis.call('SREM', KEYS[3], queue) == 1
+  end
+  return false
 end
 
 -- Sequence numbers: KEYS[2] is the prefix's counter when the script may reach it

@@ -1,11 +1,12 @@
 -- delete: remove jobs whatever their state, with their logs.
--- KEYS[1] queue base
--- ARGV: call (an id per call, see keep), then seqs
+-- KEYS[1] queue base; KEYS[2], KEYS[3] the prefix's sequence counter (unused) and list of
+-- queues (single server only: see forget_if_empty)
+-- ARGV: call (an id per call, see keep), queue, then seqs
 -- Returns: how many existed.
 local answered = kept(ARGV[1])
 if answered then return answered[1] end
 local deleted = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local seq = ARGV[i]
   local state = redis.call('HGET', jkey(seq), 'state')
   if state then
@@ -17,4 +18,5 @@ for i = 2, #ARGV do
     deleted = deleted + 1
   end
 end
+if deleted > 0 then forget_if_empty(ARGV[2]) end
 return keep(ARGV[1], {deleted})[1]

@@ -1,5 +1,6 @@
 -- enqueue: store a batch of jobs for one queue, in order.
--- KEYS[1] queue base; KEYS[2] the prefix's sequence counter (single server only)
+-- KEYS[1] queue base; KEYS[2], KEYS[3] the prefix's sequence counter and list of queues
+-- (single server only)
 -- ARGV: queue, now, first seq (0: take them from KEYS[2]; r: the same, on a resend), then
 --       per job 11 values: offset (the job's seq is first + offset), task, payload,
 --       priority, max_attempts, retries, timeout, run_at, unique_key, meta, extras ('' for
@@ -30,6 +31,7 @@ local first = ARGV[3] == 'r' and lost_first()
 local again = first or ARGV[3] ~= '0' and ARGV[3] ~= 'r'
 first = first or sequence(ARGV[3], count)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
+register(queue)
 local pending = batch()
 local out = {}
 for i = 0, count - 1 do

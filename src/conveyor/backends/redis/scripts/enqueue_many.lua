@@ -1,5 +1,6 @@
 -- enqueue_many: store one job per payload, every other field shared (bulk enqueue).
--- KEYS[1] queue base; KEYS[2] the prefix's sequence counter (single server only)
+-- KEYS[1] queue base; KEYS[2], KEYS[3] the prefix's sequence counter and list of queues
+-- (single server only)
 -- ARGV: queue, now, first seq (0: take from KEYS[2]; r: the same, on a resend), task,
 --       priority, max_attempts, retries, timeout, run_at, meta, then the payloads
 -- Returns: the first seq; the jobs took consecutive seqs from it. A call resent after a
@@ -16,6 +17,7 @@ elseif ARGV[3] ~= '0' and redis.call('EXISTS', jkey(ARGV[3])) == 1 then
 end
 local first = sequence(ARGV[3], count)
 local was_empty = redis.call('ZCARD', key('queued')) == 0
+register(ARGV[1])
 -- Every job shares all but its payload, so the per-job work is one HSET and two sorted-set
 -- entries, written here directly rather than through insert() (unique keys, flows and
 -- debounce do not apply): insert()'s checks were a third of the server's time per job.
