@@ -443,10 +443,12 @@ def test_enqueue_while_the_server_is_down_fails_within_its_timeout(own_server: s
     app = Conveyor(f"{own_server.url}?migrate=1&timeout=1", prefix="down")
     job = app.enqueue("t.any", 1)
     own_server.stop()
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{own_server.port}"):
-        app.enqueue("t.any", 2)
-    assert time.monotonic() - started < 5
+    for _ in range(2):  # the pool's dropped connection, then a wait for a new one
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{own_server.port}") as failed:
+            app.enqueue("t.any", 2)
+        assert time.monotonic() - started < 5
+    assert "Connection refused" in str(failed.value)  # why, not only the pool's timeout
     own_server.start()
     eventually(lambda: _reachable(app), timeout=15, message="pool reconnect")
     assert [j.id for j in app.jobs()] == [job.id]  # the failed enqueue stored nothing

@@ -1,6 +1,6 @@
 """The worker's async path to PostgreSQL: claims and finishes awaited on its event loop.
 
-psycopg's AsyncConnectionPool, two connections (one claim and one batch of outcomes
+psycopg's AsyncConnectionPool (see pools.py), two connections (one claim and one batch of outcomes
 are in flight at once), opened in the worker's loop and closed with it. The SQL and
 the steps are the backend's own (`claim_params`, `claimed`, `finish_steps`); only the
 driver differs. Without this path each claim crossed two threads, about 0.8 ms here
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from conveyor.backends.base import AsyncWork, Fence, Outcome, translate_errors
+from conveyor.backends.postgres.pools import AsyncPool
 from conveyor.job import JobRecord
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class PostgresAsyncWork(AsyncWork):
         target = backend.target
         # Not opened in the constructor: connections are made when first needed, so a
         # server that is down now shows up as a claim error the worker backs off from.
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+        self._pool = AsyncPool(
             target.conninfo,
             min_size=_CONNECTIONS,
             max_size=_CONNECTIONS,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from conveyor.backends._sql import attempts_from, load_queries
 from conveyor.backends.base import (
@@ -45,6 +45,7 @@ from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
+from conveyor.backends.postgres.pools import Pool
 from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
@@ -87,7 +88,7 @@ class PostgresBackend(Backend):
             for name, sql in load_queries(_PACKAGE).items()
         }
         self.connect_options = {"autocommit": True, "prepare_threshold": 5 if target.prepare else None}
-        self._pool = ConnectionPool(
+        self._pool = Pool(
             target.conninfo,
             min_size=1,
             max_size=target.pool,
