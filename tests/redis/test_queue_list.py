@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conveyor import JobState
-from conveyor.backends.base import NewJob
+from conveyor.backends.base import NewJob, WorkerInfo
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
 from tests.conftest import REDIS_URL, fresh_redis
@@ -130,3 +130,15 @@ def test_the_retention_pass_forgets_emptied_queues_and_purges_only_where_due(
     assert backend.purge(states=[JobState.CANCELLED, JobState.DEAD], older_than=clock.now() - 30) == 1
     assert scripts == ["purge"]
     assert listed(backend) == ["live"]
+
+
+def test_a_worker_lists_the_queues_it_consumes(backend: RedisBackend, clock: FakeClock) -> None:
+    """A producer older than the scripts' listing lists a queue once per process, so its
+    jobs may land in a queue the retention pass forgot: the worker's report lists it."""
+    job = backend.enqueue([NewJob("t", "tenant", "[]")])[0]
+    backend._r.srem(backend._queues_key, "tenant")  # as such a producer leaves it
+    assert [r.id for r in backend.claim("w", ["tenant"], 1, 30)] == [job.id]
+    backend.report_worker(WorkerInfo("w", "host", 1, ("tenant",), 10, clock.now()))
+    assert listed(backend) == ["tenant"]
+    clock.advance(31)
+    assert backend.recover_expired() == [job.id]

@@ -728,7 +728,14 @@ class RedisBackend(Backend):
             info.last_seen = self.clock.now()
             fields = [info.host, info.pid, list(info.queues), info.concurrency, info.started_at,
                       info.last_seen, info.active, info.processed]  # fmt: skip
-            self._r.hset(self._workers_key, info.id, json.dumps(fields))
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(self._workers_key, info.id, json.dumps(fields))
+            if info.queues:
+                # A worker lists what it consumes (see register in _lib.lua), so the sweep
+                # finds its expired leases even where a producer older than the scripts'
+                # listing stored jobs in a queue the retention pass had forgotten.
+                pipe.sadd(self._queues_key, *info.queues)
+            pipe.execute()
         if remove is not None:
             self._r.hdel(self._workers_key, remove)
 
