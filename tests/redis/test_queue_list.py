@@ -3,6 +3,9 @@ back with its next one, and every way of storing a job puts it back in the same 
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,3 +145,68 @@ def test_a_worker_lists_the_queues_it_consumes(backend: RedisBackend, clock: Fak
     assert listed(backend) == ["tenant"]
     clock.advance(31)
     assert backend.recover_expired() == [job.id]
+
+
+_UNLISTED_WITH_JOBS = """
+local found = {0, 0}
+for _, queue in ipairs(ARGV) do
+  if redis.call('SISMEMBER', KEYS[1], queue) == 0 then
+    found[2] = found[2] + 1
+    if redis.call('EXISTS', KEYS[2] .. ':{' .. queue .. '}:all') == 1 then found[1] = found[1] + 1 end
+  end
+end
+return found
+"""
+
+
+def test_no_job_is_ever_in_an_unlisted_queue_while_producers_and_purges_race(backend: RedisBackend) -> None:
+    """Two producers (single, delayed, bulk, unique) and a reaper (delete, or cancel and
+    purge) on four queues for 2 s, while a script checks atomically, again and again,
+    that every queue holding a job is listed. Queues leave the list often meanwhile."""
+    queues = [f"q{n}" for n in range(4)]
+    deadline = time.monotonic() + 2
+    found = {"with jobs": 0, "unlisted": 0, "checks": 0}
+
+    def produce(seed: int) -> None:
+        engine, pick = RedisBackend(REDIS_URL, prefix="list"), random.Random(seed)
+        while time.monotonic() < deadline:
+            queue, kind = pick.choice(queues), pick.randrange(4)
+            if kind == 0:
+                engine.enqueue([NewJob("t", queue, "[]")])
+            elif kind == 1:
+                engine.enqueue([NewJob("t", queue, "[]", run_at=time.time() + 0.01)])
+            elif kind == 2:
+                engine.enqueue_payloads(NewJob("t", queue, ""), ["[1]", "[2]"])
+            else:
+                engine.enqueue([NewJob("t", queue, "[]", unique_key=str(pick.random()))])
+        engine.close()
+
+    def reap() -> None:
+        engine, pick = RedisBackend(REDIS_URL, prefix="list"), random.Random(3)
+        while time.monotonic() < deadline:
+            queue = pick.choice(queues)
+            ids = [f"{queue}:{seq}" for seq in backend._r.zrange(f"list:{{{queue}}}:all", 0, -1)]
+            if pick.random() < 0.5:
+                engine.delete(ids)
+            else:
+                engine.cancel(ids)
+                engine.purge(states=[JobState.CANCELLED])
+        engine.close()
+
+    def check() -> None:
+        script = backend._r.register_script(_UNLISTED_WITH_JOBS)
+        while time.monotonic() < deadline:
+            with_jobs, unlisted = script(keys=[backend._queues_key, "list"], args=queues)
+            found["with jobs"] += with_jobs
+            found["unlisted"] += unlisted
+            found["checks"] += 1
+
+    threads = [
+        threading.Thread(target=work) for work in (lambda: produce(1), lambda: produce(2), reap, check)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert found["checks"] > 100 and found["unlisted"] > 0  # the race was run
+    assert found["with jobs"] == 0

@@ -111,7 +111,7 @@ class RedisBackend(Backend):
         self._queues_key = f"{prefix}:queues"
         self._workers_key = f"{prefix}:workers"
         self._events_key = f"{prefix}:events"  # a stream, capped near events.KEEP entries
-        self._known: set[str] = set()
+        self._known: set[str] = set()  # queues this process has listed (Cluster only: see _register)
         # Per worker: (token, queue) of claims whose reply never came (see _reclaim).
         self._unanswered: dict[str, list[tuple[str, str]]] = {}
         self._unanswered_lock = threading.Lock()
