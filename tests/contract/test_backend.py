@@ -448,6 +448,22 @@ def test_a_paused_queue_is_not_claimed_until_resumed(backend: Backend) -> None:
     assert [c.id for c in backend.claim("w1", ["media"], 10, 30)] == [held.id]
 
 
+def test_a_queue_emptied_by_purge_and_delete_keeps_its_pause_and_comes_back_with_a_job(
+    backend: Backend,
+) -> None:
+    """Redis takes an emptied queue off its list of queues (see Engines: Redis): a paused
+    one must stay paused, and the next job must show in counts and be claimed."""
+    paused, emptied = backend.enqueue([new(queue="media"), new(queue="mail")])
+    backend.set_paused(["media"], True)
+    backend.cancel([emptied.id])
+    assert backend.delete([paused.id]) == 1
+    assert backend.purge(states=[JobState.CANCELLED]) == 1
+    assert backend.counts() == {} and backend.paused() == ["media"]
+    again = backend.enqueue([new(queue="mail")])[0]
+    assert backend.counts() == {"mail": {JobState.QUEUED: 1}}
+    assert [c.id for c in backend.claim("w1", ["media", "mail"], 10, 30)] == [again.id]
+
+
 def test_a_paused_queue_with_due_jobs_does_not_wake_workers(backend: Backend, clock: FakeClock) -> None:
     backend.set_paused(["media"], True)
     backend.enqueue([new(queue="media"), new(queue="media", run_at=clock.now() + 5)])

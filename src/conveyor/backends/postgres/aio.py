@@ -1,10 +1,10 @@
 """The worker's async path to PostgreSQL: claims and finishes awaited on its event loop.
 
-psycopg's AsyncConnectionPool (see pools.py), two connections (one claim and one batch of outcomes
-are in flight at once), opened in the worker's loop and closed with it. The SQL and
-the steps are the backend's own (`claim_params`, `claimed`, `finish_steps`); only the
-driver differs. Without this path each claim crossed two threads, about 0.8 ms here
-while jobs were finishing around it. Limited queues and everything else keep the
+psycopg's AsyncConnectionPool (see pools.py), two connections (one claim and one batch
+of outcomes are in flight at once), opened in the worker's loop and closed with it. The
+SQL and the steps are the backend's own (`claim_params`, `claimed`, `finish_steps`);
+only the driver differs. Without this path each claim crossed two threads, about 0.8 ms
+here while jobs were finishing around it. Limited queues and everything else keep the
 backend's threaded path.
 """
 

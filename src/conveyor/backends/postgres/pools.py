@@ -10,6 +10,8 @@ drops packets, past the caller's timeout; the kept reason costs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import psycopg
@@ -25,15 +27,26 @@ class Failures:
     def __init__(self) -> None:
         self.last: str | None = None
 
-    def failed(self, exc: Exception) -> None:
-        self.last = " ".join(str(exc).split())  # libpq's reasons span lines
+    @contextmanager
+    def recorded(self) -> Iterator[None]:
+        """Around one attempt to connect: keep its reason if it fails, forget it if not."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            self.last = " ".join(str(exc).split())  # libpq's reasons span lines
+            raise
+        self.last = None
 
-    def explained(self, exc: PoolTimeout) -> PoolTimeout | None:
-        """`exc` with the reason added; None when no attempt has failed since the last
-        success (the pool is merely busy)."""
-        if self.last is None:
-            return None
-        return PoolTimeout(f"{exc}; the last attempt to connect failed: {self.last}")
+    @contextmanager
+    def explaining(self) -> Iterator[None]:
+        """Around a wait for a connection: a timeout says the last attempt's reason. None
+        kept means connecting works and the pool is only busy: the timeout says so alone."""
+        try:
+            yield
+        except PoolTimeout as exc:
+            if self.last is None:
+                raise
+            raise PoolTimeout(f"{exc}; the last attempt to connect failed: {self.last}") from exc
 
 
 def _recording(failures: Failures) -> type[Conn]:
@@ -42,13 +55,8 @@ def _recording(failures: Failures) -> type[Conn]:
     class Recording(psycopg.Connection[tuple[Any, ...]]):
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-            try:
-                conn = super().connect(conninfo, **kwargs)
-            except psycopg.OperationalError as exc:
-                failures.failed(exc)
-                raise
-            failures.last = None
-            return conn
+            with failures.recorded():
+                return super().connect(conninfo, **kwargs)
 
     return Recording
 
@@ -57,13 +65,8 @@ def _recording_async(failures: Failures) -> type[AsyncConn]:
     class Recording(psycopg.AsyncConnection[tuple[Any, ...]]):
         @classmethod
         async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-            try:
-                conn = await super().connect(conninfo, **kwargs)
-            except psycopg.OperationalError as exc:
-                failures.failed(exc)
-                raise
-            failures.last = None
-            return conn
+            with failures.recorded():
+                return await super().connect(conninfo, **kwargs)
 
     return Recording
 
@@ -74,13 +77,8 @@ class Pool(ConnectionPool[Conn]):
         super().__init__(conninfo, connection_class=_recording(self.failures), **options)
 
     def getconn(self, timeout: float | None = None) -> Conn:
-        try:
+        with self.failures.explaining():
             return super().getconn(timeout)
-        except PoolTimeout as exc:
-            explained = self.failures.explained(exc)
-            if explained is None:
-                raise
-            raise explained from exc
 
 
 class AsyncPool(AsyncConnectionPool[AsyncConn]):
@@ -89,10 +87,5 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
         super().__init__(conninfo, connection_class=_recording_async(self.failures), **options)
 
     async def getconn(self, timeout: float | None = None) -> AsyncConn:
-        try:
+        with self.failures.explaining():
             return await super().getconn(timeout)
-        except PoolTimeout as exc:
-            explained = self.failures.explained(exc)
-            if explained is None:
-                raise
-            raise explained from exc

@@ -265,12 +265,11 @@ end
 
 -- Take the queue off the list once it holds no job (every job is in :all) and is not
 -- paused: else the list only grows, and a sweep of 2,000 queues whose jobs were all
--- purged still read each one. Returns whether it took the queue off.
+-- purged still read each one.
 local function forget_if_empty(queue)
   if KEYS[3] and redis.call('EXISTS', key('all'), key('paused')) == 0 then
-    return redis.call('SREM', KEYS[3], queue) == 1
+    redis.call('SREM', KEYS[3], queue)
   end
-  return false
 end
 
 -- Sequence numbers: KEYS[2] is the prefix's counter when the script may reach it

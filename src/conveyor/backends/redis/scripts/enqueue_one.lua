@@ -20,7 +20,7 @@ if seq == '0' then seq = string.format('%d', redis.call('INCRBY', KEYS[2], 1)) e
 local state, score, rest = plain(ARGV[2], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 redis.call('HSET', jkey(seq), 'task', ARGV[3], 'state', state, 'payload', ARGV[4], unpack(rest))
 redis.call('ZADD', key('all'), seq, seq)
--- A queue with no job has an empty :queued, so registering only then (and for scheduled
+-- A queue with no job has an empty :queued, so listing it only then (and for delayed
 -- jobs) keeps the list whole without a call for each job into a busy queue.
 if state == 'scheduled' then
   redis.call('ZADD', key('scheduled'), score, seq)

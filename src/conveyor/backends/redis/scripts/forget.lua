@@ -5,6 +5,5 @@
 -- KEYS[1] queue base; KEYS[2], KEYS[3] the prefix's sequence counter (unused) and list of
 -- queues (single server only)
 -- ARGV: queue
--- Returns: 1 if it took the queue off the list, else 0.
-if forget_if_empty(ARGV[1]) then return 1 end
-return 0
+-- Returns: nothing.
+forget_if_empty(ARGV[1])
