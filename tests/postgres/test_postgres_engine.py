@@ -18,6 +18,7 @@ import pytest
 from conveyor import BackendUnavailable, ConfigError, Conveyor, Fail, Job, JobState
 from conveyor.backends import open_backend
 from conveyor.backends.base import NewJob
+from conveyor.backends.postgres import backend as backend_module
 from conveyor.backends.postgres import migrate_database
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import parse_postgres_url
@@ -366,6 +367,25 @@ def test_text_crosses_the_binary_arrays_unchanged(app: Conveyor) -> None:
         assert [j.result(timeout=10) for j in own] == TRICKY
         eventually(lambda: all(j.refresh().state is JobState.DEAD for j in failing))
     assert [j.record.error for j in failing] == [f"Fail: {t}" for t in TRICKY]
+
+
+def test_a_bulk_enqueue_over_one_statement_is_one_transaction(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of payloads goes in statements of _PAYLOADS_PER_INSERT (10,000; 3 here):
+    one alone runs without BEGIN; more run in one transaction, so the ids follow the
+    payloads across statements, and a statement that fails takes the earlier ones back."""
+    monkeypatch.setattr(backend_module, "_PAYLOADS_PER_INSERT", 3)
+    backend = app.backend
+    template = NewJob("echo", "bulk", "")
+    ids = backend.enqueue_payloads(template, [f"[[{i}],{{}}]" for i in range(7)])
+    assert [int(i) for i in ids] == sorted(int(i) for i in ids) and len(set(ids)) == 7
+    assert [r.payload for r in backend.get(ids) if r is not None] == [f"[[{i}],{{}}]" for i in range(7)]
+    assert len(backend.enqueue_payloads(template, ["[[1],{}]", "[[2],{}]"])) == 2
+    # PostgreSQL's text cannot hold a NUL: the third statement fails after two ran.
+    with pytest.raises(psycopg.DataError):
+        backend.enqueue_payloads(template, [f"[[{i}],{{}}]" for i in range(6)] + ["\x00"])
+    assert backend.counts()["bulk"][JobState.QUEUED] == 9
 
 
 @pytest.mark.parametrize("query", ["complete_batch", "release_batch", "extend_leases"])

@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import psycopg
@@ -253,10 +253,14 @@ class PostgresBackend(Backend):
             "retries": template.retries, "timeout": template.timeout, "run_at": template.run_at,
             "meta": _json_or_none(template.meta),
         }  # fmt: skip
+        chunks = [
+            list(payloads[at : at + _PAYLOADS_PER_INSERT])
+            for at in range(0, len(payloads), _PAYLOADS_PER_INSERT)
+        ]
         ids: list[str] = []
-        with self._tx() as conn:
-            for start in range(0, len(payloads), _PAYLOADS_PER_INSERT):
-                chunk = list(payloads[start : start + _PAYLOADS_PER_INSERT])
+        # One statement is atomic on its own: BEGIN and COMMIT would be two more round trips.
+        with self._pool.connection() as conn, conn.transaction() if len(chunks) > 1 else nullcontext():
+            for chunk in chunks:
                 rows = conn.execute(self._q["insert_shared"], {**params, "payloads": chunk}).fetchall()
                 ids.extend(_ids_in_order(rows, len(chunk)))
         return ids
