@@ -35,6 +35,9 @@ KEEP = 1_000  # batches (of up to _BATCH entries) an engine keeps; older ones ar
 _FLUSH_EVERY = 0.02  # seconds a publisher gathers events before writing a batch
 _BATCH = 500  # entries (an event, or a group of one batch's jobs) in one write
 _READ_SLICE = 1.0  # longest block in one engine read, so close() is noticed
+# While the engine refuses events (down, or Redis at maxmemory), a warning at most this
+# often: one per failed write was 50 lines a second, every 20 ms flush.
+_WARN_EVERY = 10.0
 
 
 @dataclass(slots=True)
@@ -89,6 +92,7 @@ class EventPublisher:
         self._queue: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._closed = False
+        self._drops = _Drops()
         self._thread = threading.Thread(target=self._run, name="conveyor-events", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -113,8 +117,7 @@ class EventPublisher:
                 # thread for each emit cost about 100 us of every single enqueue here.
                 self._closing.wait(_FLUSH_EVERY)
             batch, stop = self._gathered(first)
-            for start in range(0, len(batch), _BATCH):
-                self._write(batch[start : start + _BATCH])
+            self._write(batch)
             if stop:
                 return
 
@@ -133,10 +136,45 @@ class EventPublisher:
         return batch, stop
 
     def _write(self, batch: list[Entry]) -> None:
-        try:
-            self.backend.publish(batch)
-        except BackendUnavailable as exc:
-            log.warning("dropped %d event(s): %s", len(batch), exc)
+        """Write in slices of _BATCH. After a refusal the rest is dropped too: each
+        slice would wait out the engine's timeout while more events pile up."""
+        for start in range(0, len(batch), _BATCH):
+            try:
+                self.backend.publish(batch[start : start + _BATCH])
+            except BackendUnavailable as exc:
+                self._drops.refused(len(batch) - start, exc)
+                return
+        if batch:
+            self._drops.taken()
+
+
+class _Drops:
+    """Events dropped while the engine refuses them: the first refusal is logged at
+    once, later ones summed up every _WARN_EVERY seconds and when writes work again."""
+
+    def __init__(self) -> None:
+        self._unreported = 0  # dropped since the last warning
+        self._warned_at: float | None = None  # None: the last write worked
+
+    def refused(self, count: int, exc: BackendUnavailable) -> None:
+        now = time.monotonic()
+        if self._warned_at is None:
+            log.warning(
+                "dropped %d event(s) (more drops are summed up every %.0f s): %s", count, _WARN_EVERY, exc
+            )
+            self._warned_at = now
+        elif now - self._warned_at >= _WARN_EVERY:
+            log.warning(
+                "dropped %d more event(s) in %.0f s: %s", self._unreported + count, now - self._warned_at, exc
+            )
+            self._unreported, self._warned_at = 0, now
+        else:
+            self._unreported += count
+
+    def taken(self) -> None:
+        if self._warned_at is not None:
+            log.warning("events are written again; %d more were dropped before", self._unreported)
+            self._unreported, self._warned_at = 0, None
 
 
 class EventStream:
