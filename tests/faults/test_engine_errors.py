@@ -77,3 +77,47 @@ def test_a_finished_job_keeps_its_lease_while_its_result_cannot_be_stored(
         assert job.result(timeout=10) == "done"
     assert job.refresh().attempt == 1
     app.close()
+
+
+def test_a_worker_claims_nothing_while_its_results_cannot_be_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis at maxmemory took small claims and refused the stores: a worker of 10 slots
+    held 970 finished jobs it could not store. Now it claims again only once they are in."""
+    app = Conveyor(f"sqlite:///{tmp_path / 'q.db'}")
+    backend = app.backend
+    store, claim = backend.finish, backend.claim
+    calls: list[str] = []
+    refusals = 3
+
+    def finish(outcomes: Any) -> Any:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            calls.append("refused")
+            raise BackendUnavailable("store refused for this test")
+        calls.append("stored")
+        return store(outcomes)
+
+    def claim_and_note(*args: Any, **kw: Any) -> Any:
+        claimed = claim(*args, **kw)
+        calls.append(f"claimed {len(claimed)}")
+        return claimed
+
+    monkeypatch.setattr(backend, "finish", finish)
+    monkeypatch.setattr(backend, "claim", claim_and_note)
+
+    @app.task(retries=0)
+    def work(i: int) -> int:
+        return i
+
+    jobs = work.enqueue_many([(i,) for i in range(20)])
+    app.worker(concurrency=2).run(burst=True, handle_signals=False)
+    refused, stored = calls.index("refused"), calls.index("stored")
+    # At most the claim already on its way when the first store was refused (short jobs
+    # send the store first, so the two overlap); none sent after it.
+    assert calls[refused:stored].count("refused") == 3 and len(calls[refused:stored]) <= 4, calls
+    assert [j.result(timeout=5) for j in jobs] == list(range(20))
+    assert all(j.refresh().attempt == 1 for j in jobs)
+    assert "retrying in 0.1s; no new claims meanwhile: " in caplog.text
+    app.close()
