@@ -412,6 +412,45 @@ def test_an_evicting_server_is_refused_at_worker_start(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_full_server_refuses_enqueues_plainly_and_workers_ride_it_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At maxmemory with noeviction, an enqueue fails saying so and stores nothing; a
+    running worker stops claiming while its results are refused, so it does not take
+    the queue hostage, and finishes everything once memory is raised."""
+    servers.need_binaries()
+    server = servers.server(tmp_path / "full", "--maxmemory-policy", "noeviction")
+    client = server.client()
+    app = Conveyor(f"redis://127.0.0.1:{server.port}/0")
+
+    @app.task
+    async def nap(i: int) -> int:
+        await asyncio.sleep(0.02)
+        return i
+
+    jobs = nap.enqueue_many([(i,) for i in range(600)])
+    try:
+        with running(app, concurrency=10) as worker:
+            eventually(lambda: worker.processed >= 20, message="the worker under way")
+            client.config_set("maxmemory", client.info("memory")["used_memory"] + 10_000)
+            keys = client.dbsize()
+            with pytest.raises(BackendUnavailable) as refused:
+                nap.enqueue_many([(i,) for i in range(2_000)])
+            assert client.dbsize() == keys  # the script refused before its first write
+            assert "out of memory: the server is at its maxmemory and refuses writes" in str(refused.value)
+            assert "conveyor purge" in str(refused.value)
+            eventually(lambda: "no new claims meanwhile" in caplog.text, message="a refused store")
+            watch_until = time.monotonic() + 0.5  # a span in which the old worker took hundreds
+            while time.monotonic() < watch_until:
+                assert app.backend.counts()["default"].get(JobState.ACTIVE, 0) <= 30
+            client.config_set("maxmemory", 0)
+            assert [job.result(timeout=30) for job in jobs] == list(range(600))
+        assert sum(app.backend.counts()["default"].values()) == 600  # the refused batch left nothing
+    finally:
+        app.close()
+        server.stop()
+
+
 def _worker_cli(url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONVEYOR_URL": url, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "conveyor", "worker", "tests.crash.crashapp:app", "--burst"]

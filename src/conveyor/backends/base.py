@@ -439,21 +439,24 @@ _FINISHED = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
 
 
 def translate_errors(
-    errors: type[Exception] | tuple[type[Exception], ...], where: Callable[[Any], str]
+    errors: type[Exception] | tuple[type[Exception], ...],
+    where: Callable[[Any], str],
+    explain: Callable[[Exception], str] = str,
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """A method decorator: the engine's `errors` become BackendUnavailable, prefixed with
-    `where(backend)` (which names the file or server, never a password)."""
+    `where(backend)` (which names the file or server, never a password); `explain` words
+    the error (by default, as the driver did)."""
 
     def decorate(method: Callable[P, T]) -> Callable[P, T]:
         if inspect.iscoroutinefunction(method):
-            return cast(Callable[P, T], _translated_async(cast(Any, method), errors, where))
+            return cast(Callable[P, T], _translated_async(cast(Any, method), errors, where, explain))
 
         @functools.wraps(method)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             try:
                 return method(*args, **kwargs)
             except errors as exc:
-                raise BackendUnavailable(f"{where(args[0])}: {exc}") from exc
+                raise BackendUnavailable(f"{where(args[0])}: {explain(exc)}") from exc
 
         return wrapper
 
@@ -464,12 +467,13 @@ def _translated_async(
     method: Callable[P, Awaitable[T]],
     errors: type[Exception] | tuple[type[Exception], ...],
     where: Callable[[Any], str],
+    explain: Callable[[Exception], str],
 ) -> Callable[P, Awaitable[T]]:
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
         except errors as exc:
-            raise BackendUnavailable(f"{where(args[0])}: {exc}") from exc
+            raise BackendUnavailable(f"{where(args[0])}: {explain(exc)}") from exc
 
     return wrapper

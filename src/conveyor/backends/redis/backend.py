@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import (
@@ -66,7 +66,21 @@ _EMPTY_META = "{}"
 
 log = logging.getLogger("conveyor.redis")
 
-_guarded = translate_errors(RedisError, lambda backend: f"Redis {backend.safe_url}")
+
+def _explained(exc: Exception) -> str:
+    """The driver's words, and for a full server what to do about it: the bare message
+    ("command not allowed when used memory > 'maxmemory'. script: <sha>, on
+    @user_script:81") reads like a bug in a script."""
+    if isinstance(exc, OutOfMemoryError):
+        return (
+            "out of memory: the server is at its maxmemory and refuses writes until memory "
+            "is freed (raise maxmemory, or delete finished jobs with `conveyor purge`); "
+            f"it said: {exc}"
+        )
+    return str(exc)
+
+
+_guarded = translate_errors(RedisError, lambda backend: f"Redis {backend.safe_url}", _explained)
 
 
 def _num(value: float | int | None) -> str:
