@@ -451,6 +451,48 @@ def test_a_full_server_refuses_enqueues_plainly_and_workers_ride_it_out(
         server.stop()
 
 
+def test_a_failover_behind_one_address_reconnects_to_the_new_primary(tmp_path: Path) -> None:
+    """ElastiCache's primary endpoint is a DNS name that moves to the new primary, while
+    connections already open stay on the old one, now a replica that answers READONLY.
+    Every connection that hears READONLY reconnects (the hot path's, the pool's) and
+    the call is sent once more: producers and a running worker carry on, no process
+    restart. Until 2026-12-06 they kept the old sockets and failed until restarted."""
+    servers.need_binaries()
+    first = servers.server(tmp_path / "first", "--repl-diskless-sync-delay", "0")
+    second = servers.server(
+        tmp_path / "second", "--replicaof", "127.0.0.1", str(first.port), "--repl-diskless-sync-delay", "0"
+    )
+    servers.wait_until(lambda: _linked(second), "replication to the second server")
+    address = servers.Forwarder(first.port)
+    app = Conveyor(f"redis://127.0.0.1:{address.port}/0?timeout=2")
+
+    @app.task
+    async def double(i: int) -> int:
+        return 2 * i
+
+    try:
+        with running(app, concurrency=4):
+            assert double.enqueue(1).result(timeout=10) == 2  # the worker's sockets are open
+            second.client().replicaof("NO", "ONE")
+            first.client().replicaof("127.0.0.1", str(second.port))
+            address.point_at(second.port)
+            servers.wait_until(lambda: _linked(first), "the old primary following the new one")
+            jobs = double.enqueue_many([(i,) for i in range(50)])  # on a socket to the replica
+            jobs.append(double.enqueue(50))
+            app.pause("other")  # through redis-py's pool
+            assert [job.result(timeout=20) for job in jobs] == [2 * i for i in range(51)]
+        assert second.client().exists("conveyor:{other}:paused") == 1
+    finally:
+        app.close()
+        address.close()
+        second.stop()
+        first.stop()
+
+
+def _linked(server: servers.Server) -> bool:
+    return server.client().info("replication").get("master_link_status") == "up"
+
+
 def _worker_cli(url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONVEYOR_URL": url, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "conveyor", "worker", "tests.crash.crashapp:app", "--burst"]

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -78,6 +79,13 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 def connect(target: RedisTarget) -> Any:
     """A client for `target`. Connections open lazily: nothing is contacted here."""
+    retried: tuple[type[Exception], ...] = (RedisConnectionError,)
+    if target.kind == "server":
+        # READONLY: the server behind this address was demoted to a replica (a failover
+        # behind one name, as ElastiCache's primary endpoint does). The retry's new
+        # connection resolves the name again and finds the new primary; a replica ran
+        # no write. Sentinel's connections handle it themselves, Cluster by its slots.
+        retried = (RedisConnectionError, ReadOnlyError)
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": target.timeout,
@@ -85,7 +93,7 @@ def connect(target: RedisTarget) -> Any:
         # One quick retry, and only for connection errors: a command on a socket the
         # server closed (after a restart) never ran, so sending it again is safe. A
         # timeout is never retried: the script may have run, and enqueue must not run twice.
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,)),
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=retried),
         "health_check_interval": 15,
     }
     if target.kind == "server":

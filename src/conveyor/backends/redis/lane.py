@@ -25,12 +25,20 @@ from typing import Any
 
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 try:  # redis[hiredis]: packs a command in C, a third of redis-py's own packer's time
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - plain redis-py
     _pack = None  # type: ignore[assignment]
+
+
+def _load(script: Script) -> tuple[Any, ...]:
+    """SCRIPT LOAD, written ahead of the calls it serves on the same connection: the
+    server lost the script (restart, SCRIPT FLUSH) or is another one (a failover, or a
+    replica that resynced), and a load sent on its own could land on a different server
+    than the call after it, if the call's connection is renewed in between."""
+    return ("SCRIPT", "LOAD", script.script)
 
 
 class Lane:
@@ -55,8 +63,8 @@ class Lane:
                 [("EVALSHA", script.sha, len(keys), *keys, *again)],
             )
         except NoScriptError:  # maybe on the resend, so the first may have run: send `again`
-            script.sha = self.command("SCRIPT", "LOAD", script.script)
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *again)
+            command = ("EVALSHA", script.sha, len(keys), *keys, *again)
+            _, reply = self._twice([_load(script), command], [_load(script), command])
         return reply
 
     def run_each(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
@@ -69,9 +77,8 @@ class Lane:
 
         try:
             return self._twice(commands(), commands())
-        except NoScriptError:  # the server lost it (restart, SCRIPT FLUSH): load, send all again
-            script.sha = self.command("SCRIPT", "LOAD", script.script)
-            return self._twice(commands(), commands())
+        except NoScriptError:  # see _load
+            return self._twice([_load(script), *commands()], [_load(script), *commands()])[1:]
 
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
@@ -123,6 +130,12 @@ class Lane:
             conn.disconnect()
             raise
         for reply in replies:
+            if isinstance(reply, ReadOnlyError):
+                # The server was demoted to a replica (a failover behind one address, as
+                # ElastiCache's primary endpoint does): a new connection finds the new
+                # primary. A replica refuses a script at its first write, so nothing ran.
+                conn.disconnect()
+                raise RedisConnectionError(f"the server is a read-only replica now (failed over?): {reply}")
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
