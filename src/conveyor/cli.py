@@ -200,7 +200,9 @@ def worker(ctx: click.Context, /, app_spec: str, processes: int, burst: bool, **
         raise SystemExit(code)
     from conveyor.worker import Worker
     from conveyor.worker.collector import tune_collector
+    from conveyor.worker.supervisor import follow_supervisor
 
+    follow_supervisor()  # one of --processes N: stop if the supervisor dies
     tune_collector()  # this process is the worker's own
     code = Worker(app, worker_settings).run(burst=burst)
     if threading.active_count() > 1:

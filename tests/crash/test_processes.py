@@ -77,9 +77,10 @@ def test_sigkilled_workers_job_runs_again_on_another_worker(
     second = start_worker(shared_url, "--lease-timeout=1.5", "--concurrency=1")
     try:
         result = job.result(timeout=30)
-    finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
+    finally:
+        second.kill()  # a failed wait for the result left it running into later tests once
     assert result == {"pid": second.pid, "attempt": 2}
     assert job.attempts[0].error.startswith("LeaseExpired")
     assert job.state is JobState.COMPLETED
@@ -194,6 +195,39 @@ def test_supervisor_restarts_a_worker_process_that_dies(
         assert supervisor.wait(timeout=20) == 0
     finally:
         supervisor.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: an orphan may wait a while to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="children follow the supervisor on Linux")
+def test_workers_stop_when_their_supervisor_is_killed(
+    crash_app: Conveyor, shared_url: str, tmp_path: Path
+) -> None:
+    """A SIGKILLed supervisor cannot forward anything: each worker process has the
+    kernel send it SIGTERM when its parent dies, and stops as on a SIGTERM."""
+    marker = tmp_path / "started"
+    job = slow.enqueue(str(marker), 0.5)
+    supervisor = start_worker(shared_url, "--processes=2", "--concurrency=1")
+    workers: set[int] = set()
+    try:
+        eventually(lambda: len(children(supervisor.pid)) == 2, timeout=20, message="no worker processes")
+        workers = children(supervisor.pid)
+        eventually(lambda: len(lines(marker)) == 1, timeout=20, message="job never started")
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(timeout=10)
+        eventually(lambda: not any(map(_alive, workers)), timeout=30, message="orphaned workers ran on")
+    finally:
+        supervisor.kill()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+    assert job.refresh().state is JobState.COMPLETED  # the running job had its grace
 
 
 def start_cron_worker(url: str, *args: str) -> subprocess.Popen[bytes]:

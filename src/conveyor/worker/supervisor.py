@@ -8,6 +8,7 @@ backoff from 1 s to 30 s when it keeps dying young.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 log = logging.getLogger("conveyor.supervisor")
+_SUPERVISOR_PID = "CONVEYOR_SUPERVISOR_PID"  # set in each child's environment
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _YOUNG = 5.0
 _CLEAN_EXITS = (
     0,
@@ -38,7 +41,7 @@ class Supervisor:
         self.failures = 0
 
     def _spawn(self) -> None:
-        child = subprocess.Popen(self.argv)
+        child = subprocess.Popen(self.argv, env={**os.environ, _SUPERVISOR_PID: str(os.getpid())})
         self.children[child.pid] = (child, time.monotonic())
         log.info("started worker process %d", child.pid)
 
@@ -85,3 +88,19 @@ class Supervisor:
 def child_argv(args: Sequence[str]) -> list[str]:
     """The command line that runs one worker process with the same options."""
     return [sys.executable, "-m", "conveyor", *args]
+
+
+def follow_supervisor() -> None:
+    """In a worker process the supervisor started: have SIGTERM sent here when the
+    supervisor dies, even of SIGKILL, so the worker stops as on a SIGTERM (running jobs
+    get their grace) instead of running on unsupervised. Until 2026-12-06 a killed
+    supervisor left its workers running. Linux only (prctl); elsewhere they run on."""
+    supervisor = os.environ.pop(_SUPERVISOR_PID, None)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot follow the supervisor: prctl failed with errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != int(supervisor):  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
