@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -457,6 +458,44 @@ def test_events_go_on_a_connection_of_their_own_that_comes_back_after_a_kill(app
     backend.publish([JobEvent("enqueued", "q:3", "q", "t", 3.0)])  # connects afresh
     events, _ = backend.read_events(cursor, 0)
     assert [e.job_id for e in events if e.queue == "q"] == ["q:1", "q:3"]
+
+
+def test_a_read_only_server_is_named_and_its_connection_dropped_and_multi_host_urls_find_the_primary(
+    own_server: server.Server,
+) -> None:
+    """A standby (here: a server whose sessions default to read-only) refuses writes:
+    the error says so and what to do, and the pool drops that connection rather than
+    fail on it for its hour of life. With every host in the URL and
+    target_session_attrs=read-write, libpq skips the standby for the primary."""
+    primary = urlsplit(POSTGRES_URL)
+    database = primary.path.lstrip("/")  # this test process's own (see conftest)
+    psql_on = ["psql", own_server.url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"]
+    subprocess.run([*psql_on, f'CREATE DATABASE "{database}"'], check=True, capture_output=True, timeout=30)
+    standby_url = own_server.url.rsplit("/", 1)[0] + f"/{database}"
+    migrated = Conveyor(f"{standby_url}?migrate=1", prefix="standby")
+    assert migrated.backend is not None  # opened, so migrated, while it still takes writes
+    migrated.close()
+    for statement in ["ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"]:
+        subprocess.run([*psql_on, statement], check=True, capture_output=True, timeout=30)
+    standby = Conveyor(standby_url, prefix="standby")
+    try:
+        with pytest.raises(BackendUnavailable, match="the server is read-only \\(a standby\\?\\)") as refused:
+            standby.enqueue("t.any", 1)
+        assert "target_session_attrs=read-write" in str(refused.value)
+        backend = standby.backend
+        assert isinstance(backend, PostgresBackend)
+        assert backend._pool.get_stats().get("returns_bad", 0) == 1  # closed, so replaced
+    finally:
+        standby.close()
+    both = f"postgresql://postgres@127.0.0.1:{own_server.port},{primary.netloc}/{database}"
+    app = Conveyor(f"{both}?target_session_attrs=read-write&migrate=1", prefix="multihost")
+    try:
+        job = app.enqueue("t.any", 1)
+        assert isinstance(app.backend, PostgresBackend)
+        assert app.backend.where.endswith(f"127.0.0.1:{own_server.port},{primary.netloc}/{database}")
+    finally:
+        app.close()
+    assert psql(f"SELECT count(*) FROM multihost.jobs WHERE id = {job.id}").strip() == "1"
 
 
 def test_enqueue_while_the_server_is_down_fails_within_its_timeout(own_server: server.Server) -> None:

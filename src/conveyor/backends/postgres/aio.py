@@ -14,11 +14,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
 from conveyor.backends.base import AsyncWork, Fence, Outcome, translate_errors
-from conveyor.backends.postgres.pools import AsyncPool
+from conveyor.backends.postgres.pools import ERRORS, AsyncPool, explained
 from conveyor.job import JobRecord
 
 if TYPE_CHECKING:
@@ -27,10 +24,7 @@ if TYPE_CHECKING:
 _CONNECTIONS = 2  # a claim and a batch of outcomes at once
 _NO_QUEUE = "conveyor warm-up"  # not a valid queue name: warm_up's claim finds nothing
 
-_guarded = translate_errors(
-    (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout),
-    lambda work: f"PostgreSQL at {work.backend.where}",
-)
+_guarded = translate_errors(ERRORS, lambda work: f"PostgreSQL at {work.backend.where}", explained)
 
 
 class PostgresAsyncWork(AsyncWork):

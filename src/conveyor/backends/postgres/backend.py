@@ -45,7 +45,7 @@ from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
-from conveyor.backends.postgres.pools import Pool
+from conveyor.backends.postgres.pools import ERRORS, Pool, explained
 from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import BackendUnavailable
@@ -60,10 +60,7 @@ _POLL_SECONDS = 0.5  # a waiter's longest block while LISTEN is off or down
 _PAYLOADS_PER_INSERT = 10_000  # payloads in one array: bounds one statement's memory
 R = TypeVar("R")
 
-_guarded = translate_errors(
-    (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout),
-    lambda backend: f"PostgreSQL at {backend.where}",
-)
+_guarded = translate_errors(ERRORS, lambda backend: f"PostgreSQL at {backend.where}", explained)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 Params = dict[str, Any]

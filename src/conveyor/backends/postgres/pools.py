@@ -1,4 +1,5 @@
-"""psycopg_pool pools whose timeout says why no connection came.
+"""psycopg_pool pools whose timeout says why no connection came, and that drop a
+connection to a read-only server.
 
 With the server gone under a running pool, psycopg_pool reconnects in the background
 and only logs each failure (a `psycopg.pool` warning). A caller waiting for a
@@ -6,19 +7,39 @@ connection got "couldn't get a connection after 5.00 sec" and no reason. These p
 keep the reason of their last failed attempt and add it to that error. Asking the
 server again at that moment would cost a connect timeout of its own when the network
 drops packets, past the caller's timeout; the kept reason costs nothing.
+
+A connection whose write is refused as read-only reached a standby (a name that still
+points at the old primary after a failover, or the wrong host): it is closed, so the
+pool replaces it and the next call connects afresh instead of failing on it for the
+hour a pooled connection lives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
 
 import psycopg
+from psycopg.errors import ReadOnlySqlTransaction
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+# What the engine's calls turn into BackendUnavailable: the server or the network is
+# away, no connection came in time, or the server is read-only.
+ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, ReadOnlySqlTransaction)
+
+
+def explained(exc: Exception) -> str:
+    """psycopg's words, and for a read-only server what to do about it."""
+    if isinstance(exc, ReadOnlySqlTransaction):
+        return (
+            "the server is read-only (a standby?): point the URL at the primary, or list "
+            f"every host with target_session_attrs=read-write; it said: {exc}"
+        )
+    return str(exc)
 
 
 class Failures:
@@ -80,6 +101,15 @@ class Pool(ConnectionPool[Conn]):
         with self.failures.explaining():
             return super().getconn(timeout)
 
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Conn]:
+        with super().connection(timeout) as conn:
+            try:
+                yield conn
+            except ReadOnlySqlTransaction:
+                conn.close()  # the pool replaces a closed connection
+                raise
+
 
 class AsyncPool(AsyncConnectionPool[AsyncConn]):
     def __init__(self, conninfo: str, **options: Any) -> None:
@@ -89,3 +119,12 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
     async def getconn(self, timeout: float | None = None) -> AsyncConn:
         with self.failures.explaining():
             return await super().getconn(timeout)
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConn]:
+        async with super().connection(timeout) as conn:
+            try:
+                yield conn
+            except ReadOnlySqlTransaction:
+                await conn.close()
+                raise
