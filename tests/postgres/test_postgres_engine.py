@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
@@ -79,6 +79,24 @@ def test_url_options_are_taken_off_and_libpq_options_pass_through() -> None:
     target = parse_postgres_url("postgres://u:pw@db.example.com/app?sslmode=require&pool=3&pgbouncer=1")
     assert target.conninfo == "postgresql://u:pw@db.example.com/app?sslmode=require&connect_timeout=5"
     assert (target.pool, target.listen, target.prepare, target.migrate) == (3, False, False, False)
+
+
+def test_libpq_options_with_spaces_reach_the_server(url: str) -> None:
+    """`options` takes several `-c name=value` separated by spaces; libpq reads a "+"
+    as itself, so the spaces must stay %20 (they came out as "+" until 2026-12-06 and
+    the server refused the connection: unrecognized parameter "+statement_timeout")."""
+    settings = "-c statement_timeout=4321 -c lock_timeout=987"
+    app = Conveyor(f"{url}&options={quote(settings)}", prefix="spaced")
+    try:
+        backend = app.backend
+        assert isinstance(backend, PostgresBackend)
+        with backend._pool.connection() as conn:
+            shown = [
+                conn.execute(f"SHOW {name}").fetchone() for name in ("statement_timeout", "lock_timeout")
+            ]
+        assert shown == [("4321ms",), ("987ms",)]
+    finally:
+        app.close()
 
 
 def test_a_prefix_must_be_a_plain_schema_name() -> None:

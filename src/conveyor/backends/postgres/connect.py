@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from conveyor.errors import ConfigError
 
@@ -59,7 +59,10 @@ def parse_postgres_url(url: str) -> PostgresTarget:
     timeout = _number(own, "timeout", DEFAULT_TIMEOUT, url)
     # libpq takes whole seconds and treats 1 as 2; the pool's own wait enforces `timeout`.
     options.setdefault("connect_timeout", str(max(2, round(timeout))))
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(options), ""))
+    # quote, not urlencode's default quote_plus: libpq reads a "+" as itself, so
+    # options=-c%20a%3D1%20-c%20b%3D2 (two settings) came out as "-c+a=1+-c+b=2".
+    query = urlencode(options, quote_via=quote)
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
     return PostgresTarget(
         conninfo=conninfo,
         pool=int(_number(own, "pool", DEFAULT_POOL, url, minimum=1)),
