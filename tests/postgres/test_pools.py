@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
+import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
+from conveyor.backends.postgres import pools
 from conveyor.backends.postgres.pools import AsyncPool, Pool
-from tests.conftest import POSTGRES_URL, fresh_postgres
+from tests.conftest import POSTGRES_URL, eventually, fresh_postgres
 from tests.redis.servers import free_port
 
 
@@ -51,3 +54,54 @@ def test_a_busy_pool_times_out_without_a_stale_reason() -> None:
     assert "last attempt" not in str(timed_out.value)
     pool.putconn(held)
     pool.close()
+
+
+_IDLE_KILLED = POSTGRES_URL + "?options=" + quote("-c idle_session_timeout=300")  # ms
+
+
+def _gone(pid: int) -> bool:
+    """Whether the server has ended the session `pid` (asked on a connection of its own)."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    return row is not None and row[0] == 0
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_it_is_lent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Servers, proxies and NAT gateways close idle sessions; the first call after a quiet
+    spell failed with "terminating connection due to idle-session timeout". A connection
+    unused for _PING_AFTER is pinged when lent, and replaced if it is gone."""
+    monkeypatch.setattr(pools, "_PING_AFTER", 0.2)
+    pool = Pool(_IDLE_KILLED, min_size=1, max_size=1, timeout=5, kwargs={"autocommit": True}, open=True)
+    try:
+        with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        eventually(lambda: _gone(pid), timeout=10, message="the server never closed the idle session")
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert conn.info.backend_pid != pid
+    finally:
+        pool.close()
+
+
+def test_an_async_pool_replaces_a_connection_the_server_closed_while_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pools, "_PING_AFTER", 0.2)
+
+    async def attempt() -> None:
+        pool = AsyncPool(
+            _IDLE_KILLED, min_size=1, max_size=1, timeout=5, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open()
+        try:
+            async with pool.connection() as conn:
+                pid = conn.info.backend_pid
+            eventually(lambda: _gone(pid), timeout=10, message="the server never closed the idle session")
+            async with pool.connection() as conn:
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+        finally:
+            await pool.close()
+
+    asyncio.run(attempt())

@@ -12,10 +12,16 @@ A connection whose write is refused as read-only reached a standby (a name that 
 points at the old primary after a failover, or the wrong host): it is closed, so the
 pool replaces it and the next call connects afresh instead of failing on it for the
 hour a pooled connection lives.
+
+A connection that sat unused for _PING_AFTER is pinged before it is lent: servers,
+proxies and NAT gateways close idle sessions (idle_session_timeout, AWS NAT after
+350 s), and the first enqueue after a quiet spell failed with "terminating connection
+due to idle-session timeout". A busy process never pings.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
@@ -26,6 +32,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+_PING_AFTER = 30.0  # seconds unused after which a pooled connection is pinged when lent
 
 # What the engine's calls turn into BackendUnavailable: the server or the network is
 # away, no connection came in time, or the server is read-only.
@@ -74,22 +82,34 @@ def _recording(failures: Failures) -> type[Conn]:
     """A connection class that tells `failures` how each attempt to connect went."""
 
     class Recording(psycopg.Connection[tuple[Any, ...]]):
+        idle_since = 0.0  # time.monotonic() when last handed back to the pool
+
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
             with failures.recorded():
-                return super().connect(conninfo, **kwargs)
+                conn = super().connect(conninfo, **kwargs)
+            conn.idle_since = time.monotonic()
+            return conn
 
     return Recording
 
 
 def _recording_async(failures: Failures) -> type[AsyncConn]:
     class Recording(psycopg.AsyncConnection[tuple[Any, ...]]):
+        idle_since = 0.0
+
         @classmethod
         async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
             with failures.recorded():
-                return await super().connect(conninfo, **kwargs)
+                conn = await super().connect(conninfo, **kwargs)
+            conn.idle_since = time.monotonic()
+            return conn
 
     return Recording
+
+
+def _idle_long(conn: Conn | AsyncConn) -> bool:
+    return time.monotonic() - getattr(conn, "idle_since", 0.0) >= _PING_AFTER
 
 
 class Pool(ConnectionPool[Conn]):
@@ -98,8 +118,22 @@ class Pool(ConnectionPool[Conn]):
         super().__init__(conninfo, connection_class=_recording(self.failures), **options)
 
     def getconn(self, timeout: float | None = None) -> Conn:
+        """A connection; one unused for _PING_AFTER is pinged first, and if the server
+        closed it meanwhile the pool drops it and lends another (each at most once)."""
         with self.failures.explaining():
-            return super().getconn(timeout)
+            conn = super().getconn(timeout)
+            while _idle_long(conn):
+                try:
+                    conn.execute("")  # an empty query: one round trip
+                    break
+                except psycopg.OperationalError:
+                    super().putconn(conn)  # closed: discarded, and the pool connects anew
+                    conn = super().getconn(timeout)
+            return conn
+
+    def putconn(self, conn: Conn) -> None:
+        conn.idle_since = time.monotonic()  # type: ignore[attr-defined]
+        super().putconn(conn)
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Conn]:
@@ -117,8 +151,21 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
         super().__init__(conninfo, connection_class=_recording_async(self.failures), **options)
 
     async def getconn(self, timeout: float | None = None) -> AsyncConn:
+        """As Pool.getconn."""
         with self.failures.explaining():
-            return await super().getconn(timeout)
+            conn = await super().getconn(timeout)
+            while _idle_long(conn):
+                try:
+                    await conn.execute("")
+                    break
+                except psycopg.OperationalError:
+                    await super().putconn(conn)
+                    conn = await super().getconn(timeout)
+            return conn
+
+    async def putconn(self, conn: AsyncConn) -> None:
+        conn.idle_since = time.monotonic()  # type: ignore[attr-defined]
+        await super().putconn(conn)
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConn]:
