@@ -10,6 +10,7 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from conveyor.backends.postgres import pools
+from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.pools import AsyncPool, Pool
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres
 from tests.redis.servers import free_port
@@ -105,3 +106,19 @@ def test_an_async_pool_replaces_a_connection_the_server_closed_while_idle(
             await pool.close()
 
     asyncio.run(attempt())
+
+
+def test_the_events_connection_is_pinged_after_a_quiet_spell_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event publisher's connection of its own (Aside) lost the first batch after
+    a quiet spell the same way."""
+    monkeypatch.setattr(pools, "_PING_AFTER", 0.2)
+    aside = Aside(_IDLE_KILLED, {"autocommit": True})
+    try:
+        aside.execute("SELECT 1", {})
+        assert aside._conn is not None
+        pid = aside._conn.info.backend_pid
+        eventually(lambda: _gone(pid), timeout=10, message="the server never closed the idle session")
+        aside.execute("SELECT 1", {})
+        assert aside._conn.info.backend_pid != pid
+    finally:
+        aside.close()

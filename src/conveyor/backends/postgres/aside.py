@@ -6,15 +6,21 @@ first in, first out, so once it held two, a single-threaded producer alternated 
 two server processes and paid for it on every call. Measured with events on, one thread
 enqueueing, alternating runs: 2,519 enqueues a second through the pool, 2,717 with the
 publisher on a connection of its own, 2,892 with events off.
+
+Like a pooled one, it is pinged before use after _PING_AFTER unused (see pools.py): a
+server that closed it while idle cost the first batch of events after a quiet spell.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+
+from conveyor.backends.postgres.pools import answers, idle_long
 
 
 class Aside:
@@ -25,6 +31,7 @@ class Aside:
         self._options = dict(options)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._used_at = 0.0  # time.monotonic() of the last statement
         self._closed = False
 
     def execute(self, query: str, params: Mapping[str, Any]) -> None:
@@ -32,10 +39,13 @@ class Aside:
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError("the connection is closed")
+            if self._conn is not None and idle_long(self._used_at) and not answers(self._conn):
+                self._conn.close()  # the server closed it while idle
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self._conninfo, **self._options)
             try:
                 self._conn.execute(query, params)
+                self._used_at = time.monotonic()
             except psycopg.Error:
                 if self._conn.broken:  # the next call connects afresh
                     self._conn.close()

@@ -79,7 +79,8 @@ class Failures:
 
 
 def _recording(failures: Failures) -> type[Conn]:
-    """A connection class that tells `failures` how each attempt to connect went."""
+    """A connection class that tells `failures` how each attempt to connect went, and
+    keeps when it was last handed back to the pool (see _PING_AFTER)."""
 
     class Recording(psycopg.Connection[tuple[Any, ...]]):
         idle_since = 0.0  # time.monotonic() when last handed back to the pool
@@ -108,8 +109,26 @@ def _recording_async(failures: Failures) -> type[AsyncConn]:
     return Recording
 
 
-def _idle_long(conn: Conn | AsyncConn) -> bool:
-    return time.monotonic() - getattr(conn, "idle_since", 0.0) >= _PING_AFTER
+def idle_long(since: float) -> bool:
+    """Whether a connection unused since `since` (time.monotonic()) should be pinged."""
+    return time.monotonic() - since >= _PING_AFTER
+
+
+def answers(conn: Conn) -> bool:
+    """Whether the server still answers on `conn`: an empty query, one round trip."""
+    try:
+        conn.execute("")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+async def _answers_async(conn: AsyncConn) -> bool:
+    try:
+        await conn.execute("")
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 class Pool(ConnectionPool[Conn]):
@@ -122,13 +141,9 @@ class Pool(ConnectionPool[Conn]):
         closed it meanwhile the pool drops it and lends another (each at most once)."""
         with self.failures.explaining():
             conn = super().getconn(timeout)
-            while _idle_long(conn):
-                try:
-                    conn.execute("")  # an empty query: one round trip
-                    break
-                except psycopg.OperationalError:
-                    super().putconn(conn)  # closed: discarded, and the pool connects anew
-                    conn = super().getconn(timeout)
+            while idle_long(getattr(conn, "idle_since", 0.0)) and not answers(conn):
+                super().putconn(conn)  # closed: discarded, and the pool connects anew
+                conn = super().getconn(timeout)
             return conn
 
     def putconn(self, conn: Conn) -> None:
@@ -154,13 +169,9 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
         """As Pool.getconn."""
         with self.failures.explaining():
             conn = await super().getconn(timeout)
-            while _idle_long(conn):
-                try:
-                    await conn.execute("")
-                    break
-                except psycopg.OperationalError:
-                    await super().putconn(conn)
-                    conn = await super().getconn(timeout)
+            while idle_long(getattr(conn, "idle_since", 0.0)) and not await _answers_async(conn):
+                await super().putconn(conn)
+                conn = await super().getconn(timeout)
             return conn
 
     async def putconn(self, conn: AsyncConn) -> None:
