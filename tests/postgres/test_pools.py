@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import quote
 
 import psycopg
@@ -11,6 +12,7 @@ from psycopg_pool import PoolTimeout
 
 from conveyor.backends.postgres import pools
 from conveyor.backends.postgres.aside import Aside
+from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.pools import AsyncPool, Pool
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres
 from tests.redis.servers import free_port
@@ -122,3 +124,24 @@ def test_the_events_connection_is_pinged_after_a_quiet_spell_too(monkeypatch: py
         assert aside._conn.info.backend_pid != pid
     finally:
         aside.close()
+
+
+def test_the_listen_connection_stays_open_through_idle_session_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LISTEN waits look idle to the server: it closed the connection every
+    idle_session_timeout, and each time the worker logged a reconnect and polled until it
+    was back. An empty query after _PING_AFTER without one keeps it open."""
+    monkeypatch.setattr(pools, "_PING_AFTER", 0.3)  # pings at most 0.55 s apart (+ a 0.25 s read)
+    closes_idle = POSTGRES_URL + "?options=" + quote("-c idle_session_timeout=1000")
+    listener = Listener(closes_idle, "pinged", enabled=True)
+    try:
+        listener.generation(["q"])  # starts its reader
+        eventually(lambda: listener.listening, timeout=10, message="never listened")
+        connected = listener._lost  # moves on every connect and every loss
+        watch_until = time.monotonic() + 2.5  # two and a half idle timeouts
+        while time.monotonic() < watch_until:
+            assert listener.listening and listener._lost == connected
+            time.sleep(0.05)  # a sampling interval, so the listener's thread gets the GIL
+    finally:
+        listener.close()

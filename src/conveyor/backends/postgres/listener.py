@@ -6,6 +6,10 @@ then blocks until one of those generations moves, so a notification between the
 look and the block is never missed. Correctness never rests on a notification:
 waits are bounded, so a lost one costs at most one wait, and with LISTEN off
 (PgBouncer in transaction mode) or its connection down, waiters simply poll.
+
+A LISTEN connection is idle to the server between notifications, so servers, proxies
+and NAT gateways close it like any idle session (see pools.py): it sends an empty
+query after _PING_AFTER without one, which keeps it open, or finds it gone at once.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
+
+from conveyor.backends.postgres.pools import idle_long
 
 log = logging.getLogger("conveyor.postgres")
 
@@ -98,6 +105,7 @@ class Listener:
                 self._listening = True
                 self._lost += 1  # anything sent before LISTEN took effect: look again
                 self._cond.notify_all()
+            used_at = time.monotonic()
             while not self._closed:
                 # notifies() returns after the timeout; reading in slices lets close() stop us.
                 for notify in conn.notifies(timeout=_READ_SECONDS):
@@ -105,5 +113,8 @@ class Listener:
                         queue = notify.payload
                         self._generations[queue] = self._generations.get(queue, 0) + 1
                         self._cond.notify_all()
+                if idle_long(used_at):
+                    conn.execute("")  # raises if the server closed it: _run reconnects
+                    used_at = time.monotonic()
             with contextlib.suppress(psycopg.Error):
                 conn.execute("UNLISTEN *")
