@@ -145,3 +145,16 @@ def test_the_listen_connection_stays_open_through_idle_session_timeouts(
             time.sleep(0.05)  # a sampling interval, so the listener's thread gets the GIL
     finally:
         listener.close()
+
+
+def test_the_events_connection_is_dropped_when_it_reaches_a_read_only_server() -> None:
+    """As a pooled connection is (see test_postgres_engine): a standby refuses the
+    write, and the next call connects afresh instead of failing on it."""
+    read_only = POSTGRES_URL + "?options=" + quote("-c default_transaction_read_only=on")
+    aside = Aside(read_only, {"autocommit": True})
+    try:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            aside.execute("CREATE TABLE conveyor_read_only_probe ()", {})
+        assert aside._conn is None
+    finally:
+        aside.close()

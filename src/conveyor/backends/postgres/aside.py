@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.errors import ReadOnlySqlTransaction
 
 from conveyor.backends.postgres.pools import answers, idle_long
 
@@ -46,8 +47,10 @@ class Aside:
             try:
                 self._conn.execute(query, params)
                 self._used_at = time.monotonic()
-            except psycopg.Error:
-                if self._conn.broken:  # the next call connects afresh
+            except psycopg.Error as exc:
+                # The next call connects afresh: the connection broke, or it reached a
+                # standby, which a new connection may not (see pools.py).
+                if self._conn.broken or isinstance(exc, ReadOnlySqlTransaction):
                     self._conn.close()
                     self._conn = None
                 raise
