@@ -175,6 +175,12 @@ def cli(
     type=float,
     help="Seconds running jobs get to finish on SIGTERM.",
 )
+@click.option(
+    "--start-timeout",
+    envvar="CONVEYOR_START_TIMEOUT",
+    metavar="S|none",
+    help="Seconds to keep trying an unreachable engine at start (default 60; none: for ever).",
+)
 @click.pass_context
 def worker(ctx: click.Context, /, app_spec: str, processes: int, burst: bool, **options: Any) -> None:
     """Run jobs of APP (module:attribute) from its queues."""

@@ -35,6 +35,9 @@ class Settings:
     lease_timeout: float = 30.0
     heartbeat_interval: float | None = None
     shutdown_grace: float = 30.0
+    # A starting worker whose engine is unreachable (a container that starts before its
+    # Redis or PostgreSQL does) retries this long before it exits; None waits for ever.
+    start_timeout: float | None = 60.0
     max_payload_bytes: int = 1_048_576
     log_level: str = "INFO"
     # Finished jobs are pruned after this many seconds (None keeps them): completed and
@@ -61,7 +64,9 @@ class Settings:
     def load(
         cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
     ) -> Settings:
-        """Defaults, then CONVEYOR_* variables, then non-None `overrides`; all validated."""
+        """Defaults, then CONVEYOR_* variables, then `overrides`; all validated. An
+        override of None sets a setting that may be None (no timeout, keep for ever) and
+        leaves any other at its default, as `url=None` does."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -72,13 +77,13 @@ class Settings:
             if key not in _PARSERS:
                 known = ", ".join(sorted(_PARSERS))
                 raise ConfigError(f"unknown setting {key!r}; known settings: {known}")
-            if value is not None:
+            if value is not None or key in _NULLABLE:
                 values[key] = _parse(key, value, source=key)
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with `changes` applied and validated."""
-        parsed = {k: _parse(k, v, source=k) for k, v in changes.items() if v is not None}
+        parsed = {k: _parse(k, v, source=k) for k, v in changes.items() if v is not None or k in _NULLABLE}
         return replace(self, **parsed)
 
 
@@ -120,9 +125,19 @@ def _positive_float(value: Any) -> float:
 
 
 def _optional_seconds(value: Any) -> float | None:
-    if value in ("", "none", "None", 0, "0"):
+    if value is None or value in ("", "none", "None", 0, "0"):
         return None
     return _positive_float(value)
+
+
+def _wait_seconds(value: Any) -> float | None:
+    """Seconds >= 0, where 0 means not at all and `none` for ever."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    number = float(value)
+    if not number >= 0 or isinstance(value, bool):
+        raise ConfigError(f"must be a number >= 0 or none, got {value!r}")
+    return number
 
 
 def _queues(value: Any) -> tuple[str, ...]:
@@ -191,6 +206,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "lease_timeout": _positive_float,
     "heartbeat_interval": _optional_seconds,
     "shutdown_grace": _positive_float,
+    "start_timeout": _wait_seconds,
     "max_payload_bytes": _positive_int,
     "log_level": _log_level,
     "scheduler": _bool,
@@ -202,3 +218,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "keep_completed_count": _optional_count,
     "keep_dead_count": _optional_count,
 }
+# Settings whose value may be None; an override of None sets them. Until 2026-12-07 it
+# was skipped like any None, so Conveyor(keep_completed=None), meant to keep finished
+# jobs, pruned them after the default 7 days, and job_timeout=None left 300 s.
+_NULLABLE = frozenset(f.name for f in fields(Settings) if "None" in str(f.type))

@@ -574,6 +574,36 @@ def test_workers_ride_out_a_server_restart_and_lose_nothing(
     app.close()
 
 
+def test_a_worker_started_before_its_server_waits_and_then_works(
+    own_server: server.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A container that starts before PostgreSQL: the worker logs the refused connection,
+    keeps trying, then migrates (migrate=1) and runs jobs, no restart needed."""
+    caplog.set_level(logging.WARNING, "conveyor.worker")
+    own_server.stop()
+    app = Conveyor(f"{own_server.url}?migrate=1&timeout=1", prefix="late")
+
+    @app.task
+    def double(n: int) -> int:
+        return 2 * n
+
+    try:
+        with running(app, start_timeout=30):
+            eventually(lambda: "engine unreachable at start" in caplog.text, message="a refused attempt")
+            own_server.start()
+            eventually(lambda: bool(_workers_when_up(app)), timeout=20, message="the worker registered")
+            assert double.enqueue(21).result(timeout=10) == 42
+    finally:
+        app.close()
+
+
+def _workers_when_up(app: Conveyor) -> list[Any]:
+    try:
+        return app.backend.workers()
+    except BackendUnavailable:
+        return []
+
+
 def _enqueue_when_up(enqueue: Callable[[], list[Job[Any]]]) -> list[Job[Any]]:
     """Enqueue as a producer would after an outage: retry until the pool reconnects."""
     deadline = time.monotonic() + 20

@@ -412,6 +412,33 @@ def test_an_evicting_server_is_refused_at_worker_start(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_worker_started_before_its_redis_waits_and_then_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A container that starts before its Redis: the worker logs the refused connection,
+    keeps trying, and runs jobs once the server is up, no restart needed."""
+    servers.need_binaries()
+    caplog.set_level(logging.WARNING, "conveyor.worker")
+    port = servers.free_port()
+    args = ["--port", str(port), "--save", "", "--appendonly", "no"]
+    late = servers.Server(tmp_path / "late", port, args)
+    app = Conveyor(f"redis://127.0.0.1:{port}/0?timeout=1")
+
+    @app.task
+    def double(n: int) -> int:
+        return 2 * n
+
+    try:
+        with running(app, start_timeout=30):
+            eventually(lambda: "engine unreachable at start" in caplog.text, message="a refused attempt")
+            late.start()
+            eventually(lambda: bool(app.backend.workers()), message="the worker registered")
+            assert double.enqueue(21).result(timeout=10) == 42
+    finally:
+        app.close()
+        late.stop()
+
+
 def test_a_full_server_refuses_enqueues_plainly_and_workers_ride_it_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -52,6 +52,7 @@ def test_environment_then_keywords() -> None:
         ({"CONVEYOR_LOG_LEVEL": "LOUD"}, "must be one of DEBUG"),
         ({"CONVEYOR_RETRY_BACKOFF": "-1"}, "must be a number > 0"),
         ({"CONVEYOR_KEEP_COMPLETED_COUNT": "-5"}, "CONVEYOR_KEEP_COMPLETED_COUNT: must be an integer >= 0"),
+        ({"CONVEYOR_START_TIMEOUT": "-1"}, "CONVEYOR_START_TIMEOUT: must be a number >= 0 or none"),
     ],
 )
 def test_bad_environment_is_named(env: dict[str, str], message: str) -> None:
@@ -91,3 +92,21 @@ def test_retention_counts_come_from_the_environment() -> None:
 def test_feature_switches_come_from_the_environment() -> None:
     s = Settings.load(env={"CONVEYOR_EVENTS": "0", "CONVEYOR_SCHEDULER": "off", "CONVEYOR_PROCESSORS": "yes"})
     assert (s.events, s.scheduler, s.processors) == (False, False, True)
+
+
+def test_none_sets_what_may_be_none_and_defaults_the_rest() -> None:
+    """keep_completed=None keeps finished jobs for ever; until 2026-12-07 it was skipped
+    and they were pruned after the default 7 days. url=None still means the default."""
+    app = Conveyor(None, keep_completed=None, job_timeout=None, start_timeout=None, concurrency=None)
+    s = app.settings
+    assert (s.keep_completed, s.job_timeout, s.start_timeout) == (None, None, None)
+    assert (s.url, s.concurrency, s.keep_dead) == ("sqlite:///conveyor.db", 10, 30 * 86400.0)
+    assert s.with_(keep_dead=None, retries=None).keep_dead is None
+    assert s.with_(keep_dead=None, retries=None).retries == 3
+
+
+def test_start_timeout_takes_seconds_zero_or_none() -> None:
+    assert Settings.load(env={}).start_timeout == 60
+    assert Settings.load(env={"CONVEYOR_START_TIMEOUT": "0"}).start_timeout == 0
+    assert Settings.load(env={"CONVEYOR_START_TIMEOUT": "none"}).start_timeout is None
+    assert Settings.load({"start_timeout": 2.5}, env={}).start_timeout == 2.5

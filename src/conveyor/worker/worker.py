@@ -24,18 +24,21 @@ import contextvars
 import functools
 import itertools
 import logging
+import math
 import os
+import random
 import secrets
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.backends.base import AsyncWork, Backend, Fence, JobQuery, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
-from conveyor.events import JobEvent, JobEvents
+from conveyor.events import Entry, JobEvent, JobEvents
 from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import HELD_BACK_POLL, Claimed
@@ -177,7 +180,7 @@ class Worker:
         # event waits for the batch's "retried" one (see _say_started).
         self._in_store: frozenset[str] = frozenset()
         self._late_starts: list[Running] = []
-        self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # more engine threads to join
+        self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # engine threads to join
         self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
         self._run_time = 0.0  # seconds a job holds its slot, moving average (see _LONG_JOB)
@@ -188,7 +191,8 @@ class Worker:
         # took small claims and refused the stores: a worker of 10 slots held 970 jobs.
         self._store_refused = False
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
-        self._emit = app.publisher().emit if settings.events else None  # job events, batched
+        # Job events, batched; set once the engine is reached (opening PostgreSQL connects).
+        self._emit: Callable[[Iterable[Entry]], None] | None = None
         self._stop_early: bool | None = None  # stop() before the loop ran: hard or not
         self.started = threading.Event()  # set once the worker can be stopped
 
@@ -246,10 +250,8 @@ class Worker:
         self._context = contextvars.copy_context()
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         self._deadlines = Deadlines(self._loop)
-        backend = self.app.backend
-        self._leases, self._maintenance = self._keepers(backend)
         self._burst = burst
-        self._open_threads(backend)
+        self._open_threads()
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
@@ -257,8 +259,12 @@ class Worker:
             self._begin_stop(self._stop_early)
         self.started.set()
         try:
-            await in_thread(self._db, backend.preflight)
-            await in_thread(self._db, backend.report_worker, self._info())
+            backend = await self._reach()
+            if backend is None:
+                return 0  # stopped while the engine was away
+            self._emit = self.app.publisher().emit if self.settings.events else None
+            self._leases, self._maintenance = self._keepers(backend)
+            self._open_lanes(backend)
             self._aio = backend.async_work()
             await self._warm_up()
             log.info(
@@ -266,7 +272,7 @@ class Worker:
                 self.id,
                 ",".join(self.queues),
                 self.concurrency,
-                self.app.backend.url.split("://")[0],
+                backend.url.split("://")[0],
                 loop_name(self._loop),
             )
             return await self._supervise()
@@ -277,6 +283,33 @@ class Worker:
             if self._aio is not None:
                 await self._aio.aclose()
             await self._close_threads()
+
+    async def _reach(self) -> Backend | None:
+        """Open and check the engine and report this worker; while the engine is
+        unreachable, try again (0.5 s doubling to 5 s) for up to `start_timeout`. None if
+        stopped meanwhile. Until 2026-12-07 a worker started before its Redis or
+        PostgreSQL exited at once."""
+        assert self._stop is not None
+        limit = self.settings.start_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = 0.5
+        while not self._stop.is_set():
+            try:
+                backend = await in_thread(self._db, lambda: self.app.backend)
+                await in_thread(self._db, backend.preflight)
+                await in_thread(self._db, backend.report_worker, self._info())
+                return backend
+            except BackendUnavailable as exc:
+                left = math.inf if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise BackendUnavailable(f"{exc} (gave up after start_timeout={limit:g}s)") from exc
+                wait = min(pause * random.uniform(0.8, 1.2), left)
+                until = "for ever" if deadline is None else f"{left:.0f}s more"
+                said = " ".join(str(exc).split())  # libpq's reasons span lines
+                log.warning("engine unreachable at start (%s); trying again in %.1fs, %s", said, wait, until)
+                await wait_event(self._stop, wait)
+                pause = min(pause * 2, _MAX_BACKOFF)
+        return None
 
     def _keepers(self, backend: Backend) -> tuple[LeaseKeeper, Maintenance]:
         """The lease keeper (renewals, progress) and maintenance (recovery, retention)."""
@@ -297,23 +330,29 @@ class Worker:
         )  # fmt: skip
         return leases, maintenance
 
-    def _open_threads(self, backend: Backend) -> None:
-        """The engine's threads (one per claim lane, the store's, the waiter's) and the
-        task threads; each engine thread keeps its own connection."""
+    def _open_threads(self) -> None:
+        """The engine's threads (the first claim lane's, the store's, the waiter's) and
+        the task threads; each engine thread keeps its own connection. Threads start on
+        first use."""
         self._db = concurrent.futures.ThreadPoolExecutor(1, "conveyor-engine")
-        self._claimers = [self._db] + [
-            concurrent.futures.ThreadPoolExecutor(1, f"conveyor-engine-{lane}")
-            for lane in range(2, backend.claim_lanes + 1)
-        ]
+        self._claimers = [self._db]
         self._store = concurrent.futures.ThreadPoolExecutor(1, "conveyor-store")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, "conveyor-wait")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, "conveyor-task")
+        self._threads += [self._db, self._store, self._waiter]
+
+    def _open_lanes(self, backend: Backend) -> None:
+        """One more claim thread per lane the engine has beyond the first; and the lease
+        keeper's thread, joined on the way out as the others are."""
+        for lane in range(2, backend.claim_lanes + 1):
+            self._claimers.append(concurrent.futures.ThreadPoolExecutor(1, f"conveyor-engine-{lane}"))
+        self._threads += [*self._claimers[1:], self._leases.thread]
 
     async def _close_threads(self) -> None:
         """Join the engine threads (the waiter returns within _IDLE_WAIT) so the app can
         close its connections safely; task threads are the user's and may hang."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for executor in (*self._claimers, self._store, self._leases.thread, self._waiter, *self._threads):
+        for executor in self._threads:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def _warm_up(self) -> None:
