@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import BackendUnavailable, Conveyor
 from conveyor.backends import open_backend
 from conveyor.backends.base import AsyncWork, Backend, Fence, Outcome
 from conveyor.clock import Clock, FakeClock
@@ -296,6 +297,30 @@ def running(app: Conveyor, **settings: Any) -> Iterator[Worker]:
         thread.join(timeout=30)
         assert not thread.is_alive(), "worker did not stop"
         assert result == [0]
+
+
+def waits_for_its_engine(
+    app: Conveyor, caplog: pytest.LogCaptureFixture, bring_up: Callable[[], object]
+) -> None:
+    """A worker started while `app`'s engine is down logs a refused attempt, keeps
+    trying, and once `bring_up()` has started the engine registers and runs a job."""
+    caplog.set_level(logging.WARNING, "conveyor.worker")
+
+    @app.task
+    def double(n: int) -> int:
+        return 2 * n
+
+    def registered() -> bool:
+        try:
+            return bool(app.backend.workers())
+        except BackendUnavailable:  # PostgreSQL's pool may still be reconnecting
+            return False
+
+    with running(app, start_timeout=30):
+        eventually(lambda: "engine unreachable at start" in caplog.text, message="a refused attempt")
+        bring_up()
+        eventually(registered, timeout=20, message="the worker registered")
+        assert double.enqueue(21).result(timeout=10) == 42
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0, message: str = "") -> None:
