@@ -26,7 +26,14 @@ from conveyor.backends.postgres.connect import parse_postgres_url
 from conveyor.backends.postgres.migrate import latest_version
 from conveyor.events import JobEvent
 from conveyor.task import Task
-from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running, spy_part_sizes
+from tests.conftest import (
+    POSTGRES_URL,
+    eventually,
+    fresh_postgres,
+    running,
+    spy_part_sizes,
+    waits_for_its_engine,
+)
 from tests.postgres import schema, server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,6 +232,27 @@ def test_enqueue_joins_a_transaction_through_pgbouncer(pgbouncer: Any) -> None:
     assert sorted(j.id for j in app.jobs()) == sorted(j.id for j in kept)
     assert migrate_database(f"{through}?pgbouncer=1", prefix="bounced")[1] == latest_version()
     app.close()
+
+
+def test_behind_pgbouncer_without_pgbouncer_1_errors_say_what_to_add(pgbouncer: Any) -> None:
+    """Two processes' statements, prepared on the one server connection PgBouncer lends
+    them in turn, collide. Each error is BackendUnavailable naming the fix, which a
+    worker backs off from; until 2026-12-07 it was psycopg's own error, unexplained, and
+    a worker's pump died of it."""
+    fresh_postgres(POSTGRES_URL)
+    through = pgbouncer.url_for(POSTGRES_URL)
+    migrate_database(f"{through}?pgbouncer=1", prefix="forgot")
+    first, second = Conveyor(through, prefix="forgot"), Conveyor(through, prefix="forgot")
+    said: list[str] = []
+    for i in range(12):  # past psycopg's prepare_threshold of 5, taking turns
+        for app in (first, second):
+            try:
+                app.enqueue("double", i)
+            except BackendUnavailable as exc:
+                said.append(str(exc))
+    assert said and all("add ?pgbouncer=1 to the URL" in text for text in said)
+    first.close()
+    second.close()
 
 
 def _enqueue_then_fail(conn: psycopg.Connection[Any], app: Conveyor, signup: Task[..., str]) -> None:
@@ -608,31 +636,14 @@ def test_workers_ride_out_a_server_restart_and_lose_nothing(
 def test_a_worker_started_before_its_server_waits_and_then_works(
     own_server: server.Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A container that starts before PostgreSQL: the worker logs the refused connection,
-    keeps trying, then migrates (migrate=1) and runs jobs, no restart needed."""
-    caplog.set_level(logging.WARNING, "conveyor.worker")
+    """A container that starts before PostgreSQL: the worker keeps trying, then migrates
+    (migrate=1) and runs jobs, no restart needed."""
     own_server.stop()
     app = Conveyor(f"{own_server.url}?migrate=1&timeout=1", prefix="late")
-
-    @app.task
-    def double(n: int) -> int:
-        return 2 * n
-
     try:
-        with running(app, start_timeout=30):
-            eventually(lambda: "engine unreachable at start" in caplog.text, message="a refused attempt")
-            own_server.start()
-            eventually(lambda: bool(_workers_when_up(app)), timeout=20, message="the worker registered")
-            assert double.enqueue(21).result(timeout=10) == 42
+        waits_for_its_engine(app, caplog, own_server.start)
     finally:
         app.close()
-
-
-def _workers_when_up(app: Conveyor) -> list[Any]:
-    try:
-        return app.backend.workers()
-    except BackendUnavailable:
-        return []
 
 
 def _enqueue_when_up(enqueue: Callable[[], list[Job[Any]]]) -> list[Job[Any]]:

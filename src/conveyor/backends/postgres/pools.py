@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
 
 import psycopg
-from psycopg.errors import ReadOnlySqlTransaction
+from psycopg.errors import DuplicatePreparedStatement, InvalidSqlStatementName, ReadOnlySqlTransaction
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -35,17 +35,28 @@ AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _PING_AFTER = 30.0  # seconds unused after which a pooled connection is pinged when lent
 
+# Prepared statements missing or doubled: the connection goes through PgBouncer in
+# transaction mode, where each transaction may run on another server connection, and
+# the URL lacks pgbouncer=1. Without it a worker died of the error, unexplained.
+_UNPREPARED = (DuplicatePreparedStatement, InvalidSqlStatementName)
 # What the engine's calls turn into BackendUnavailable: the server or the network is
-# away, no connection came in time, or the server is read-only.
-ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, ReadOnlySqlTransaction)
+# away, no connection came in time, the server is read-only, or prepared statements
+# are lost on the way.
+ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, ReadOnlySqlTransaction, *_UNPREPARED)
 
 
 def explained(exc: Exception) -> str:
-    """psycopg's words, and for a read-only server what to do about it."""
+    """psycopg's words, and for a read-only server or lost prepared statements what to
+    do about it."""
     if isinstance(exc, ReadOnlySqlTransaction):
         return (
             "the server is read-only (a standby?): point the URL at the primary, or list "
             f"every host with target_session_attrs=read-write; it said: {exc}"
+        )
+    if isinstance(exc, _UNPREPARED) or "prepared statement" in str(exc):  # or a bind that mismatched
+        return (
+            "a prepared statement went missing between statements: behind PgBouncer in "
+            f"transaction mode (before 1.21), add ?pgbouncer=1 to the URL; it said: {exc}"
         )
     return str(exc)
 
