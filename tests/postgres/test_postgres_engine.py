@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import subprocess
 import sys
 import threading
@@ -11,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from conveyor import BackendUnavailable, ConfigError, Conveyor, Fail, Job, JobState
 from conveyor.backends import open_backend
@@ -253,6 +255,44 @@ def test_behind_pgbouncer_without_pgbouncer_1_errors_say_what_to_add(pgbouncer: 
     assert said and all("add ?pgbouncer=1 to the URL" in text for text in said)
     first.close()
     second.close()
+
+
+def test_a_role_without_privileges_is_told_which_it_needs(url: str) -> None:
+    """Until 2026-12-07 a missing privilege surfaced as psycopg's InsufficientPrivilege
+    with a traceback. Now migrate names the role and the grants; a producer or worker
+    gets BackendUnavailable with them, and works once they are granted; and once the
+    owner has migrated, migrate=1 asks nothing of the role."""
+    role = f"conveyor_weak_{secrets.token_hex(3)}"
+    parts = urlsplit(POSTGRES_URL)
+    weak = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc}"))
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        try:
+            with pytest.raises(
+                ConfigError, match=f"role '{role}' may not migrate schema 'roles'.*USAGE on the"
+            ):
+                migrate_database(weak, prefix="roles")
+            migrate_database(POSTGRES_URL, prefix="roles")  # the owner migrates
+            with pytest.raises(BackendUnavailable, match="the role lacks a privilege: it needs USAGE on the"):
+                Conveyor(weak, prefix="roles").enqueue("double", 1)
+            for grant in (
+                "GRANT USAGE ON SCHEMA roles TO {}",
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA roles TO {}",
+                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA roles TO {}",
+            ):
+                admin.execute(sql.SQL(grant).format(sql.Identifier(role)))
+            app = Conveyor(f"{weak}?migrate=1", prefix="roles")
+
+            @app.task(name="double")
+            def double(n: int) -> int:
+                return 2 * n
+
+            with running(app):
+                assert double.enqueue(21).result(timeout=10) == 42
+            app.close()
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def _enqueue_then_fail(conn: psycopg.Connection[Any], app: Conveyor, signup: Task[..., str]) -> None:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg_pool import PoolTimeout
 
 from conveyor.backends._sql import attempts_from, load_queries
 from conveyor.backends.base import (
@@ -113,9 +112,9 @@ class PostgresBackend(Backend):
             # connections, and a producer's calls would then alternate between two server
             # processes (a tenth slower, see the README's benchmark notes).
             self._pool.open(wait=True, timeout=target.timeout)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except ERRORS as exc:
             self.close()
-            raise BackendUnavailable(f"PostgreSQL at {self.where}: {exc}") from exc
+            raise BackendUnavailable(f"PostgreSQL at {self.where}: {explained(exc)}") from exc
         except BaseException:
             self.close()
             raise

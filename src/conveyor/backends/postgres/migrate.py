@@ -13,8 +13,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.errors import InsufficientPrivilege
 
 from conveyor.backends._sql import load_migrations
+from conveyor.backends.postgres.pools import GRANTS
 from conveyor.errors import ConfigError
 
 _PACKAGE = "conveyor.backends.postgres"
@@ -36,7 +38,25 @@ def schema_version(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> in
 
 
 def migrate(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> list[int]:
-    """Apply the migrations `schema` lacks; returns the versions applied by this call."""
+    """Apply the migrations `schema` lacks; returns the versions applied by this call.
+    ConfigError if the role may not: a migration needs the schema's owner."""
+    try:
+        return _migrate(conn, schema)
+    except InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"PostgreSQL role {conn.info.user!r} may not migrate schema {schema!r} ({exc}). Run "
+            "`conveyor migrate` as a role that may create it, or own it, and grant this one "
+            f"{GRANTS} (see the README's Roles)"
+        ) from exc
+
+
+def _migrate(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> list[int]:
+    # Already current: nothing to lock or create, so a role without CREATE on the
+    # database may start with migrate=1 once the owner has migrated.
+    current = schema_version(conn, schema)
+    _refuse_newer(current, schema)
+    if current == latest_version():
+        return []
     applied: list[int] = []
     with conn.transaction():
         # One lock per schema: two environments on one server migrate independently.

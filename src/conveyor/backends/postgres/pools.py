@@ -27,7 +27,12 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
 
 import psycopg
-from psycopg.errors import DuplicatePreparedStatement, InvalidSqlStatementName, ReadOnlySqlTransaction
+from psycopg.errors import (
+    DuplicatePreparedStatement,
+    InsufficientPrivilege,
+    InvalidSqlStatementName,
+    ReadOnlySqlTransaction,
+)
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -40,19 +45,29 @@ _PING_AFTER = 30.0  # seconds unused after which a pooled connection is pinged w
 # the URL lacks pgbouncer=1. Without it a worker died of the error, unexplained.
 _UNPREPARED = (DuplicatePreparedStatement, InvalidSqlStatementName)
 # What the engine's calls turn into BackendUnavailable: the server or the network is
-# away, no connection came in time, the server is read-only, or prepared statements
-# are lost on the way.
-ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, ReadOnlySqlTransaction, *_UNPREPARED)
+# away, no connection came in time, the server is read-only, prepared statements are
+# lost on the way, or the role lacks a grant (one GRANT later a waiting worker goes on).
+ERRORS = (
+    psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, ReadOnlySqlTransaction,
+    InsufficientPrivilege, *_UNPREPARED,
+)  # fmt: skip
+# What a role that runs workers and producers needs on a schema someone else migrated.
+GRANTS = (
+    "USAGE on the schema, SELECT, INSERT, UPDATE and DELETE on its tables, and USAGE "
+    "and SELECT on its sequences"
+)
 
 
 def explained(exc: Exception) -> str:
-    """psycopg's words, and for a read-only server or lost prepared statements what to
-    do about it."""
+    """psycopg's words, and for a read-only server, a missing grant or lost prepared
+    statements what to do about it."""
     if isinstance(exc, ReadOnlySqlTransaction):
         return (
             "the server is read-only (a standby?): point the URL at the primary, or list "
             f"every host with target_session_attrs=read-write; it said: {exc}"
         )
+    if isinstance(exc, InsufficientPrivilege):
+        return f"the role lacks a privilege: it needs {GRANTS} (see the README's Roles); it said: {exc}"
     if isinstance(exc, _UNPREPARED) or "prepared statement" in str(exc):  # or a bind that mismatched
         return (
             "a prepared statement went missing between statements: behind PgBouncer in "
