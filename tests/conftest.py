@@ -317,7 +317,7 @@ def waits_for_its_engine(
             return False
 
     with running(app, start_timeout=30):
-        eventually(lambda: "engine unreachable at start" in caplog.text, message="a refused attempt")
+        eventually(lambda: "engine unavailable at start" in caplog.text, message="a refused attempt")
         bring_up()
         eventually(registered, timeout=20, message="the worker registered")
         assert double.enqueue(21).result(timeout=10) == 42

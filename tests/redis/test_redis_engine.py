@@ -412,6 +412,34 @@ def test_an_evicting_server_is_refused_at_worker_start(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_an_acl_user_limited_to_the_prefix_runs_everything_and_others_are_told_why(tmp_path: Path) -> None:
+    """Every key and channel starts with the prefix: a user allowed `~app:* &app:*`
+    without dangerous commands (INFO among them) enqueues and works. Under another
+    prefix the error says what to allow, not only Redis's "no permissions"."""
+    servers.need_binaries()
+    server = servers.server(tmp_path / "acl")
+    server.client().acl_setuser(
+        "app", enabled=True, passwords=["+secret"], keys=["app:*"], channels=["app:*"],
+        commands=["+@all", "-@dangerous"],
+    )  # fmt: skip
+    url = f"redis://app:secret@127.0.0.1:{server.port}/0"
+    allowed, other = Conveyor(url, prefix="app"), Conveyor(url, prefix="billing")
+
+    @allowed.task(name="double")
+    def double(n: int) -> int:
+        return 2 * n
+
+    try:
+        with running(allowed):
+            assert double.enqueue(21).result(timeout=10) == 42
+        with pytest.raises(BackendUnavailable, match=r"allow `~<prefix>:\* &<prefix>:\*`.*no permissions"):
+            other.enqueue("double", 1)
+    finally:
+        allowed.close()
+        other.close()
+        server.stop()
+
+
 def test_a_worker_started_before_its_redis_waits_and_then_works(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -306,7 +306,7 @@ class Worker:
                 wait = min(pause * random.uniform(0.8, 1.2), left)
                 until = "for ever" if deadline is None else f"{left:.0f}s more"
                 said = " ".join(str(exc).split())  # libpq's reasons span lines
-                log.warning("engine unreachable at start (%s); trying again in %.1fs, %s", said, wait, until)
+                log.warning("engine unavailable at start (%s); trying again in %.1fs, %s", said, wait, until)
                 await wait_event(self._stop, wait)
                 pause = min(pause * 2, _MAX_BACKOFF)
         return None

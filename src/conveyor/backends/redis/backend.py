@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends.base import (
@@ -68,14 +68,20 @@ log = logging.getLogger("conveyor.redis")
 
 
 def _explained(exc: Exception) -> str:
-    """The driver's words, and for a full server what to do about it: the bare message
-    ("command not allowed when used memory > 'maxmemory'. script: <sha>, on
-    @user_script:81") reads like a bug in a script."""
+    """The driver's words, and for a full server or a narrow ACL user what to do about
+    it: the bare message ("command not allowed when used memory > 'maxmemory'. script:
+    <sha>, on @user_script:81") reads like a bug in a script."""
     if isinstance(exc, OutOfMemoryError):
         return (
             "out of memory: the server is at its maxmemory and refuses writes until memory "
             "is freed (raise maxmemory, or delete finished jobs with `conveyor purge`); "
             f"it said: {exc}"
+        )
+    if isinstance(exc, NoPermissionError):
+        return (
+            "the ACL user lacks a permission: every key and channel Conveyor uses starts with "
+            "its prefix and ':', so allow `~<prefix>:* &<prefix>:*` (`~conveyor:* &conveyor:*` "
+            f"by default) with `+@all -@dangerous`; it said: {exc}"
         )
     return str(exc)
 
