@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from conveyor.backends.base import Backend
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError
@@ -42,16 +44,25 @@ def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK
     )
 
 
+# A query option that carries a secret: libpq's password and sslpassword, redis-py's
+# password, Sentinel's sentinel_password. Until 2026-12-07 only the user part was
+# hidden, and `?sentinel_password=...` went into every Redis error and log line.
+_SECRET_OPTION = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and error messages."""
-    if "://" not in url or "@" not in url:
+    """The URL with every password (the user part's, and any query option whose name
+    holds "password") replaced by ***, for logs and error messages."""
+    if "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    if ":" in credentials:
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        credentials, host = authority.rsplit("@", 1)
+        if ":" in credentials:
+            authority = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{authority}" + _SECRET_OPTION.sub(r"\1***", tail)
 
 
 __all__ = ["Backend", "open_backend", "redact_url"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from conveyor.backends import redact_url
 from conveyor.errors import ConfigError
 
 DEFAULT_TIMEOUT = 5.0
@@ -93,12 +94,8 @@ def check_schema(prefix: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL with its passwords replaced by *** (see redact_url)."""
+    return redact_url(url)
 
 
 def _number(own: dict[str, str], name: str, default: float, url: str, minimum: float = 0.1) -> float:
