@@ -138,10 +138,14 @@ class Server:
         self.process = None
 
 
-def server(folder: Path, *extra: str, binary: str = "") -> Server:
+def server(folder: Path, *extra: str, binary: str = "", password: str = "") -> Server:
+    """A redis-server on a free port; with `password`, it asks for it and gives it to
+    its primary when it is a replica."""
     port = free_port()
     args = ["--port", str(port), "--save", "", "--appendonly", "no", *extra]
-    return Server(folder, port, args, binary=binary).start()
+    args += ["--requirepass", password, "--masterauth", password] if password else []
+    options: dict[str, object] = {"password": password} if password else {}
+    return Server(folder, port, args, client_options=options, binary=binary).start()
 
 
 @dataclass
@@ -257,9 +261,11 @@ class Sentinels:
             process.stop()
 
 
-def sentinels(folder: Path) -> Sentinels:
-    primary = server(folder / "primary")
-    replica = server(folder / "replica", "--replicaof", "127.0.0.1", str(primary.port))
+def sentinels(folder: Path, password: str = "") -> Sentinels:
+    """A primary, its replica and 3 Sentinels; with `password`, every one of them asks
+    for it (as Bitnami's chart sets them up), and the Sentinels use it on the data nodes."""
+    primary = server(folder / "primary", password=password)
+    replica = server(folder / "replica", "--replicaof", "127.0.0.1", str(primary.port), password=password)
     watchers = []
     for i in range(3):
         port = free_port()
@@ -270,8 +276,10 @@ def sentinels(folder: Path) -> Sentinels:
             f"sentinel monitor conveyor 127.0.0.1 {primary.port} 2\n"
             "sentinel down-after-milliseconds conveyor 2000\n"
             "sentinel failover-timeout conveyor 10000\n"
+            + (f"sentinel auth-pass conveyor {password}\nrequirepass {password}\n" if password else "")
         )
-        watchers.append(Server(conf.parent, port, [str(conf), "--sentinel"]).start())
+        options: dict[str, object] = {"password": password} if password else {}
+        watchers.append(Server(conf.parent, port, [str(conf), "--sentinel"], client_options=options).start())
 
     def known() -> bool:
         client = watchers[0].client()

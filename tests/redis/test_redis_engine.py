@@ -66,6 +66,11 @@ def own_server(tmp_path: Path) -> Iterator[servers.Server]:
         ("redis+cluster://127.0.0.1:x", "is not a number"),
         ("redis://127.0.0.1/0?timeout=-1", "timeout must be"),
         ("redis+sentinel://127.0.0.1:26379/svc/db", "database 'db' is not a number"),
+        (
+            "redis+sentinel://h/svc?ssl=true",
+            "a sentinel URL takes no option 'ssl'; it takes allow_eviction, ",
+        ),
+        ("rediss+cluster://h:7000?ssl_ca_cert=x", "a cluster URL takes no option 'ssl_ca_cert'; it takes "),
     ],
 )
 def test_bad_urls_name_what_is_wrong(url: str, problem: str) -> None:
@@ -91,6 +96,40 @@ def test_url_forms() -> None:
     assert (server.tls, server.allow_eviction, server.timeout) == (True, True, 2.0)
     assert "allow_eviction" not in server.url and "ssl_cert_reqs=none" in server.url
     assert parse_redis_url("unix:///run/redis.sock?db=2&timeout=1").url == "unix:///run/redis.sock?db=2"
+    guarded = parse_redis_url("redis+sentinel://:pw@h/svc?sentinel_password=spw&sentinel_username=s")
+    assert guarded.options == (("sentinel_password", "spw"), ("sentinel_username", "s"))
+    assert "spw" not in repr(guarded) and "pw" not in repr(guarded)
+    private_ca = parse_redis_url("rediss+cluster://h:7000?ssl_ca_certs=/etc/ca.crt&timeout=2")
+    assert (private_ca.tls, private_ca.options, private_ca.timeout) == (
+        True,
+        (("ssl_ca_certs", "/etc/ca.crt"),),
+        2,
+    )
+
+
+def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
+    """Bitnami's chart has the Sentinels ask for the password too: the URL's password
+    is the data nodes', sentinel_password the Sentinels'. Without it the error says so."""
+    servers.need_binaries()
+    deployment = servers.sentinels(tmp_path / "guarded", password="s3cret")
+    hosts = deployment.url.removeprefix("redis+sentinel://")
+    app = Conveyor(f"redis+sentinel://:s3cret@{hosts}?sentinel_password=s3cret", prefix="guarded")
+    unasked = Conveyor(f"redis+sentinel://:s3cret@{hosts}?timeout=1", prefix="guarded")
+
+    @app.task(name="double")
+    def double(n: int) -> int:
+        return 2 * n
+
+    try:
+        with running(app):
+            assert double.enqueue(21).result(timeout=10) == 42
+        with pytest.raises(BackendUnavailable, match="sentinel_password") as refused:
+            unasked.enqueue("double", 1)
+        assert "s3cret" not in str(refused.value)
+    finally:
+        app.close()
+        unasked.close()
+        deployment.stop()
 
 
 def test_a_password_never_shows_in_errors() -> None:

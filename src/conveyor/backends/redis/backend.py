@@ -25,6 +25,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 
 from conveyor.backends.base import (
     LEASE_EXPIRED,
@@ -77,6 +78,13 @@ def _explained(exc: Exception) -> str:
             "is freed (raise maxmemory, or delete finished jobs with `conveyor purge`); "
             f"it said: {exc}"
         )
+    if isinstance(exc, MasterNotFoundError):
+        if any(word in str(exc) for word in ("Authentication", "NOAUTH", "WRONGPASS", "invalid password")):
+            return (
+                "the Sentinels ask for a password: add ?sentinel_password=... to the URL (the "
+                f"URL's own password is the data nodes'); it said: {exc}"
+            )
+        return f"no Sentinel named the primary: check the URL's /service and the Sentinels; it said: {exc}"
     if isinstance(exc, NoPermissionError):
         return (
             "the ACL user lacks a permission: every key and channel Conveyor uses starts with "

@@ -7,12 +7,15 @@
 
 Conveyor's own query options are taken off before redis-py sees the URL:
 `allow_eviction=1` lets workers start on a server whose maxmemory-policy may evict
-keys (jobs), and `timeout=5` sets the socket timeouts in seconds.
+keys (jobs), and `timeout=5` sets the socket timeouts in seconds. One server's URL
+passes any other option to redis-py. Sentinel and Cluster URLs take only the options
+named in _OPTIONS_OF, and refuse any other: until 2026-12-07 they dropped them
+unread, so a Cluster's private CA (ssl_ca_certs) was never used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -28,6 +31,13 @@ from conveyor.errors import ConfigError
 
 DEFAULT_TIMEOUT = 5.0  # seconds: a command, a connect, or an enqueue while Redis is down
 _OWN_OPTIONS = {"allow_eviction", "timeout"}
+# The options a Sentinel or Cluster URL takes besides Conveyor's own. The Sentinels'
+# own password, where they have one (Bitnami's chart sets it, as the data nodes'): the
+# URL's password is the data nodes'. TLS files and checking, for rediss+cluster.
+_OPTIONS_OF = {
+    "sentinel": {"sentinel_password", "sentinel_username"},
+    "cluster": {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"},
+}
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -39,12 +49,13 @@ class RedisTarget:
     url: str  # for "server": the URL redis-py parses (our options removed)
     nodes: tuple[tuple[str, int], ...] = ()
     service: str = ""
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     username: str | None = None
     db: int = 0
     tls: bool = False
     timeout: float = DEFAULT_TIMEOUT
     allow_eviction: bool = False
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # see _OPTIONS_OF
 
 
 def parse_redis_url(url: str) -> RedisTarget:
@@ -65,10 +76,10 @@ def parse_redis_url(url: str) -> RedisTarget:
             raise ConfigError(f"Sentinel URL {_safe(url)!r} names no service: add /mymaster")
         db = _db(path[1] if len(path) > 1 else "0", url)
         return RedisTarget("sentinel", "", _nodes(hosts, 26379, url), path[0], password, username, db,
-                           False, timeout, allow)  # fmt: skip
+                           False, timeout, allow, _taken(options, "sentinel", url))  # fmt: skip
     if scheme in {"redis+cluster", "rediss+cluster"} or (scheme in {"redis", "rediss"} and "," in hosts):
         return RedisTarget("cluster", "", _nodes(hosts, 6379, url), "", password, username, 0,
-                           tls, timeout, allow)  # fmt: skip
+                           tls, timeout, allow, _taken(options, "cluster", url))  # fmt: skip
     if scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"not a Redis URL: {_safe(url)!r}")
     clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(options), parts.fragment))
@@ -100,13 +111,18 @@ def connect(target: RedisTarget) -> Any:
         return redis.Redis.from_url(target.url, **common)
     auth: dict[str, Any] = {"password": target.password, "username": target.username}
     if target.kind == "sentinel":
-        sentinel_options = {"socket_timeout": target.timeout}
+        own = dict(target.options)
+        sentinel_options: dict[str, Any] = {"socket_timeout": target.timeout}
+        if "sentinel_password" in own:
+            sentinel_options["password"] = own["sentinel_password"]
+            sentinel_options["username"] = own.get("sentinel_username")
         # Through Any: redis-py types these calls from 8.2 on, and left them untyped before.
         sentinel = cast(Any, Sentinel)(list(target.nodes), sentinel_kwargs=sentinel_options, **common)
         return sentinel.master_for(target.service, db=target.db, **auth)
     nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
     common.pop("health_check_interval")
-    return RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **common)
+    tls_files: dict[str, Any] = dict(target.options)
+    return RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **common, **tls_files)
 
 
 def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
@@ -121,6 +137,18 @@ def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ..
         except ValueError:
             raise ConfigError(f"Redis URL {_safe(url)!r}: port {port!r} is not a number") from None
     return tuple(nodes)
+
+
+def _taken(options: dict[str, str], kind: str, url: str) -> tuple[tuple[str, str], ...]:
+    """The query options a Sentinel or Cluster URL may carry; ConfigError for any other."""
+    allowed = _OPTIONS_OF[kind]
+    for name in options:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed | _OWN_OPTIONS))
+            raise ConfigError(
+                f"Redis URL {_safe(url)!r}: a {kind} URL takes no option {name!r}; it takes {known}"
+            )
+    return tuple(sorted(options.items()))
 
 
 def _db(text: str, url: str) -> int:
