@@ -169,8 +169,8 @@ def packaged(engine: str, folder: Path) -> Single:
     return Single(server(folder, binary=packaged_binary(engine)))
 
 
-def tls_server(folder: Path) -> tuple[Server, Path]:
-    """A TLS-only server with a certificate signed by a CA made here; returns it and the CA file."""
+def certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA made here and a certificate it signed for 127.0.0.1: (CA, key, certificate)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca, key, cert = folder / "ca.crt", folder / "server.key", folder / "server.crt"
 
@@ -189,18 +189,28 @@ def tls_server(folder: Path) -> tuple[Server, Path]:
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"  # clientAuth: Cluster nodes dial each other
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid,issuer\n"
     )
     run("x509", "-req", "-in", "server.csr", "-CA", str(ca), "-CAkey", "ca.key", "-CAcreateserial",
         "-out", str(cert), "-days", "2", "-extfile", "ext")  # fmt: skip
-    port = free_port()
-    args = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+    return ca, key, cert
+
+
+def _tls_args(port: int, certs: tuple[Path, Path, Path]) -> list[str]:
+    ca, key, cert = certs
+    return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
             "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
             "--save", "", "--appendonly", "no"]  # fmt: skip
-    options: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(ca)}
-    return Server(folder, port, args, client_options=options).start(), ca
+
+
+def tls_server(folder: Path) -> tuple[Server, Path]:
+    """A TLS-only server with a certificate signed by a CA made here; returns it and the CA file."""
+    certs = certificates(folder)
+    port = free_port()
+    options: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(certs[0])}
+    return Server(folder, port, _tls_args(port, certs), client_options=options).start(), certs[0]
 
 
 @dataclass
@@ -220,17 +230,22 @@ class Cluster:
             node.stop()
 
 
-def cluster(folder: Path, masters: int = 3) -> Cluster:
+def cluster(folder: Path, masters: int = 3, *, tls: Path | None = None) -> Cluster:
+    """A Cluster of `masters` nodes; with `tls` (a folder for certificates) it speaks
+    only TLS, between nodes too, with a certificate of a CA made there."""
+    certs = certificates(tls) if tls is not None else None
+    options: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(certs[0])} if certs else {}
     nodes = []
     for i in range(masters):
         port = free_port()
-        args = ["--port", str(port), "--cluster-enabled", "yes",
-                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
-                "--save", "", "--appendonly", "no"]  # fmt: skip
-        nodes.append(Server(folder / f"node{i}", port, args).start())
+        args = [*([*_tls_args(port, certs), "--tls-cluster", "yes"] if certs else ["--port", str(port)]),
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"]  # fmt: skip
+        nodes.append(Server(folder / f"node{i}", port, args, client_options=options).start())
     addresses = [f"127.0.0.1:{n.port}" for n in nodes]
     cli = machine_binary("redis-cli") or "redis-cli"
     create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+    create += ["--tls", "--cacert", str(certs[0])] if certs else []
     subprocess.run(create, check=True, capture_output=True, timeout=60)
 
     def ready() -> bool:

@@ -132,6 +132,15 @@ def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
         deployment.stop()
 
 
+def test_a_cluster_no_node_of_which_answers_is_backend_unavailable() -> None:
+    """redis-py's RedisClusterUnreachableError is no RedisError: until 2026-12-07 it
+    reached the caller raw, and a worker starting before its Cluster died of it."""
+    app = Conveyor(f"redis+cluster://127.0.0.1:{servers.free_port()}?timeout=0.5")
+    with pytest.raises(BackendUnavailable, match="Redis Cluster cannot be connected"):
+        app.enqueue("t", 1)  # opening a Cluster client reads its slots, so it connects
+    app.close()
+
+
 def test_a_password_never_shows_in_errors() -> None:
     backend = RedisBackend("redis://:hunter2@127.0.0.1:1/0?timeout=0.5")
     with pytest.raises(BackendUnavailable) as caught:
@@ -159,6 +168,31 @@ def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
         untrusted.close()
     finally:
         server.stop()
+
+
+def test_a_tls_cluster_with_a_private_ca(tmp_path: Path) -> None:
+    """rediss+cluster with ssl_ca_certs: until 2026-12-07 the option was dropped unread
+    and the handshake failed on the unknown CA."""
+    servers.need_binaries()
+    deployment = servers.cluster(tmp_path / "tls-cluster", tls=tmp_path / "certs")
+    ca = tmp_path / "certs" / "ca.crt"
+    nodes = deployment.url.removeprefix("redis+cluster://")
+    app = Conveyor(f"rediss+cluster://{nodes}?ssl_ca_certs={ca}", prefix="tls")
+    untrusted = Conveyor(f"rediss+cluster://{nodes}?timeout=2", prefix="tls")
+
+    @app.task
+    async def echo(text: str) -> str:
+        return text
+
+    try:
+        with running(app):
+            assert echo.enqueue("over TLS").result(timeout=10) == "over TLS"
+        with pytest.raises(BackendUnavailable, match="certificate verify failed"):
+            untrusted.enqueue("echo", "x")
+    finally:
+        app.close()
+        untrusted.close()
+        deployment.stop()
 
 
 @pytest.mark.parametrize(

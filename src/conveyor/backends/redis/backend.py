@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import (
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import MasterNotFoundError
 
@@ -94,7 +101,10 @@ def _explained(exc: Exception) -> str:
     return str(exc)
 
 
-_guarded = translate_errors(RedisError, lambda backend: f"Redis {backend.safe_url}", _explained)
+# redis-py's errors: RedisClusterException is not a RedisError, and until 2026-12-07 a
+# Cluster none of whose nodes answered (down, or a TLS handshake refused) raised it raw.
+ERRORS = (RedisError, RedisClusterException)
+_guarded = translate_errors(ERRORS, lambda backend: f"Redis {backend.safe_url}", _explained)
 
 
 def _num(value: float | int | None) -> str:
@@ -129,7 +139,7 @@ class RedisBackend(Backend):
         try:
             # Any: redis-py's stubs type replies as bytes | str though decode_responses is set.
             self._r: Any = connect(self.target)
-        except RedisError as exc:
+        except ERRORS as exc:
             raise BackendUnavailable(f"Redis {self.safe_url}: {exc}") from exc
         db = 0 if self._cluster else int(self._r.connection_pool.connection_kwargs.get("db") or 0)
         self._channel_end = db_suffix(db)  # pub/sub spans databases (see DB in _lib.lua)
@@ -360,7 +370,7 @@ class RedisBackend(Backend):
         for index, (token, queue) in enumerate(pending):
             try:
                 rows = self._script("claim", [self._base(queue)], ["0", 0, worker_id, token, "0", "1"])
-            except RedisError:
+            except ERRORS:
                 with self._unanswered_lock:
                     self._unanswered.setdefault(worker_id, []).extend(pending[index:])
                 raise
@@ -429,7 +439,7 @@ class RedisBackend(Backend):
         INFO is refused (some managed services rename or disable it)."""
         try:
             info = self._r.info("cpu")
-        except RedisError:
+        except ERRORS:
             return None
         nodes = [info] if "used_cpu_sys" in info else list(info.values())
         return sum(float(node["used_cpu_sys"]) + float(node["used_cpu_user"]) for node in nodes)

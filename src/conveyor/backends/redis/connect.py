@@ -89,7 +89,8 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 
 def connect(target: RedisTarget) -> Any:
-    """A client for `target`. Connections open lazily: nothing is contacted here."""
+    """A client for `target`. One server's and Sentinel's connect lazily; a Cluster's reads the
+    slots of its nodes here, so an unreachable Cluster fails at once."""
     retried: tuple[type[Exception], ...] = (RedisConnectionError,)
     if target.kind == "server":
         # READONLY: the server behind this address was demoted to a replica (a failover

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from conveyor.errors import BackendUnavailable
 
@@ -64,7 +64,7 @@ class Waker:
                         target=self._read, name="conveyor-redis-waker", daemon=True
                     )
                     self._thread.start()
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise BackendUnavailable(f"Redis: could not subscribe for wake-ups: {exc}") from exc
         deadline = time.monotonic() + self._timeout
         with self._cond:
@@ -88,14 +88,14 @@ class Waker:
         if self._thread is not None:
             self._thread.join(timeout=_READ_SECONDS + 1)
         if self._pubsub is not None:
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(RedisError, RedisClusterException):
                 self._pubsub.close()
 
     def _read(self) -> None:
         while not self._closed:
             try:
                 message = self._pubsub.get_message(timeout=_READ_SECONDS)
-            except (RedisError, OSError, ValueError) as exc:
+            except (RedisError, RedisClusterException, OSError, ValueError) as exc:
                 self._lost(exc)
                 continue
             if message is None:
