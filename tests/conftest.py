@@ -299,6 +299,19 @@ def running(app: Conveyor, **settings: Any) -> Iterator[Worker]:
         assert result == [0]
 
 
+def runs_a_job(app: Conveyor, meanwhile: Callable[[], object] = lambda: None, **settings: Any) -> None:
+    """A worker of `app` (with `settings`) runs a job enqueued through `app` once
+    `meanwhile()` has returned: the engine works end to end."""
+
+    @app.task(name="tests.double")
+    def double(n: int) -> int:
+        return 2 * n
+
+    with running(app, **settings):
+        meanwhile()
+        assert double.enqueue(21).result(timeout=10) == 42
+
+
 def waits_for_its_engine(
     app: Conveyor, caplog: pytest.LogCaptureFixture, bring_up: Callable[[], object]
 ) -> None:
@@ -306,21 +319,18 @@ def waits_for_its_engine(
     trying, and once `bring_up()` has started the engine registers and runs a job."""
     caplog.set_level(logging.WARNING, "conveyor.worker")
 
-    @app.task
-    def double(n: int) -> int:
-        return 2 * n
-
     def registered() -> bool:
         try:
             return bool(app.backend.workers())
         except BackendUnavailable:  # PostgreSQL's pool may still be reconnecting
             return False
 
-    with running(app, start_timeout=30):
+    def started_late() -> None:
         eventually(lambda: "engine unavailable at start" in caplog.text, message="a refused attempt")
         bring_up()
         eventually(registered, timeout=20, message="the worker registered")
-        assert double.enqueue(21).result(timeout=10) == 42
+
+    runs_a_job(app, started_late, start_timeout=30)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0, message: str = "") -> None:

@@ -33,6 +33,7 @@ from tests.conftest import (
     eventually,
     fresh_postgres,
     running,
+    runs_a_job,
     spy_part_sizes,
     waits_for_its_engine,
 )
@@ -282,13 +283,7 @@ def test_a_role_without_privileges_is_told_which_it_needs(url: str) -> None:
             ):
                 admin.execute(sql.SQL(grant).format(sql.Identifier(role)))
             app = Conveyor(f"{weak}?migrate=1", prefix="roles")
-
-            @app.task(name="double")
-            def double(n: int) -> int:
-                return 2 * n
-
-            with running(app):
-                assert double.enqueue(21).result(timeout=10) == 42
+            runs_a_job(app)
             app.close()
         finally:
             admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))

@@ -27,7 +27,15 @@ from conveyor.backends.redis.prelude import load as load_script
 from conveyor.backends.redis.prelude import trimmed
 from conveyor.bench import run_bench
 from conveyor.clock import FakeClock
-from tests.conftest import REDIS_URL, eventually, fresh_redis, running, spy_part_sizes, waits_for_its_engine
+from tests.conftest import (
+    REDIS_URL,
+    eventually,
+    fresh_redis,
+    running,
+    runs_a_job,
+    spy_part_sizes,
+    waits_for_its_engine,
+)
 from tests.redis import servers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,14 +123,8 @@ def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
     hosts = deployment.url.removeprefix("redis+sentinel://")
     app = Conveyor(f"redis+sentinel://:s3cret@{hosts}?sentinel_password=s3cret", prefix="guarded")
     unasked = Conveyor(f"redis+sentinel://:s3cret@{hosts}?timeout=1", prefix="guarded")
-
-    @app.task(name="double")
-    def double(n: int) -> int:
-        return 2 * n
-
     try:
-        with running(app):
-            assert double.enqueue(21).result(timeout=10) == 42
+        runs_a_job(app)
         with pytest.raises(BackendUnavailable, match="sentinel_password") as refused:
             unasked.enqueue("double", 1)
         assert "s3cret" not in str(refused.value)
@@ -179,14 +181,8 @@ def test_a_tls_cluster_with_a_private_ca(tmp_path: Path) -> None:
     nodes = deployment.url.removeprefix("redis+cluster://")
     app = Conveyor(f"rediss+cluster://{nodes}?ssl_ca_certs={ca}", prefix="tls")
     untrusted = Conveyor(f"rediss+cluster://{nodes}?timeout=2", prefix="tls")
-
-    @app.task
-    async def echo(text: str) -> str:
-        return text
-
     try:
-        with running(app):
-            assert echo.enqueue("over TLS").result(timeout=10) == "over TLS"
+        runs_a_job(app)
         with pytest.raises(BackendUnavailable, match="certificate verify failed"):
             untrusted.enqueue("echo", "x")
     finally:
@@ -497,14 +493,8 @@ def test_an_acl_user_limited_to_the_prefix_runs_everything_and_others_are_told_w
     )  # fmt: skip
     url = f"redis://app:secret@127.0.0.1:{server.port}/0"
     allowed, other = Conveyor(url, prefix="app"), Conveyor(url, prefix="billing")
-
-    @allowed.task(name="double")
-    def double(n: int) -> int:
-        return 2 * n
-
     try:
-        with running(allowed):
-            assert double.enqueue(21).result(timeout=10) == 42
+        runs_a_job(allowed)
         with pytest.raises(BackendUnavailable, match=r"allow `~<prefix>:\* &<prefix>:\*`.*no permissions"):
             other.enqueue("double", 1)
     finally:
