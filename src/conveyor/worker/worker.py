@@ -286,9 +286,9 @@ class Worker:
 
     async def _reach(self) -> Backend | None:
         """Open and check the engine and report this worker; while the engine is
-        unreachable, try again (0.5 s doubling to 5 s) for up to `start_timeout`. None if
-        stopped meanwhile. Until 2026-12-07 a worker started before its Redis or
-        PostgreSQL exited at once."""
+        unavailable (down, refusing, or missing a grant), try again (0.5 s doubling to
+        5 s) for up to `start_timeout`. None if stopped meanwhile. Until 2026-12-07 a
+        worker started before its Redis or PostgreSQL exited at once."""
         assert self._stop is not None
         limit = self.settings.start_timeout
         deadline = None if limit is None else time.monotonic() + limit
