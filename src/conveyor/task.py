@@ -115,8 +115,11 @@ def _run_at(value: Any) -> float:
 
 
 def _unique_key(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 512:
-        raise ConfigError(f"option 'unique_key' must be a non-empty string (<= 512 chars), got {value!r}")
+    # No NUL: PostgreSQL's text cannot hold one, and a key changed to fit could match another.
+    if not isinstance(value, str) or not value or len(value) > 512 or "\x00" in value:
+        raise ConfigError(
+            f"option 'unique_key' must be a non-empty string (<= 512 chars, no NUL), got {value!r}"
+        )
     return value
 
 

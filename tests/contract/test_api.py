@@ -362,6 +362,37 @@ def test_unknown_task_goes_dead_and_the_worker_keeps_going(app: Conveyor) -> Non
     assert ghost.attempt == 1
 
 
+def test_nul_characters_anywhere_never_stop_the_worker(app: Conveyor) -> None:
+    """NUL in an exception message, a log line, its fields and meta: PostgreSQL's text
+    cannot hold one, so it keeps U+FFFD there (every other engine keeps the NUL).
+    Arguments and results keep it everywhere. Until 2026-12-07 such an error made every
+    PostgreSQL finish batch fail and stopped the worker."""
+
+    @app.task(retries=0)
+    def poison(text: str) -> None:
+        current_job().log("line\x00one", field="v\x00")
+        raise ValueError(f"bad{text}byte")
+
+    @app.task
+    def echo(text: str) -> str:
+        return text
+
+    bad = poison.options(meta={"k\x00": "m\x00"}).enqueue("\x00")
+    after = [echo.enqueue(f"a\x00{i}") for i in range(3)]
+    with running(app):
+        assert [job.result(timeout=10) for job in after] == [f"a\x00{i}" for i in range(3)]
+        with pytest.raises(JobFailed):
+            bad.result(timeout=10)
+    kept = {"\x00", "\ufffd"}  # the NUL itself, or PostgreSQL's stand-in
+    assert bad.error is not None and bad.error.startswith("ValueError: bad") and bad.error[15] in kept
+    [line] = bad.logs()
+    assert line.message[4] in kept and line.fields["field"][1] in kept
+    assert [(k[1], v[1]) for k, v in bad.refresh().meta.items()] in (
+        [("\x00", "\x00")],
+        [("\ufffd", "\ufffd")],
+    )
+
+
 def test_payload_that_does_not_decode_goes_dead(app: Conveyor) -> None:
     @app.task
     def fine() -> str:
@@ -436,6 +467,7 @@ def test_unserializable_result_goes_dead(app: Conveyor) -> None:
         ({"queue": "bad queue!"}, "invalid queue name"),
         ({"meta": "x"}, "'meta' must be a dict"),
         ({"unique_key": ""}, "'unique_key' must be a non-empty string"),
+        ({"unique_key": "a\x00b"}, r"'unique_key' must be a non-empty string \(<= 512 chars, no NUL\)"),
         ({"delay": 1, "run_at": 5.0}, "either delay or run_at"),
     ],
 )

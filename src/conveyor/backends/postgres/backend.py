@@ -376,7 +376,7 @@ class PostgresBackend(Backend):
         return {
             "ids": [_int_id(job_id) for job_id, _ in lines],
             "at": [e.at for _, e in lines],
-            "messages": [e.message for _, e in lines],
+            "messages": [_text(e.message) for _, e in lines],
             "fields": [_json_or_none(e.fields) for _, e in lines],
         }
 
@@ -433,8 +433,8 @@ class PostgresBackend(Backend):
     def _failures(self, batch: Sequence[Outcome]) -> dict[str, Any]:
         return {
             **self._fenced(batch),
-            "errors": [o.error for o in batch],
-            "tracebacks": [o.traceback for o in batch],
+            "errors": [_text(o.error) for o in batch],
+            "tracebacks": [_text(o.traceback) for o in batch],
             "retry_at": [o.retry_at if o.kind is OutcomeKind.RETRY else None for o in batch],
             "final": [o.kind is OutcomeKind.DEAD for o in batch],
             "workers": [o.worker for o in batch],
@@ -567,7 +567,10 @@ class PostgresBackend(Backend):
 
     @_guarded
     def resume_waiting(self, resumptions: Sequence[Resumption]) -> list[bool]:
-        params = {"ids": [_int_id(r.job_id) for r in resumptions], "errors": [r.error for r in resumptions]}
+        params = {
+            "ids": [_int_id(r.job_id) for r in resumptions],
+            "errors": [_text(r.error) for r in resumptions],
+        }
         with self._tx() as conn:
             rows = conn.execute(self._q["resume"], {**params, "at": self._at()}).fetchall()
             queues = sorted({queue for _, queue, state in rows if state == "queued"})
@@ -713,8 +716,38 @@ def _int_id(job_id: str) -> int:
         return -1
 
 
+# PostgreSQL's text and jsonb cannot hold a NUL character: a row with one is refused
+# ("invalid byte sequence for encoding UTF8: 0x00"). Where Conveyor keeps what a user
+# or a task wrote as text or jsonb (errors, tracebacks, log lines, meta), a NUL becomes
+# U+FFFD. Until 2026-12-07 a job whose exception message held one made every finish
+# batch fail and stopped the worker, and each worker that took the job after it.
+# Payloads and results are JSON text, where a NUL is written \u0000, and stay exact.
+_NUL, _REPLACEMENT = "\x00", "\ufffd"
+
+
+def _text(value: str | None) -> str | None:
+    """`value` as PostgreSQL's text can hold it: NUL replaced (see _NUL)."""
+    return value.replace(_NUL, _REPLACEMENT) if value and _NUL in value else value
+
+
 def _json_or_none(value: dict[str, Any]) -> str | None:
-    return json.dumps(value, default=str, separators=(",", ":")) if value else None
+    if not value:
+        return None
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    if "\\u0000" in text:  # rare: the NULs go before encoding, so an escaped backslash stays
+        text = json.dumps(_without_nul(value), default=str, separators=(",", ":"))
+    return text
+
+
+def _without_nul(value: Any) -> Any:
+    """`value` with NUL replaced in every string, keys included (see _NUL)."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
