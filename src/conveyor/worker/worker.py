@@ -128,6 +128,7 @@ _STORED_AS = {
     OutcomeKind.RELEASED: ((JobState.QUEUED,), -1),
 }
 _FAILED = (OutcomeKind.RETRY, OutcomeKind.DEAD)
+_REFUSED = "StoreRefused"  # a dead job's error when the engine would not store its outcome
 
 
 def _stored_as(outcome: Outcome, record: JobRecord, attempt: int) -> bool:
@@ -766,6 +767,43 @@ class Worker:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
+            except Exception as exc:  # the engine refused what the batch holds, not the call
+                return await self._store_refused_batch(outcomes, exc, retried)
+
+    async def _store_refused_batch(
+        self, outcomes: list[Outcome], exc: Exception, retried: bool
+    ) -> tuple[list[Fence], bool] | None:
+        """A batch the engine refused for what it holds: stored one outcome at a time, and
+        an outcome refused alone is stored as its job's death, without what the engine
+        could not take; `outcomes` is updated to what was stored. Until 2026-12-07 the
+        worker stopped here: a NUL in one job's error, which PostgreSQL cannot hold,
+        stopped each worker that took that job."""
+        if len(outcomes) > 1:
+            log.error(
+                "the engine refused a batch of %d result(s); storing them one by one: %r", len(outcomes), exc
+            )
+            fences: list[Fence] = []
+            for at in range(len(outcomes)):
+                alone = [outcomes[at]]
+                sent = await self._send_store(alone)
+                if sent is None:
+                    return None
+                outcomes[at] = alone[0]
+                fences += sent[0]
+                retried = retried or sent[1]
+            return fences, retried
+        outcome = outcomes[0]
+        if outcome.error is not None and outcome.error.startswith(_REFUSED):
+            log.error(
+                "job %s: its death was refused too; it runs again after its lease: %r", outcome.job_id, exc
+            )
+            return [Fence.LEASE_LOST], retried
+        log.error("job %s: the engine refused its outcome; storing the job dead: %r", outcome.job_id, exc)
+        outcomes[0] = Outcome(
+            outcome.job_id, outcome.token, OutcomeKind.DEAD, worker=outcome.worker,
+            error=f"{_REFUSED}: the engine could not store this attempt's outcome: {ascii(exc)[:500]}",
+        )  # fmt: skip
+        return await self._send_store(outcomes)
 
     def _account(self, outcomes: list[Outcome], fences: list[Fence]) -> list[str]:
         """Forget the stored outcomes, warn of the discarded ones, emit the events of those

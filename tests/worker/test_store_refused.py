@@ -1,0 +1,78 @@
+"""An outcome the engine refuses to store (for what it holds, not because the engine is
+away) never stops the worker: its batch is stored one outcome at a time, and the
+refused one is stored as its job's death."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from conveyor import Conveyor, JobFailed
+from conveyor.backends.base import Fence, Outcome
+from conveyor.job import JobState
+from tests.conftest import running
+
+
+def refuse(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch, marker: str, *, in_errors: bool = False
+) -> list[int]:
+    """Make the engine refuse every batch holding `marker` in a result (or, `in_errors`,
+    an error), as PostgreSQL refused a NUL; returns the sizes of the batches refused."""
+    refused: list[int] = []
+    store = app.backend.finish
+
+    def picky(outcomes: Sequence[Outcome]) -> list[Fence]:
+        if any(marker in (o.result or "") + (o.error or "" if in_errors else "") for o in outcomes):
+            refused.append(len(outcomes))
+            raise ValueError(f"cannot store {marker!r}")
+        return store(outcomes)
+
+    monkeypatch.setattr(app.backend, "finish", picky)
+    return refused
+
+
+def test_a_refused_outcome_ends_its_job_dead_and_the_worker_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Conveyor("memory://")
+
+    @app.task
+    def echo(text: str) -> str:
+        return text
+
+    refused = refuse(app, monkeypatch, "poison")
+    jobs = echo.enqueue_many([(f"fine {i}",) for i in range(20)] + [("poison",)])
+    with running(app, concurrency=25):
+        fine = [job.result(timeout=10) for job in jobs[:-1]]
+        with pytest.raises(JobFailed, match="StoreRefused: the engine could not store"):
+            jobs[-1].result(timeout=10)
+        assert fine == [f"fine {i}" for i in range(20)]
+        after = echo.enqueue("after")
+        assert after.result(timeout=10) == "after"  # the worker is still at work
+    assert jobs[-1].refresh().state is JobState.DEAD
+    assert "ValueError(\"cannot store 'poison'\")" in (jobs[-1].error or "")
+    assert refused[-1] == 1  # alone at last
+    assert "storing the job dead" in caplog.text
+    app.close()
+
+
+def test_a_death_refused_too_leaves_the_job_to_its_lease(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine refuses the death the worker makes of it too: the worker gives the job
+    up (its lease expires and counts the attempt) and keeps running."""
+    app = Conveyor("memory://")
+
+    @app.task
+    def echo(text: str) -> str:
+        return text
+
+    refuse(app, monkeypatch, "poison", in_errors=True)  # the death's error names the refusal
+    bad = echo.enqueue("poison")
+    with running(app, lease_timeout=30):
+        assert echo.enqueue("fine").result(timeout=10) == "fine"
+        assert echo.enqueue("also fine").result(timeout=10) == "also fine"
+    assert bad.refresh().state is JobState.ACTIVE  # left to its lease
+    assert "its death was refused too" in caplog.text
+    app.close()
