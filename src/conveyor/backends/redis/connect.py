@@ -114,8 +114,8 @@ def connect(target: RedisTarget) -> Any:
     if target.kind == "sentinel":
         own = dict(target.options)
         sentinel_options: dict[str, Any] = {"socket_timeout": target.timeout}
-        if "sentinel_password" in own:
-            sentinel_options["password"] = own["sentinel_password"]
+        if own:  # either alone counts: an ACL user may need no password ("nopass")
+            sentinel_options["password"] = own.get("sentinel_password")
             sentinel_options["username"] = own.get("sentinel_username")
         # Through Any: redis-py types these calls from 8.2 on, and left them untyped before.
         sentinel = cast(Any, Sentinel)(list(target.nodes), sentinel_kwargs=sentinel_options, **common)
