@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from conveyor.errors import ConfigError
 from conveyor.job import JobRecord
@@ -128,11 +128,44 @@ class QueueLimits:
         }
 
 
+Row = TypeVar("Row")  # an engine's form of a claimed job: a tuple, a list
+
+
 class Claimed(list[JobRecord]):
     """Claimed jobs; `held_back` is True when a limit kept ready jobs from being leased,
-    so the worker polls (HELD_BACK_POLL) instead of waiting for new work."""
+    so the worker polls (HELD_BACK_POLL) instead of waiting for new work. `unreadable`
+    holds (job id, lease token, error) for leased rows the engine could not read into a
+    record: the worker stores them dead (see `read`)."""
 
     held_back: bool = False
+
+    def __init__(self, records: Iterable[JobRecord] = ()) -> None:
+        super().__init__(records)
+        self.unreadable: list[tuple[str, str, str]] = []
+
+    def read(
+        self, rows: Iterable[Row], read: Callable[[Row], JobRecord], ident: Callable[[Row], tuple[str, str]]
+    ) -> list[JobRecord]:
+        """The records of leased `rows`, in order. A row `read` fails on (a field edited
+        by hand, a value another version wrote) goes to `unreadable` under `ident(row)`,
+        its job id and lease token. Raised, the error would fail every claim that leased
+        the row, and hold that claim's other jobs until their lease ran out, once per
+        attempt the row has."""
+        records: list[JobRecord] = []
+        for row in rows:
+            try:
+                records.append(read(row))
+            except Exception as exc:  # whatever the row holds, the claim goes on
+                job_id, token = ident(row)
+                self.unreadable.append((job_id, token, f"{type(exc).__name__}: {exc}"[:500]))
+        return records
+
+    def merge(self, other: list[JobRecord]) -> None:
+        """Add another claim's jobs, and what it could not read or held back."""
+        self.extend(other)
+        if isinstance(other, Claimed):
+            self.unreadable += other.unreadable
+            self.held_back = self.held_back or other.held_back
 
 
 Candidate = tuple[str, str, str | None]  # (job id, task, limit key)

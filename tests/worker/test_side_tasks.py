@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+
+import pytest
 
 from conveyor.backends.base import JobQuery, NewJob, WorkerInfo
 from conveyor.backends.memory import MemoryBackend
 from conveyor.clock import FakeClock
 from conveyor.context import JobContext
+from conveyor.errors import BackendUnavailable
 from conveyor.job import JobState
 from conveyor.worker.executor import Running
 from conveyor.worker.lease import LeaseKeeper
@@ -127,3 +131,36 @@ def test_retention_by_count_keeps_the_newest_per_queue_and_state() -> None:
     assert asyncio.run(sweeper.prune()) == 4
     thread.shutdown()
     assert {q: [r.id for r in backend.list_jobs(JobQuery(queue=q))] for q in ("a", "b")} == newest
+
+
+def test_a_failing_maintenance_step_does_not_skip_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat refused (as at Redis maxmemory) and the flow pass broken (a row the
+    engine cannot read): recovery and the prune still run, and the sweep returns."""
+    from conveyor.backends.base import Outcome, OutcomeKind
+
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    backend.enqueue([NewJob("t", "default", "[[],{}]", max_attempts=2) for _ in range(2)])
+    record, _ = backend.claim("w", ["default"], 2, 10)
+    backend.finish([Outcome(record.id, record.lease_token or "", OutcomeKind.COMPLETED, result="1")])
+    clock.advance(100)  # the completed job is past retention, the other's lease has expired
+
+    def refused(*args: object) -> None:
+        raise BackendUnavailable("OOM command not allowed when used memory > 'maxmemory'")
+
+    def broken(*args: object) -> None:
+        raise ValueError("a row that cannot be read")
+
+    monkeypatch.setattr(backend, "report_worker", refused)
+    monkeypatch.setattr(backend, "list_jobs", broken)
+    thread = concurrent.futures.ThreadPoolExecutor(1)
+    keep = {JobState.COMPLETED: 50.0}
+    sweeper = Maintenance(backend, thread, 10, lambda: None, lambda: None, retention=keep, now=clock.now)  # type: ignore[arg-type, return-value]
+    with caplog.at_level(logging.ERROR, "conveyor.worker"):
+        asyncio.run(sweeper.sweep())
+    thread.shutdown()
+    assert backend.counts()["default"] == {JobState.QUEUED: 1}  # one recovered, one pruned
+    assert "maintenance: reporting this worker failed: OOM command not allowed" in caplog.text
+    assert "maintenance: settling flows failed" in caplog.text and "Traceback" in caplog.text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -65,3 +65,8 @@ def attempts_from(items: Iterable[Mapping[str, Any]]) -> list[AttemptRecord]:
         )
         for i, item in enumerate(items, start=1)
     ]
+
+
+def sql_ident(row: Sequence[Any]) -> tuple[str, str]:
+    """The job id and lease token of a claimed row in JobRecord's column order."""
+    return str(row[0]), str(row[17])

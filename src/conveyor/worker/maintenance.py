@@ -8,7 +8,7 @@ import concurrent.futures
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from conveyor.backends.base import Backend, JobQuery, WorkerInfo
 from conveyor.errors import BackendUnavailable
@@ -57,24 +57,38 @@ class Maintenance:
             await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
 
     async def sweep(self) -> None:
-        """Recover expired leases once and refresh this worker's heartbeat."""
+        """Recover expired leases once, refresh this worker's heartbeat, and run what
+        else is due. Each step goes on when another fails: a heartbeat refused (Redis at
+        maxmemory, a role without a grant) used to skip the prune that would free room."""
+        await self._step("recovering expired leases", self._recover())
+        heartbeat = in_thread(self.thread, self.backend.report_worker, self.report())
+        await self._step("reporting this worker", heartbeat)
+        await self._step("engine upkeep", in_thread(self.thread, self.backend.maintain))
+        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY:
+            self._pruned_at = time.monotonic()
+            await self._step("pruning finished jobs", self.prune())
+        if time.monotonic() - self._flows_at >= _FLOWS_EVERY:
+            self._flows_at = time.monotonic()
+            await self._step("settling flows", in_thread(self.thread, self.settle_flows))
+
+    async def _step(self, what: str, step: Awaitable[object]) -> None:
+        """Run one step of a sweep; an engine outage is logged in a line, anything else
+        (a row the engine cannot read, a bug) with its traceback, and the sweep goes on.
+        Raised, it would stop the worker, and every worker after it."""
         try:
-            recovered = await in_thread(self.thread, self.backend.recover_expired)
-            if recovered:
-                shown = ", ".join(recovered[:10])
-                log.warning("recovered %d job(s) whose lease expired: %s", len(recovered), shown)
-                self.on_recovered()
-                await in_thread(self.thread, self._settle_parents_of, recovered)
-            await in_thread(self.thread, self.backend.report_worker, self.report())
-            await in_thread(self.thread, self.backend.maintain)
-            if time.monotonic() - self._pruned_at >= _PRUNE_EVERY:
-                self._pruned_at = time.monotonic()
-                await self.prune()
-            if time.monotonic() - self._flows_at >= _FLOWS_EVERY:
-                self._flows_at = time.monotonic()
-                await in_thread(self.thread, self.settle_flows)
+            await step
         except BackendUnavailable as exc:
-            log.error("maintenance failed: %s", exc)
+            log.error("maintenance: %s failed: %s", what, exc)
+        except Exception:
+            log.exception("maintenance: %s failed", what)
+
+    async def _recover(self) -> None:
+        recovered = await in_thread(self.thread, self.backend.recover_expired)
+        if recovered:
+            shown = ", ".join(recovered[:10])
+            log.warning("recovered %d job(s) whose lease expired: %s", len(recovered), shown)
+            self.on_recovered()
+            await in_thread(self.thread, self._settle_parents_of, recovered)
 
     async def prune(self) -> int:
         """Delete finished jobs older than their retention, in short batches."""

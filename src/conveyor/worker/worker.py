@@ -129,6 +129,23 @@ _STORED_AS = {
 }
 _FAILED = (OutcomeKind.RETRY, OutcomeKind.DEAD)
 _REFUSED = "StoreRefused"  # a dead job's error when the engine would not store its outcome
+_UNREADABLE = "Unreadable"  # a dead job's error when the engine could not read its row
+
+
+class ClaimFault(BackendUnavailable):
+    """A claim failed with an error other than BackendUnavailable: a bug, or a reply
+    the engine could not read. The worker logs its traceback and backs off as after an
+    outage; it used to stop, and a restarted worker met the same error."""
+
+
+def _claim_call(claim: Callable[..., list[JobRecord]], *args: Any) -> list[JobRecord]:
+    """`claim(*args)`, an engine claim in an engine thread, its faults as ClaimFault."""
+    try:
+        return claim(*args)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:
+        raise ClaimFault(f"the engine failed to claim: {exc!r}") from exc
 
 
 def _stored_as(outcome: Outcome, record: JobRecord, attempt: int) -> bool:
@@ -526,18 +543,28 @@ class Worker:
             if self._limits is None and want >= 2 * _FIRST_PART and self._long_jobs():
                 return await self._claim_streamed(part_sizes(want), lease)
             if self._aio is not None and self._limits is None:
-                claimed = await self._aio.claim(self.id, self.queues, want, lease)
+                claimed = await self._aio_claim(want, lease)
             elif len(self._claimers) > 1 and self._limits is None and want >= _SPLIT_FROM:
                 return await self._claim_in_parts(want, lease)
             else:
                 claim = functools.partial(backend.claim, limits=self._limits)
-                claimed = await in_thread(self._db, claim, self.id, self.queues, want, lease)
+                claimed = await in_thread(self._db, _claim_call, claim, self.id, self.queues, want, lease)
         except BackendUnavailable as exc:
             await self._claim_failed(exc)
             return []
         self._claim_backoff = 0.0
         self._begin(claimed)
         return claimed
+
+    async def _aio_claim(self, want: int, lease: float) -> list[JobRecord]:
+        """The engine's async claim, its faults as ClaimFault (see _claim_call)."""
+        assert self._aio is not None
+        try:
+            return await self._aio.claim(self.id, self.queues, want, lease)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            raise ClaimFault(f"the engine failed to claim: {exc!r}") from exc
 
     async def _claim_streamed(self, sizes: list[int], lease: float) -> list[JobRecord]:
         """One claim as consecutive parts (see _LONG_JOB), each part's jobs started as
@@ -548,9 +575,9 @@ class Worker:
         for size in sizes:
             try:
                 if self._aio is not None:
-                    part = await self._aio.claim(self.id, self.queues, size, lease)
+                    part = await self._aio_claim(size, lease)
                 else:
-                    part = await in_thread(self._db, claim, self.id, self.queues, size, lease)
+                    part = await in_thread(self._db, _claim_call, claim, self.id, self.queues, size, lease)
             except BackendUnavailable as exc:
                 if not claimed:
                     raise
@@ -571,7 +598,7 @@ class Worker:
         sizes = [want // lanes + (i < want % lanes) for i in range(lanes)]
         backend = self.app.backend
         parts = [
-            in_thread(thread, backend.claim, self.id, self.queues, size, lease)
+            in_thread(thread, _claim_call, backend.claim, self.id, self.queues, size, lease)
             for thread, size in zip(self._claimers, sizes, strict=True)
         ]
         claimed: list[JobRecord] = []
@@ -609,7 +636,13 @@ class Worker:
         # Known before the listing: a store in flight may finish a job the listing still
         # reads as active, and drop it from _unstored before the listing is back.
         known = self._held().keys()
-        found = await in_thread(self._db, self._leased_to_me)
+        try:
+            found = await in_thread(self._db, self._leased_to_me)
+        except BackendUnavailable:
+            raise
+        except Exception:  # a row it cannot read: the jobs run again after their lease
+            log.exception("could not list the jobs a lost claim may have leased")
+            found = []
         self._claim_lost = False
         lost = [r for r in found if r.id not in known]
         if not lost:
@@ -638,7 +671,8 @@ class Worker:
     async def _claim_failed(self, exc: BackendUnavailable) -> None:
         self._claim_lost = True
         self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
-        log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc)
+        fault = exc if isinstance(exc, ClaimFault) else None  # its traceback is the news
+        log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc, exc_info=fault)
         assert self._stop is not None
         await wait_event(self._stop, self._claim_backoff)
 
@@ -647,6 +681,8 @@ class Worker:
         but one on its last attempt goes back unspent (see _spare_attempts). A claim
         that lands after the stop began goes back whole: the stop's wait for running
         jobs may be over, and nothing would bound theirs."""
+        if isinstance(claimed, Claimed) and claimed.unreadable:
+            self._bury(claimed.unreadable)
         jobs = [Running(record, JobContext(record, self._leases.request)) for record in claimed]
         if self._stopping:
             for job in jobs:
@@ -663,6 +699,15 @@ class Worker:
         for job in jobs[:room]:
             self._run(job)
         self._say_started(jobs[:room])
+
+    def _bury(self, unreadable: list[tuple[str, str, str]]) -> None:
+        """Store dead the jobs a claim leased but the engine could not read (see
+        Claimed.read), with the next batch: their code cannot run without their record."""
+        for job_id, token, error in unreadable:
+            log.error("job %s: the engine could not read it; storing it dead: %s", job_id, error)
+            self._outcomes.append(
+                Outcome(job_id, token, OutcomeKind.DEAD, worker=self.id, error=f"{_UNREADABLE}: {error}")
+            )
 
     def _start_ahead(self) -> None:
         """Start jobs claimed ahead in the free slots; drop those whose lease is gone.
@@ -898,7 +943,8 @@ class Worker:
         error = waiting.exception()
         if isinstance(error, BackendUnavailable):
             assert self._wake is not None
-            log.error("engine error while waiting for work: %s", error)
+            fault = error if isinstance(error, ClaimFault) else None
+            log.error("engine error while waiting for work: %s", error, exc_info=fault)
             self._claim_lost = True  # it may have failed in its claim
             await wait_event(self._wake, _IDLE_WAIT)
         elif error is not None:
@@ -911,7 +957,7 @@ class Worker:
         backend = self.app.backend
         if not backend.wait_for_work(self.queues, _IDLE_WAIT) or not slots or self._stopping:
             return None
-        return backend.claim(self.id, self.queues, slots, self.settings.lease_timeout)
+        return _claim_call(backend.claim, self.id, self.queues, slots, self.settings.lease_timeout)
 
     def _progressed(self, jobs: list[tuple[Running, float]]) -> None:
         if self._emit is not None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import tuple_row
 
-from conveyor.backends._sql import attempts_from, load_queries
+from conveyor.backends._sql import attempts_from, load_queries, sql_ident
 from conveyor.backends.base import (
     LEASE_EXPIRED,
     WORKER_SEEN_SECONDS,
@@ -289,7 +289,7 @@ class PostgresBackend(Backend):
                 break
             limited = limits.get(queue)
             if limited is None:
-                claimed.extend(self._claim(worker_id, [queue], want, lease_seconds))
+                claimed.merge(self._claim(worker_id, [queue], want, lease_seconds))
             else:
                 lease = {"worker": worker_id, "token": token, "lease": lease_seconds}
                 self._claim_limited(queue, limited, want, lease, claimed)
@@ -307,13 +307,15 @@ class PostgresBackend(Backend):
                 "lease": lease_seconds, "at": self._at()}  # fmt: skip
 
     @staticmethod
-    def claimed(rows: Rows, queues: Sequence[str]) -> list[JobRecord]:
+    def claimed(rows: Rows, queues: Sequence[str]) -> Claimed:
         """Claimed rows as records in queue order, then priority, then FIFO (RETURNING
         gives no order)."""
-        records = [_record(row) for row in rows]
+        claimed = Claimed()
+        records = claimed.read(rows, _record, sql_ident)
         order = {queue: i for i, queue in enumerate(queues)}
         records.sort(key=lambda r: (order[r.queue], -r.priority, int(r.id)))
-        return records
+        claimed.extend(records)
+        return claimed
 
     def _claim_limited(
         self, queue: str, limited: QueueLimits, want: int, lease: dict[str, Any], claimed: Claimed
@@ -346,7 +348,7 @@ class PostgresBackend(Backend):
                 conn.execute(self._q["log_starts"], {"queue": queue, "scopes": admission.starts, "now": now})
             ids = [int(i) for i in admission.ids]
             rows = conn.execute(self._q["claim_ids"], {**lease, "ids": ids, "now": now}).fetchall()
-        records = [_record(row) for row in rows]
+        records = claimed.read(rows, _record, sql_ident)
         records.sort(key=lambda r: (-r.priority, int(r.id)))
         claimed.extend(records)
 

@@ -13,6 +13,7 @@ worker and producer clocks in sync (NTP) to well within the lease timeout.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -329,7 +330,7 @@ class RedisBackend(Backend):
         lease_seconds: float,
         limits: Mapping[str, QueueLimits] | None = None,
     ) -> list[JobRecord]:
-        claimed = Claimed(self._reclaim(worker_id, limit))
+        claimed = self._reclaim(worker_id, limit)
         now = self.clock.now()
         token = secrets.token_hex(8)
         # The last argument: "1" on a resend, which first takes what this token holds; on
@@ -358,15 +359,15 @@ class RedisBackend(Backend):
                 if not claimed:
                     raise
                 return claimed
-            claimed.extend(_record(queue, row) for row in rows)
+            claimed.extend(claimed.read(rows, functools.partial(_record, queue), _ident(queue)))
         return claimed
 
-    def _reclaim(self, worker_id: str, limit: int) -> list[JobRecord]:
+    def _reclaim(self, worker_id: str, limit: int) -> Claimed:
         """Jobs of `worker_id`'s claims whose reply never came, asked for again by token
         (see reclaimed in _lib.lua); beyond `limit` they are handed back unspent."""
         with self._unanswered_lock:
             pending = self._unanswered.pop(worker_id, [])
-        found: list[JobRecord] = []
+        found = Claimed()
         for index, (token, queue) in enumerate(pending):
             try:
                 rows = self._script("claim", [self._base(queue)], ["0", 0, worker_id, token, "0", "1"])
@@ -374,7 +375,7 @@ class RedisBackend(Backend):
                 with self._unanswered_lock:
                     self._unanswered.setdefault(worker_id, []).extend(pending[index:])
                 raise
-            found.extend(_record(queue, row) for row in rows)
+            found.extend(found.read(rows, functools.partial(_record, queue), _ident(queue)))
         if found:
             log.warning("claimed again %d job(s) whose claim's reply was lost", len(found))
         if len(found) > limit:
@@ -871,6 +872,11 @@ def _record(queue: str, row: Sequence[Any]) -> JobRecord:
         float(progress) if progress else None, parent_id or None,
         json.loads(children) if children else [], flow or None, limit_key or None,
     )  # fmt: skip
+
+
+def _ident(queue: str) -> Callable[[Sequence[Any]], tuple[str, str]]:
+    """The job id and lease token of a claim script's row (see _record)."""
+    return lambda row: (f"{queue}:{row[0]}", str(row[17]))
 
 
 def _batch_id(outcomes: list[Outcome]) -> str:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from conveyor.backends._sql import attempts_from, load_migrations, load_queries, split_statements
+from conveyor.backends._sql import attempts_from, load_migrations, load_queries, split_statements, sql_ident
 from conveyor.backends.base import (
     LEASE_EXPIRED,
     WORKER_SEEN_SECONDS,
@@ -335,7 +335,7 @@ class SQLiteBackend(Backend):
                 ).fetchall()
                 # RETURNING gives no order guarantee: restore priority, then FIFO.
                 rows.sort(key=lambda r: (-r[5], r[0]))
-                claimed.extend(_record(row) for row in rows)
+                claimed.extend(claimed.read(rows, _record, sql_ident))
         return claimed
 
     def _claim_limited(
@@ -370,7 +370,7 @@ class SQLiteBackend(Backend):
         ids = json.dumps([int(i) for i in admission.ids])
         rows = conn.execute(self._q["claim_ids"], {**params, "ids": ids}).fetchall()
         rows.sort(key=lambda r: (-r[5], r[0]))
-        claimed.extend(_record(row) for row in rows)
+        claimed.extend(claimed.read(rows, _record, sql_ident))
 
     @_guarded
     def extend_leases(self, renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
