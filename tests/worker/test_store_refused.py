@@ -53,7 +53,7 @@ def test_a_refused_outcome_ends_its_job_dead_and_the_worker_goes_on(
     assert jobs[-1].refresh().state is JobState.DEAD
     assert "ValueError(\"cannot store 'poison'\")" in (jobs[-1].error or "")
     assert refused[-1] == 1  # alone at last
-    assert "storing the job dead" in caplog.text
+    assert "storing it as dead, without its result, traceback and logs" in caplog.text
     app.close()
 
 
@@ -74,5 +74,34 @@ def test_a_death_refused_too_leaves_the_job_to_its_lease(
         assert echo.enqueue("fine").result(timeout=10) == "fine"
         assert echo.enqueue("also fine").result(timeout=10) == "also fine"
     assert bad.refresh().state is JobState.ACTIVE  # left to its lease
-    assert "its death was refused too" in caplog.text
+    assert "refused without its contents too" in caplog.text
+    app.close()
+
+
+def test_a_refused_retry_stays_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine refuses a failed attempt for its traceback: the attempt is stored as a
+    retry without it, so the job keeps the attempts it has left, and its next one runs."""
+    app = Conveyor("memory://")
+    store = app.backend.finish
+    tries: list[int] = []
+
+    def picky(outcomes: Sequence[Outcome]) -> list[Fence]:
+        if any("poison" in (o.traceback or "") for o in outcomes):
+            raise ValueError("cannot store this traceback")
+        return store(outcomes)
+
+    @app.task(retries=2)
+    def flaky() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("poison")
+        return "done"
+
+    monkeypatch.setattr(app.backend, "finish", picky)
+    job = flaky.enqueue()
+    with running(app, retry_backoff=0.01):
+        assert job.result(timeout=10) == "done"
+    [first] = job.refresh().attempts
+    assert first.error.startswith("StoreRefused: the engine could not store this attempt's outcome: ")
+    assert "cannot store this traceback" in first.error and first.traceback is None
     app.close()

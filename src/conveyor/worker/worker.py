@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import itertools
 import logging
@@ -128,8 +129,24 @@ _STORED_AS = {
     OutcomeKind.RELEASED: ((JobState.QUEUED,), -1),
 }
 _FAILED = (OutcomeKind.RETRY, OutcomeKind.DEAD)
-_REFUSED = "StoreRefused"  # a dead job's error when the engine would not store its outcome
+_REFUSED = "StoreRefused"  # an attempt's error when the engine would not store its outcome
 _UNREADABLE = "Unreadable"  # a dead job's error when the engine could not read its row
+
+
+def _stripped(outcome: Outcome, refusal: Exception) -> Outcome | None:
+    """The outcome without what the engine could refuse (result, traceback, logs, error);
+    None when it holds nothing more to take out. A completion becomes a death, since
+    its result is lost; a retry stays one, keeping the attempts the job has left."""
+    if outcome.error is not None and outcome.error.startswith(_REFUSED):
+        return None  # stripped already
+    if outcome.kind in (OutcomeKind.RELEASED, OutcomeKind.SNOOZED):  # they hold only logs
+        return dataclasses.replace(outcome, logs=[]) if outcome.logs else None
+    return dataclasses.replace(
+        outcome,
+        kind=OutcomeKind.DEAD if outcome.kind is OutcomeKind.COMPLETED else outcome.kind,
+        result=None, traceback=None, logs=[],
+        error=f"{_REFUSED}: the engine could not store this attempt's outcome: {ascii(refusal)[:500]}",
+    )  # fmt: skip
 
 
 class ClaimFault(BackendUnavailable):
@@ -819,8 +836,8 @@ class Worker:
         self, outcomes: list[Outcome], exc: Exception, retried: bool
     ) -> tuple[list[Fence], bool] | None:
         """A batch the engine refused for what it holds: stored one outcome at a time, and
-        an outcome refused alone is stored as its job's death, without what the engine
-        could not take; `outcomes` is updated to what was stored. Until 2026-12-07 the
+        an outcome refused alone is stored without what the engine could not take (see
+        _stripped); `outcomes` is updated to what was stored. Until 2026-12-07 the
         worker stopped here: a NUL in one job's error, which PostgreSQL cannot hold,
         stopped each worker that took that job."""
         if len(outcomes) > 1:
@@ -838,16 +855,18 @@ class Worker:
                 retried = retried or sent[1]
             return fences, retried
         outcome = outcomes[0]
-        if outcome.error is not None and outcome.error.startswith(_REFUSED):
+        bare = _stripped(outcome, exc)
+        if bare is None:
             log.error(
-                "job %s: its death was refused too; it runs again after its lease: %r", outcome.job_id, exc
-            )
+                "job %s: its outcome was refused without its contents too; it runs again after "
+                "its lease: %r", outcome.job_id, exc,
+            )  # fmt: skip
             return [Fence.LEASE_LOST], retried
-        log.error("job %s: the engine refused its outcome; storing the job dead: %r", outcome.job_id, exc)
-        outcomes[0] = Outcome(
-            outcome.job_id, outcome.token, OutcomeKind.DEAD, worker=outcome.worker,
-            error=f"{_REFUSED}: the engine could not store this attempt's outcome: {ascii(exc)[:500]}",
+        log.error(
+            "job %s: the engine refused its outcome; storing it as %s, without its result, "
+            "traceback and logs: %r", outcome.job_id, bare.kind.value, exc,
         )  # fmt: skip
+        outcomes[0] = bare
         return await self._send_store(outcomes)
 
     def _account(self, outcomes: list[Outcome], fences: list[Fence]) -> list[str]:
