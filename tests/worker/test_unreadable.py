@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
+from conveyor.backends.base import JobQuery
+from conveyor.errors import ConveyorError
 from conveyor.job import JobState
 from tests.conftest import POSTGRES_URL, REDIS_URL, engine_url, eventually, running
 from tests.worker.test_lost_claims import _lose_first_reply
@@ -68,6 +70,13 @@ def test_a_job_the_engine_cannot_read_is_stored_dead_and_the_rest_run(
         assert echo.enqueue("after").result(timeout=10) == "after"  # still at work
     assert f"job {jobs[-1].id}: the engine could not read it; storing it dead: " in caplog.text
     assert app.backend.counts()["default"] == {JobState.COMPLETED: 11, JobState.DEAD: 1}
+    cannot_read = f"job {jobs[-1].id}: its stored row cannot be read \\(.+\\); correct the field, or delete"
+    with pytest.raises(ConveyorError, match=cannot_read):
+        jobs[-1].refresh()
+    with pytest.raises(ConveyorError, match=cannot_read):
+        app.backend.list_jobs(JobQuery(state=JobState.DEAD))
+    assert app.backend.delete([jobs[-1].id]) == 1
+    assert app.backend.list_jobs(JobQuery(state=JobState.DEAD)) == []
     app.close()
 
 

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from conveyor.clock import SYSTEM_CLOCK, Clock
-from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.errors import BackendUnavailable, ConfigError, ConveyorError
 from conveyor.events import Entry, JobEvent
 from conveyor.job import TERMINAL_STATES, JobRecord, JobState, LogEntry
 from conveyor.limits import QueueLimits
@@ -436,6 +436,20 @@ def purgeable(states: Sequence[JobState]) -> list[JobState]:
 
 
 _FINISHED = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+
+
+def read_stored(read: Callable[[Sequence[Any]], JobRecord], row: Sequence[Any], job_id: str) -> JobRecord:
+    """A stored job's record, to show or wait on it: a row `read` fails on (a field
+    edited by hand, a value another version wrote) raises ConveyorError naming the job,
+    where the reader's own KeyError or AttributeError used to surface. Claims store such
+    a job dead instead (see Claimed.read)."""
+    try:
+        return read(row)
+    except Exception as exc:
+        raise ConveyorError(
+            f"job {job_id}: its stored row cannot be read ({type(exc).__name__}: {exc}); "
+            "correct the field, or delete the job"
+        ) from exc
 
 
 def translate_errors(

@@ -38,6 +38,7 @@ from conveyor.backends.base import (
     WorkerInfo,
     flow_links,
     purgeable,
+    read_stored,
     translate_errors,
 )
 from conveyor.backends.postgres.aside import Aside
@@ -524,7 +525,7 @@ class PostgresBackend(Backend):
         if not ids:
             return []
         rows = self._one("get", {"ids": [_int_id(i) for i in ids]})
-        found = {record.id: record for record in map(_record, rows)}
+        found = {record.id: record for record in map(_stored, rows)}
         return [found.get(str(_int_id(i))) for i in ids]
 
     @_guarded
@@ -536,7 +537,7 @@ class PostgresBackend(Backend):
             "limit": query.limit,
             "offset": query.offset,
         }
-        return [_record(row) for row in self._one("list", params)]
+        return [_stored(row) for row in self._one("list", params)]
 
     @_guarded
     def counts(self) -> dict[str, dict[JobState, int]]:
@@ -750,6 +751,10 @@ def _without_nul(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_without_nul(v) for v in value]
     return value
+
+
+def _stored(row: Sequence[Any]) -> JobRecord:
+    return read_stored(_record, row, str(row[0]))
 
 
 def _record(row: Sequence[Any]) -> JobRecord:

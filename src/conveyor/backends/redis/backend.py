@@ -50,6 +50,7 @@ from conveyor.backends.base import (
     WorkerInfo,
     flow_links,
     purgeable,
+    read_stored,
     translate_errors,
 )
 from conveyor.backends.redis.connect import connect, parse_redis_url
@@ -537,7 +538,7 @@ class RedisBackend(Backend):
             row = self._script("watch", [self._base(queue)], [seq])
             if not row:
                 return None
-            record = _record(queue, row)
+            record = read_stored(functools.partial(_record, queue), row, job_id)
             left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
             if record.state in TERMINAL_STATES or left <= 0:
                 return record
@@ -556,7 +557,7 @@ class RedisBackend(Backend):
         )
         for (i, (queue, seq)), row in zip(found, rows, strict=True):
             if row[2] is not None:  # state: the job exists
-                out[i] = _record(queue, [seq, *row])
+                out[i] = read_stored(functools.partial(_record, queue), [seq, *row], ids[i])
         return out
 
     @_guarded

@@ -37,6 +37,7 @@ from conveyor.backends.base import (
     WorkerInfo,
     flow_links,
     purgeable,
+    read_stored,
     translate_errors,
 )
 from conveyor.clock import SYSTEM_CLOCK, Clock
@@ -503,7 +504,7 @@ class SQLiteBackend(Backend):
         if not ids:
             return []
         rows = self._conn().execute(self._q["get"], {"ids": json.dumps([_int_id(i) for i in ids])})
-        found = {record.id: record for record in map(_record, rows)}
+        found = {record.id: record for record in map(_stored, rows)}
         return [found.get(str(_int_id(i))) if _int_id(i) >= 0 else None for i in ids]
 
     @_guarded
@@ -515,7 +516,7 @@ class SQLiteBackend(Backend):
             "limit": query.limit,
             "offset": query.offset,
         }
-        return [_record(row) for row in self._conn().execute(self._q["list"], params)]
+        return [_stored(row) for row in self._conn().execute(self._q["list"], params)]
 
     @_guarded
     def counts(self) -> dict[str, dict[JobState, int]]:
@@ -700,6 +701,10 @@ def _int_id(job_id: str) -> int:
 
 def _dumps_or_none(value: dict[str, Any]) -> str | None:
     return json.dumps(value, default=str, separators=(",", ":")) if value else None
+
+
+def _stored(row: Sequence[Any]) -> JobRecord:
+    return read_stored(_record, row, str(row[0]))
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
