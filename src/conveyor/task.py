@@ -91,13 +91,14 @@ def _priority(value: Any) -> int:
     return value
 
 
-def _seconds(name: str, *, allow_zero: bool) -> Callable[[Any], float]:
+def _seconds(name: str, *, allow_zero: bool, allow_inf: bool = False) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, timedelta):
             value = value.total_seconds()
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+        ok = number and (allow_inf or not math.isinf(value))
         if not ok or value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
+            bound = (">= 0" if allow_zero else "> 0") + (" (math.inf: no limit)" if allow_inf else "")
             raise ConfigError(f"option {name!r} must be a number of seconds {bound}, got {value!r}")
         return float(value)
 
@@ -149,7 +150,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "run_at": _run_at,
     "unique_key": _unique_key,
     "retries": _retries,
-    "timeout": _seconds("timeout", allow_zero=False),
+    "timeout": _seconds("timeout", allow_zero=False, allow_inf=True),  # inf: none (None inherits)
     "meta": _meta,
     "unique_for": _seconds("unique_for", allow_zero=False),
     "debounce": _seconds("debounce", allow_zero=False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -217,6 +218,29 @@ def test_per_job_timeout_overrides_the_task(app: Conveyor) -> None:
     job = slow.options(timeout=0.1).enqueue()
     with running(app), pytest.raises(JobFailed, match="timeout of 0.1s"):
         job.result(timeout=10)
+
+
+def test_math_inf_sets_no_timeout_where_none_inherits(app: Conveyor) -> None:
+    """A task (or a job) that must run as long as it takes says so with math.inf; the
+    worker's job_timeout, here 0.1 s, then does not apply. The job keeps it stored."""
+
+    @app.task(timeout=math.inf, retries=0)
+    async def unbounded() -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    @app.task(timeout=0.1, retries=0)
+    async def bounded() -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    jobs = [unbounded.enqueue(), bounded.options(timeout=math.inf).enqueue()]
+    with running(app, job_timeout=0.1):
+        assert [job.result(timeout=10) for job in jobs] == ["done", "done"]
+    assert jobs[1].refresh().record.timeout == math.inf
+    refused = r"option 'timeout' must be a number of seconds > 0 \(math.inf: no limit\), got nan"
+    with pytest.raises(ConfigError, match=refused):
+        bounded.options(timeout=math.nan)
 
 
 def test_current_job_logs_progress_and_ids(app: Conveyor) -> None:

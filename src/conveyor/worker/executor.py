@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import math
 import os
 import time
 import traceback
@@ -86,8 +87,10 @@ def prepare(app: Conveyor, record: JobRecord, leading: tuple[Any, ...] = ()) -> 
 
 
 def timeout_of(record: JobRecord, task: Task[Any, Any], settings: Settings) -> float | None:
-    """The job's own timeout, else the task's, else the worker default."""
-    return record.timeout or task.defaults.timeout or settings.job_timeout
+    """The job's own timeout, else the task's, else the worker default; None: no limit,
+    which a job or task asks for with math.inf (None there means "inherit")."""
+    timeout = record.timeout or task.defaults.timeout or settings.job_timeout
+    return None if timeout == math.inf else timeout
 
 
 async def run_attempt(
