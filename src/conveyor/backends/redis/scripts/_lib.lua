@@ -312,10 +312,12 @@ local function stored_by_lost_call(now, wanted)
 end
 
 -- Promote due scheduled jobs, a bounded batch per call so one call stays short.
+-- A job whose hash is not on this node yet (a moving slot, see lease) stays scheduled.
 local function promote_due(now)
   local due = redis.call('ZRANGEBYSCORE', key('scheduled'), '-inf', now, 'LIMIT', 0, 1000)
   for _, seq in ipairs(due) do
-    move(seq, 'scheduled', 'queued', queued_score(seq))
+    local priority = redis.call('HGET', jkey(seq), 'priority')
+    if priority then move(seq, 'scheduled', 'queued', -tonumber(priority)) end
   end
 end
 
@@ -346,8 +348,12 @@ end
 
 -- Lease one job taken off :queued (the caller adds it to :active); returns its record
 -- as it now is, seq first (FIELDS positions: 3 state, 6 attempt, 12 started_at, 16-18 lease).
+-- nil, writing nothing, when its hash is not on this node: while a Cluster slot moves,
+-- keys move one by one, and a queue's set can arrive before its jobs' hashes. Leased,
+-- such a job would be a partial hash here, which blocks the move and loses the job.
 local function lease(seq, now, worker, token, expires)
   local rec = record(seq)
+  if not rec[3] then return nil end
   local attempt = string.format('%d', tonumber(rec[6] or '0') + 1)
   redis.call('HSET', jkey(seq), 'state', 'active', 'attempt', attempt, 'started_at', now,
     'lease_owner', worker, 'lease_token', token, 'lease_expires', expires)

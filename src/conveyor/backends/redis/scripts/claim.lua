@@ -12,11 +12,17 @@ end
 if limit == 0 or redis.call('EXISTS', key('paused')) == 1 then return {} end
 promote_due(now)
 local popped = redis.call('ZPOPMIN', key('queued'), limit)
-local out, active = {}, {}
+local out, active, away = {}, {}, {}
 for i = 1, #popped, 2 do
   local seq = unpad(popped[i])
-  out[#out + 1] = lease(seq, now, worker, token, expires)
-  push(active, expires, seq)
+  local rec = lease(seq, now, worker, token, expires)
+  if rec then
+    out[#out + 1] = rec
+    push(active, expires, seq)
+  else  -- its hash is on another node (a moving slot, see lease): it waits, in its place
+    push(away, popped[i + 1], popped[i])
+  end
 end
 if #active > 0 then zadd('active', active) end
+if #away > 0 then zadd('queued', away) end
 return out

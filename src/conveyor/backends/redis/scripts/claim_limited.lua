@@ -56,7 +56,7 @@ for _, member in ipairs(redis.call('ZRANGE', key('queued'), 0, scan - 1)) do
   local seq = unpad(member)
   local f = redis.call('HMGET', jkey(seq), 'task', 'limit_key')
   local mine = scopes(f[1], f[2])
-  local fits = true
+  local fits = f[1] ~= false  -- no hash here (a moving slot, see lease): it stays queued
   for _, s in ipairs(mine) do
     local rate, per, concurrency = s[2][1], s[2][2], s[2][3]
     if concurrency > 0 and (running[s[1]] or 0) >= concurrency then fits = false end
