@@ -262,10 +262,13 @@ class Sentinels:
     replica: Server
     sentinels: list[Server]
     service: str = "conveyor"
+    ca: Path | None = None  # the CA file, when every node speaks only TLS
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        if self.ca is not None:
+            return f"rediss+sentinel://{hosts}/{self.service}?ssl_ca_certs={self.ca}"
         return f"redis+sentinel://{hosts}/{self.service}"
 
     def flush(self) -> None:
@@ -276,24 +279,27 @@ class Sentinels:
             process.stop()
 
 
-def sentinels(folder: Path, password: str = "") -> Sentinels:
+def sentinels(folder: Path, password: str = "", *, tls: Path | None = None) -> Sentinels:
     """A primary, its replica and 3 Sentinels; with `password`, every one of them asks
-    for it (as Bitnami's chart sets them up), and the Sentinels use it on the data nodes."""
-    primary = server(folder / "primary", password=password)
-    replica = server(folder / "replica", "--replicaof", "127.0.0.1", str(primary.port), password=password)
+    for it (as Bitnami's chart sets them up), and the Sentinels use it on the data nodes.
+    With `tls` (a folder for certificates) every one speaks only TLS, with a certificate
+    of a CA made there, to clients and to each other."""
+    certs = certificates(tls) if tls is not None else None
+    primary = _data_node(folder / "primary", password, certs)
+    replica = _data_node(folder / "replica", password, certs, "--replicaof", "127.0.0.1", str(primary.port))
     watchers = []
     for i in range(3):
         port = free_port()
         conf = folder / f"sentinel{i}" / "sentinel.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text(
-            f"port {port}\nbind 127.0.0.1\n"
+            (_tls_conf(port, certs) if certs else f"port {port}\n") + "bind 127.0.0.1\n"
             f"sentinel monitor conveyor 127.0.0.1 {primary.port} 2\n"
             "sentinel down-after-milliseconds conveyor 2000\n"
             "sentinel failover-timeout conveyor 10000\n"
             + (f"sentinel auth-pass conveyor {password}\nrequirepass {password}\n" if password else "")
         )
-        options: dict[str, object] = {"password": password} if password else {}
+        options = _client_options(password, certs)
         watchers.append(Server(conf.parent, port, [str(conf), "--sentinel"], client_options=options).start())
 
     def known() -> bool:
@@ -302,7 +308,29 @@ def sentinels(folder: Path, password: str = "") -> Sentinels:
         return reply is not None and int(reply[1]) == primary.port
 
     wait_until(known, "the Sentinels")
-    return Sentinels(primary, replica, watchers)
+    return Sentinels(primary, replica, watchers, ca=certs[0] if certs else None)
+
+
+def _data_node(folder: Path, password: str, certs: tuple[Path, Path, Path] | None, *extra: str) -> Server:
+    """A Sentinel deployment's primary or replica; over TLS, replication uses it too."""
+    if certs is None:
+        return server(folder, *extra, password=password)
+    port = free_port()
+    args = [*_tls_args(port, certs), "--tls-replication", "yes", *extra]
+    args += ["--requirepass", password, "--masterauth", password] if password else []
+    return Server(folder, port, args, client_options=_client_options(password, certs)).start()
+
+
+def _tls_conf(port: int, certs: tuple[Path, Path, Path]) -> str:
+    """A Sentinel's TLS lines: TLS only, and to the nodes it watches as well."""
+    ca, key, cert = certs
+    return (f"port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
+            f"tls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\n")  # fmt: skip
+
+
+def _client_options(password: str, certs: tuple[Path, Path, Path] | None) -> dict[str, object]:
+    options: dict[str, object] = {"password": password} if password else {}
+    return {**options, "ssl": True, "ssl_ca_certs": str(certs[0])} if certs else options
 
 
 class Forwarder:

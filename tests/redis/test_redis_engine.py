@@ -79,6 +79,11 @@ def own_server(tmp_path: Path) -> Iterator[servers.Server]:
             "a sentinel URL takes no option 'ssl'; it takes allow_eviction, ",
         ),
         ("rediss+cluster://h:7000?ssl_ca_cert=x", "a cluster URL takes no option 'ssl_ca_cert'; it takes "),
+        (
+            "redis+sentinel://h/svc?ssl_ca_certs=/ca.crt",
+            r"takes no option 'ssl_ca_certs' \(over TLS: rediss\+sentinel://\); it takes allow_eviction, "
+            "sentinel_password, sentinel_username, timeout",
+        ),
     ],
 )
 def test_bad_urls_name_what_is_wrong(url: str, problem: str) -> None:
@@ -131,6 +136,25 @@ def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
     finally:
         app.close()
         unasked.close()
+        deployment.stop()
+
+
+def test_sentinels_and_data_nodes_over_tls(tmp_path: Path) -> None:
+    """rediss+sentinel: TLS to the Sentinels and to the primary they name, with a
+    private CA; until the second session of 2026-12-07 there was no such URL. Without
+    the CA the handshake fails, and the error says it is Redis that was unreachable."""
+    servers.need_binaries()
+    deployment = servers.sentinels(tmp_path / "tls-sentinels", tls=tmp_path / "certs")
+    app = Conveyor(deployment.url, prefix="tls")
+    untrusted = Conveyor(deployment.url.split("?")[0] + "?timeout=1", prefix="tls")
+    try:
+        assert app.backend.target.tls  # type: ignore[attr-defined]
+        runs_a_job(app)
+        with pytest.raises(BackendUnavailable, match="rediss\\+sentinel://"):
+            untrusted.enqueue("double", 1)
+    finally:
+        app.close()
+        untrusted.close()
         deployment.stop()
 
 

@@ -8,7 +8,15 @@ from conveyor.backends.base import Backend
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError
 
-_REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster"}
+_REDIS_SCHEMES = {
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+}
 
 
 def open_backend(url: str, prefix: str = "conveyor", clock: Clock = SYSTEM_CLOCK) -> Backend:

@@ -3,6 +3,7 @@
     redis://[:password@]host[:port][/db]          one server (also Valkey)
     rediss://...                                   the same over TLS (Upstash, ElastiCache)
     redis+sentinel://[:password@]h1:26379,h2:26379/service[/db]
+    rediss+sentinel://...                          the same over TLS, to Sentinels and data nodes
     redis+cluster://h1:7000,h2:7001   (or redis://h1:7000,h2:7001: a node list is a cluster)
 
 Conveyor's own query options are taken off before redis-py sees the URL:
@@ -33,11 +34,9 @@ DEFAULT_TIMEOUT = 5.0  # seconds: a command, a connect, or an enqueue while Redi
 _OWN_OPTIONS = {"allow_eviction", "timeout"}
 # The options a Sentinel or Cluster URL takes besides Conveyor's own. The Sentinels'
 # own password, where they have one (Bitnami's chart sets it, as the data nodes'): the
-# URL's password is the data nodes'. TLS files and checking, for rediss+cluster.
-_OPTIONS_OF = {
-    "sentinel": {"sentinel_password", "sentinel_username"},
-    "cluster": {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"},
-}
+# URL's password is the data nodes'. TLS files and checking, over TLS (rediss+).
+_TLS_FILES = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"}
+_OPTIONS_OF = {"sentinel": {"sentinel_password", "sentinel_username"}, "cluster": set[str]()}
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -69,17 +68,17 @@ def parse_redis_url(url: str) -> RedisTarget:
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     hosts = parts.netloc.rsplit("@", 1)[-1]
-    tls = scheme in {"rediss", "rediss+cluster"}
-    if scheme == "redis+sentinel":
+    tls = scheme in {"rediss", "rediss+cluster", "rediss+sentinel"}
+    if scheme in {"redis+sentinel", "rediss+sentinel"}:
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ConfigError(f"Sentinel URL {_safe(url)!r} names no service: add /mymaster")
         db = _db(path[1] if len(path) > 1 else "0", url)
         return RedisTarget("sentinel", "", _nodes(hosts, 26379, url), path[0], password, username, db,
-                           False, timeout, allow, _taken(options, "sentinel", url))  # fmt: skip
+                           tls, timeout, allow, _taken(options, "sentinel", url, tls))  # fmt: skip
     if scheme in {"redis+cluster", "rediss+cluster"} or (scheme in {"redis", "rediss"} and "," in hosts):
         return RedisTarget("cluster", "", _nodes(hosts, 6379, url), "", password, username, 0,
-                           tls, timeout, allow, _taken(options, "cluster", url))  # fmt: skip
+                           tls, timeout, allow, _taken(options, "cluster", url, tls))  # fmt: skip
     if scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"not a Redis URL: {_safe(url)!r}")
     clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(options), parts.fragment))
@@ -111,19 +110,21 @@ def connect(target: RedisTarget) -> Any:
     if target.kind == "server":
         return redis.Redis.from_url(target.url, **common)
     auth: dict[str, Any] = {"password": target.password, "username": target.username}
+    options = dict(target.options)
+    tls: dict[str, Any] = {name: options.pop(name) for name in _TLS_FILES if name in options}
+    if target.tls:
+        tls["ssl"] = True
     if target.kind == "sentinel":
-        own = dict(target.options)
-        sentinel_options: dict[str, Any] = {"socket_timeout": target.timeout}
-        if own:  # either alone counts: an ACL user may need no password ("nopass")
-            sentinel_options["password"] = own.get("sentinel_password")
-            sentinel_options["username"] = own.get("sentinel_username")
+        sentinel_options: dict[str, Any] = {"socket_timeout": target.timeout, **tls}
+        if options:  # either alone counts: an ACL user may need no password ("nopass")
+            sentinel_options["password"] = options.get("sentinel_password")
+            sentinel_options["username"] = options.get("sentinel_username")
         # Through Any: redis-py types these calls from 8.2 on, and left them untyped before.
-        sentinel = cast(Any, Sentinel)(list(target.nodes), sentinel_kwargs=sentinel_options, **common)
+        sentinel = cast(Any, Sentinel)(list(target.nodes), sentinel_kwargs=sentinel_options, **common, **tls)
         return sentinel.master_for(target.service, db=target.db, **auth)
     nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
     common.pop("health_check_interval")
-    tls_files: dict[str, Any] = dict(target.options)
-    return RedisCluster(startup_nodes=nodes, ssl=target.tls, **auth, **common, **tls_files)
+    return RedisCluster(startup_nodes=nodes, **auth, **common, **tls)
 
 
 def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
@@ -140,14 +141,15 @@ def _nodes(hosts: str, default_port: int, url: str) -> tuple[tuple[str, int], ..
     return tuple(nodes)
 
 
-def _taken(options: dict[str, str], kind: str, url: str) -> tuple[tuple[str, str], ...]:
+def _taken(options: dict[str, str], kind: str, url: str, tls: bool) -> tuple[tuple[str, str], ...]:
     """The query options a Sentinel or Cluster URL may carry; ConfigError for any other."""
-    allowed = _OPTIONS_OF[kind]
+    allowed = _OPTIONS_OF[kind] | (_TLS_FILES if tls else set())
     for name in options:
         if name not in allowed:
             known = ", ".join(sorted(allowed | _OWN_OPTIONS))
+            hint = f" (over TLS: rediss+{kind}://)" if name in _TLS_FILES else ""
             raise ConfigError(
-                f"Redis URL {_safe(url)!r}: a {kind} URL takes no option {name!r}; it takes {known}"
+                f"Redis URL {_safe(url)!r}: a {kind} URL takes no option {name!r}{hint}; it takes {known}"
             )
     return tuple(sorted(options.items()))
 
