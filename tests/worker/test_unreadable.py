@@ -133,3 +133,36 @@ def test_a_lost_claim_whose_jobs_cannot_be_listed_is_left_to_the_lease(
     assert "could not list the jobs a lost claim may have leased" in caplog.text
     assert first.refresh().state is JobState.ACTIVE  # its lease runs out in 30 s
     app.close()
+
+
+def test_a_flow_parent_that_cannot_be_settled_does_not_stop_the_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settling a finished child's parent fails for a reason other than an outage (a
+    parent row it cannot read): the worker logs it and goes on, and maintenance settles
+    the parent later. Raised, it used to stop the worker."""
+    from conveyor import chain
+    from conveyor.flows import settle
+
+    app = Conveyor("memory://")
+    failures = list[int]()
+
+    def flaky(*args: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise ValueError("a row that cannot be read")
+        return settle(*args)
+
+    @app.task
+    def echo(text: str) -> str:
+        return text
+
+    monkeypatch.setattr("conveyor.worker.worker.settle", flaky)
+    monkeypatch.setattr("conveyor.worker.maintenance._FLOWS_EVERY", 0.0)  # settle at every sweep
+    last = chain(echo.s("first"), echo.s()).enqueue()
+    with caplog.at_level(logging.ERROR, "conveyor.worker"), running(app, lease_timeout=1):
+        assert echo.enqueue("after").result(timeout=10) == "after"
+        assert last.result(timeout=10) == "first"  # settled by a later sweep
+    assert failures == [1]
+    assert "could not settle 1 flow job(s); maintenance will try again" in caplog.text
+    app.close()

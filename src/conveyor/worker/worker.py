@@ -923,6 +923,9 @@ class Worker:
             records = await in_thread(self._store, self.app.backend.get, [outcomes[i].job_id for i in ran])
         except BackendUnavailable:
             return fences  # as answered: the results are logged as discarded
+        except Exception:  # a row it cannot read: as answered too, and the worker goes on
+            log.exception("could not read back %d job(s) whose store was sent again", len(ran))
+            return fences
         fixed = list(fences)
         for (i, attempt), record in zip(ran.items(), records, strict=True):
             if record is not None and _stored_as(outcomes[i], record, attempt):
@@ -935,6 +938,8 @@ class Worker:
             await in_thread(self._store, settle, self.app.backend, parents)
         except BackendUnavailable as exc:
             log.error("could not settle %d flow job(s); maintenance will: %s", len(parents), exc)
+        except Exception:  # a parent row it cannot read: raised, it stopped the worker
+            log.exception("could not settle %d flow job(s); maintenance will try again", len(parents))
 
     async def _wait_for_work(self) -> None:
         """Block in the waiter thread until the engine signals work, or a job of ours ends.
