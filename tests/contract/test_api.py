@@ -417,6 +417,52 @@ def test_nul_characters_anywhere_never_stop_the_worker(app: Conveyor) -> None:
     )
 
 
+def test_a_line_logged_just_before_a_sync_task_returns_is_kept(app: Conveyor) -> None:
+    """The heartbeat's renewal carries the line while the task returns, and the store of
+    its end must not overtake it: the engine would refuse the line, as the job's lease
+    is gone. Until the second session of 2026-12-07 it did, on 3 to 6 of the 9 engines."""
+
+    @app.task
+    def step(i: int) -> int:
+        job = current_job()
+        job.log("done", step=i)
+        job.progress(1.0)
+        job.heartbeat()
+        return i
+
+    jobs = step.enqueue_many([(i,) for i in range(10)])
+    with running(app, concurrency=10):
+        assert [job.result(timeout=10) for job in jobs] == list(range(10))
+    assert [[line.fields for line in job.logs()] for job in jobs] == [[{"step": i}] for i in range(10)]
+    assert {job.refresh().progress for job in jobs} == {1.0}
+
+
+def test_nan_and_infinity_in_log_fields_and_meta_are_stored(app: Conveyor) -> None:
+    """A log line's fields and meta may hold NaN and infinities (a training loss, say).
+    PostgreSQL's jsonb has no such numbers, so it keeps the words JSON writes for them;
+    every other engine gives the numbers back. Until the second session of 2026-12-07
+    a renewal carrying such a line stopped the worker on PostgreSQL, and such meta was
+    refused with psycopg's own error."""
+
+    @app.task
+    def train() -> str:
+        job = current_job()
+        job.log("epoch", loss=math.nan, best=-math.inf)
+        job.heartbeat()  # the line goes with a lease renewal
+        return "trained"
+
+    job = train.options(meta={"budget": math.inf}).enqueue()
+    with running(app):
+        assert job.result(timeout=10) == "trained"
+        assert train.enqueue().result(timeout=10) == "trained"  # the worker is still at work
+    [line] = job.logs()
+    loss, best, budget = line.fields["loss"], line.fields["best"], job.refresh().meta["budget"]
+    if isinstance(loss, str):  # PostgreSQL
+        assert (loss, best, budget) == ("NaN", "-Infinity", "Infinity")
+    else:
+        assert math.isnan(loss) and best == -math.inf and budget == math.inf
+
+
 def test_payload_that_does_not_decode_goes_dead(app: Conveyor) -> None:
     @app.task
     def fine() -> str:

@@ -4,12 +4,14 @@ refused one is stored as its job's death."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 
 import pytest
 
-from conveyor import Conveyor, JobFailed
-from conveyor.backends.base import Fence, Outcome
+from conveyor import Conveyor, JobFailed, current_job
+from conveyor.backends.base import Fence, Outcome, Renewal
 from conveyor.job import JobState
 from tests.conftest import running
 
@@ -104,4 +106,39 @@ def test_a_refused_retry_stays_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     [first] = job.refresh().attempts
     assert first.error.startswith("StoreRefused: the engine could not store this attempt's outcome: ")
     assert "cannot store this traceback" in first.error and first.traceback is None
+    app.close()
+
+
+def test_a_renewal_refused_for_its_log_lines_is_sent_without_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine refuses a lease renewal for a log line it carries: the renewal goes
+    again without progress and lines, the job keeps its lease and ends, and the worker
+    goes on. Raised, the refusal stopped the worker, leases and all."""
+    app = Conveyor("memory://")
+    extend = app.backend.extend_leases
+    refused, seen = list[int](), threading.Event()
+
+    def picky(renewals: Sequence[Renewal], lease_seconds: float) -> list[Fence]:
+        if any(line.message == "poison" for r in renewals for line in r.logs):
+            refused.append(len(renewals))
+            seen.set()
+            raise ValueError("cannot store this line")
+        return extend(renewals, lease_seconds)
+
+    @app.task
+    def chatty() -> str:
+        job = current_job()
+        job.log("poison")
+        job.heartbeat()
+        seen.wait(5)  # the renewal carrying the line goes while the task still runs
+        return "done"
+
+    monkeypatch.setattr(app.backend, "extend_leases", picky)
+    job = chatty.enqueue()
+    with caplog.at_level(logging.ERROR, "conveyor.worker"), running(app):
+        assert job.result(timeout=10) == "done"
+        assert chatty.enqueue().result(timeout=10) == "done"  # still at work
+    assert refused and job.logs() == []
+    assert "renewing without them: ValueError('cannot store this line')" in caplog.text
     app.close()

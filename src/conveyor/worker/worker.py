@@ -773,6 +773,7 @@ class Worker:
 
     async def _flush(self) -> bool:
         """Store finished attempts; keeps them (and retries) on engine errors. False: give up."""
+        await self._leases.quiet()  # the renewal on its way may carry these jobs' last lines
         outcomes, self._outcomes = self._outcomes, []
         if self._emit is not None:
             self._in_store = frozenset(o.job_id for o in outcomes)

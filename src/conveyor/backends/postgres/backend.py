@@ -10,6 +10,7 @@ as a fallback, so nothing depends on a notification arriving.
 from __future__ import annotations
 
 import json
+import math
 import random
 import secrets
 import time
@@ -734,22 +735,31 @@ def _text(value: str | None) -> str | None:
 
 
 def _json_or_none(value: dict[str, Any]) -> str | None:
+    """Meta or a log line's fields as jsonb takes them (see _storable)."""
     if not value:
         return None
-    text = json.dumps(value, default=str, separators=(",", ":"))
+    try:
+        text = json.dumps(value, default=str, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere (or a cycle, which stays an error)
+        return json.dumps(_storable(value), default=str, separators=(",", ":"), allow_nan=False)
     if "\\u0000" in text:  # rare: the NULs go before encoding, so an escaped backslash stays
-        text = json.dumps(_without_nul(value), default=str, separators=(",", ":"))
+        text = json.dumps(_storable(value), default=str, separators=(",", ":"))
     return text
 
 
-def _without_nul(value: Any) -> Any:
-    """`value` with NUL replaced in every string, keys included (see _NUL)."""
+def _storable(value: Any) -> Any:
+    """`value` as jsonb can hold it: NUL replaced in every string, keys included (see
+    _NUL), and NaN, Infinity and -Infinity, which JSON has no number for, as those
+    words. A NaN in a log line's fields (a training loss, say) made every lease renewal
+    carrying it fail, and until the second session of 2026-12-07 stopped the worker."""
     if isinstance(value, str):
         return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity" or "-Infinity"
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {_storable(k): _storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_without_nul(v) for v in value]
+        return [_storable(v) for v in value]
     return value
 
 
