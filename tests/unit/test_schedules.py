@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -112,3 +114,34 @@ def test_memory_backend_enqueue_tick_is_monotonic() -> None:
     assert backend.enqueue_tick("s", 20.0, job) is None
     assert backend.enqueue_tick("s", 10.0, job) is None  # an older tick never runs late
     assert backend.enqueue_tick("s", 30.0, job) is not None
+
+
+def test_a_tick_that_cannot_be_enqueued_is_logged_and_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine refuses a tick's job for what it holds (not because it is away): the
+    scheduler logs the traceback and tries again, where the error used to end its task,
+    and with it the worker."""
+    clock = FakeClock(start=1_000_000.0)
+    app = Conveyor("memory://", clock=clock)
+
+    @app.periodic(every=10, name="often")
+    def often() -> None:
+        return None
+
+    enqueue_tick, refusals = app.backend.enqueue_tick, list[int]()
+
+    def refuse_once(*args: Any) -> Any:
+        if not refusals:
+            refusals.append(1)
+            raise ValueError("cannot store this job")
+        return enqueue_tick(*args)
+
+    monkeypatch.setattr(app.backend, "enqueue_tick", refuse_once)
+    scheduler = _scheduler(app, clock)
+    schedule = app.schedules[0]
+    with caplog.at_level(logging.ERROR, "conveyor.scheduler"):
+        assert asyncio.run(scheduler.tick(schedule, clock.now())) is None
+    assert "schedule often: could not enqueue the tick of" in caplog.text and "Traceback" in caplog.text
+    assert asyncio.run(scheduler.tick(schedule, clock.now())) is not None  # the same tick, again
+    scheduler.thread.shutdown()

@@ -137,6 +137,9 @@ class Scheduler:
         except BackendUnavailable as exc:
             log.error("schedule %s: could not enqueue the tick of %s: %s", schedule.name, _iso(tick), exc)
             return None
+        except Exception:  # a job it cannot build or the engine refuses: raised, it stopped the worker
+            log.exception("schedule %s: could not enqueue the tick of %s", schedule.name, _iso(tick))
+            return None
         self._handled[schedule.name] = tick
         if job_id is not None:
             log.info("schedule %s: enqueued job %s for %s", schedule.name, job_id, _iso(tick))
