@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import BackendUnavailable
-
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
 
@@ -141,7 +139,9 @@ class EventPublisher:
         for start in range(0, len(batch), _BATCH):
             try:
                 self.backend.publish(batch[start : start + _BATCH])
-            except BackendUnavailable as exc:
+            except Exception as exc:  # away, or refusing what the events hold (a bug)
+                # Anything else raised ended this thread silently, and every later emit
+                # piled up in its queue for good.
                 self._drops.refused(len(batch) - start, exc)
                 return
         if batch:
@@ -156,7 +156,7 @@ class _Drops:
         self._unreported = 0  # dropped since the last warning
         self._warned_at: float | None = None  # None: the last write worked
 
-    def refused(self, count: int, exc: BackendUnavailable) -> None:
+    def refused(self, count: int, exc: Exception) -> None:
         now = time.monotonic()
         if self._warned_at is None:
             log.warning(

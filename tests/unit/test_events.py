@@ -85,3 +85,29 @@ def test_a_refused_slice_drops_the_rest_of_its_gathering_without_offering_it(
         publisher.close()  # joins the thread: its refusal is logged
     assert engine.calls == [500]
     assert _dropped_lines(caplog)[0].startswith("dropped 1200 event(s)")
+
+
+def test_an_unexpected_publish_error_drops_the_events_and_the_publisher_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A publish that raises something other than BackendUnavailable (a bug): those
+    events are dropped and said so, and later ones are written. It used to end the
+    publisher's thread silently, and every later event piled up in its queue."""
+
+    class Buggy(Refusing):
+        def publish(self, entries: Sequence[Entry]) -> None:
+            if self.down:
+                with self._lock:
+                    self.calls.append(len(entries))
+                raise TypeError("not JSON serializable")
+            super().publish(entries)
+
+    engine = Buggy()
+    publisher = EventPublisher(engine)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="conveyor.events"):
+        _emit_and_wait(publisher, engine, [_event(1)])
+        engine.down = False
+        _emit_and_wait(publisher, engine, [_event(2)])
+        publisher.close()
+    assert engine.written == ["q:2"]
+    assert "dropped 1 event(s) (more drops are summed up every 10 s): not JSON serializable" in caplog.text
