@@ -168,3 +168,27 @@ def test_a_flow_parent_that_cannot_be_settled_does_not_stop_the_worker(
     assert failures == [1]
     assert "could not settle 1 flow job(s); maintenance will try again" in caplog.text
     app.close()
+
+
+def test_a_stop_whose_unregistering_fails_still_ends_cleanly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removing the worker from the engine's list fails for a reason other than an
+    outage as it stops: logged, and the worker still exits 0 (running() checks it)."""
+    app = Conveyor("memory://")
+    report = app.backend.report_worker
+
+    def no_removal(info: Any, *, remove: str | None = None) -> Any:
+        if remove is not None:
+            raise ValueError("cannot remove this worker")
+        return report(info)
+
+    @app.task
+    def echo(text: str) -> str:
+        return text
+
+    monkeypatch.setattr(app.backend, "report_worker", no_removal)
+    with caplog.at_level(logging.ERROR, "conveyor.worker"), running(app):
+        assert echo.enqueue("hello").result(timeout=10) == "hello"
+    assert "could not unregister worker" in caplog.text and "cannot remove this worker" in caplog.text
+    app.close()

@@ -462,6 +462,8 @@ class Worker:
             await in_thread(self._db, self.app.backend.report_worker, None, remove=self.id)
         except BackendUnavailable as exc:
             log.warning("could not unregister worker: %s", exc)
+        except Exception:  # the stop goes on: the entry ages out of the list of workers
+            log.exception("could not unregister worker")
         log.info("worker %s stopped after %d job(s)", self.id, self.processed)
 
     async def _hand_back(self, claimed: list[JobRecord]) -> None:
@@ -470,6 +472,8 @@ class Worker:
             await in_thread(self._store, self.app.backend.finish, back)
         except BackendUnavailable as exc:
             log.error("could not hand back %d job(s); they run again after their lease: %s", len(back), exc)
+        except Exception:  # the engine refused them: the same, and the worker goes on
+            log.exception("could not hand back %d job(s); they run again after their lease", len(back))
 
     # -- the pump ----------------------------------------------------------
     async def _pump(self) -> None:
