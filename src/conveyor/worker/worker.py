@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -33,7 +34,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.backends.base import AsyncWork, Backend, Fence, JobQuery, Outcome, OutcomeKind, WorkerInfo
@@ -155,14 +156,21 @@ class ClaimFault(BackendUnavailable):
     outage; it used to stop, and a restarted worker met the same error."""
 
 
-def _claim_call(claim: Callable[..., list[JobRecord]], *args: Any) -> list[JobRecord]:
-    """`claim(*args)`, an engine claim in an engine thread, its faults as ClaimFault."""
+@contextlib.contextmanager
+def _claim_faults() -> Iterator[None]:
+    """Around an engine claim, sync or async: its faults raised as ClaimFault."""
     try:
-        return claim(*args)
+        yield
     except BackendUnavailable:
         raise
     except Exception as exc:
         raise ClaimFault(f"the engine failed to claim: {exc!r}") from exc
+
+
+def _claim_call(claim: Callable[..., list[JobRecord]], *args: Any) -> list[JobRecord]:
+    """`claim(*args)`, an engine claim in an engine thread, its faults as ClaimFault."""
+    with _claim_faults():
+        return claim(*args)
 
 
 def _stored_as(outcome: Outcome, record: JobRecord, attempt: int) -> bool:
@@ -578,14 +586,10 @@ class Worker:
         return claimed
 
     async def _aio_claim(self, want: int, lease: float) -> list[JobRecord]:
-        """The engine's async claim, its faults as ClaimFault (see _claim_call)."""
+        """The engine's async claim, its faults as ClaimFault."""
         assert self._aio is not None
-        try:
+        with _claim_faults():
             return await self._aio.claim(self.id, self.queues, want, lease)
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
-            raise ClaimFault(f"the engine failed to claim: {exc!r}") from exc
 
     async def _claim_streamed(self, sizes: list[int], lease: float) -> list[JobRecord]:
         """One claim as consecutive parts (see _LONG_JOB), each part's jobs started as
