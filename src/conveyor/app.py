@@ -311,7 +311,7 @@ class Conveyor:
 
     async def aenqueue(self, name: str, *args: Any, **kwargs: Any) -> Job[Any]:
         """`enqueue` by name from async code."""
-        return await asyncio.to_thread(self.enqueue, name, *args, **kwargs)
+        return await self.ref(name).aenqueue(*args, **kwargs)
 
     def submit_many(
         self, task: str, defaults: JobOptions, options: JobOptions, items: Iterable[Any]
@@ -394,10 +394,32 @@ class Conveyor:
             new.limit_key = None if value is None else str(value)
         return new
 
+    async def asubmit(self, calls: Sequence[Signature], defaults: JobOptions) -> list[Job[Any]]:
+        """`submit` for async code: the engine call is awaited on the running loop where
+        the engine can (see Backend.aenqueue), else made in a thread."""
+        backend = self._backend
+        if backend is None or _TRANSACTION.get() is not None:
+            # Opening the engine connects, a blocking call; a transaction's connection is sync.
+            return await asyncio.to_thread(self.submit, calls, defaults)
+        now = self.clock.now()
+        news = [self._new_job(call, defaults, now) for call in calls]
+        stored = await backend.aenqueue(news)
+        found = [s.id for s in stored if not s.created]  # a unique key's holder, to read
+        existing = await asyncio.to_thread(self._existing, found) if found else {}
+        return self._handles(news, stored, existing, now)
+
     def _submit(self, news: list[NewJob], now: float) -> list[Job[Any]]:
         stored = self._store(news)
         found = [s.id for s in stored if not s.created]
-        existing = dict(zip(found, self.backend.get(found), strict=True)) if found else {}
+        return self._handles(news, stored, self._existing(found) if found else {}, now)
+
+    def _existing(self, ids: list[str]) -> dict[str, JobRecord | None]:
+        return dict(zip(ids, self.backend.get(ids), strict=True))
+
+    def _handles(
+        self, news: list[NewJob], stored: list[Enqueued], existing: dict[str, JobRecord | None], now: float
+    ) -> list[Job[Any]]:
+        """Handles for stored jobs (a unique key's holder as read), and their events."""
         links: Sequence[Links | None] = flow_links(news, [w.id for w in stored]) or [None] * len(news)
         jobs: list[Job[Any]] = []
         for new, where, link in zip(news, stored, links, strict=True):

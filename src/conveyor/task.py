@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -219,8 +218,9 @@ class Task(Generic[P, R]):
         return self.app.submit([Signature(self.name, args, kwargs)], self.defaults)[0]
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        """`enqueue` for async code: the engine call runs off the event loop."""
-        return await asyncio.to_thread(self.enqueue, *args, **kwargs)
+        """`enqueue` for async code: awaited on the running loop where the engine has an
+        async driver (PostgreSQL, Redis), else made in a thread; never blocks the loop."""
+        return (await self.app.asubmit([Signature(self.name, args, kwargs)], self.defaults))[0]
 
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
         """Enqueue many calls in one round trip: each item is an args tuple, a kwargs
@@ -264,7 +264,8 @@ class BoundTask(Generic[P, R]):
         return self.task.app.submit([sig], self.task.defaults)[0]
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        return await asyncio.to_thread(self.enqueue, *args, **kwargs)
+        sig = Signature(self.task.name, args, kwargs, self.opts)
+        return (await self.task.app.asubmit([sig], self.task.defaults))[0]
 
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job[R]]:
         return self.task.app.submit_many(self.task.name, self.task.defaults, self.opts, calls)

@@ -58,6 +58,74 @@ def test_aenqueue_and_aresult(app: Conveyor) -> None:
         assert asyncio.run(produce()) == 42
 
 
+def test_aenqueue_stores_what_enqueue_stores_from_any_loop(app: Conveyor) -> None:
+    """Each asyncio.run is a new loop, and threads run loops of their own: the engines'
+    async paths serve them all, and store jobs exactly as the sync path does."""
+
+    @app.task(queue="media", retries=2)
+    def render(brief: str) -> str:
+        return brief
+
+    options = {"priority": 5, "meta": {"brief_id": "7"}, "timeout": 30.0, "delay": 3600}
+    synced = render.options(**options).enqueue("a")
+
+    async def produce(word: str) -> str:
+        return (await render.options(**options).aenqueue(word)).id
+
+    awaited = [app.get_job(asyncio.run(produce(w))) for w in ("b", "c")]
+    from_threads: list[str] = []
+
+    def in_a_thread() -> None:
+        from_threads.append(asyncio.run(produce("d")))
+
+    threads = [threading.Thread(target=in_a_thread) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(set(from_threads)) == 3
+    for job in [*awaited, *map(app.get_job, from_threads)]:
+        assert (job.task, job.queue, job.state, job.priority, job.max_attempts, job.meta) == (
+            synced.task, synced.queue, JobState.SCHEDULED, 5, 3, {"brief_id": "7"}
+        )  # fmt: skip
+        stored, expected = job.record, app.get_job(synced.id).record
+        assert stored.timeout == expected.timeout == 30.0
+        assert stored.run_at - stored.enqueued_at == pytest.approx(3600, abs=1)
+
+
+def test_aenqueue_many_at_once_each_stored_once(app: Conveyor) -> None:
+    """More concurrent calls than an async path keeps connections for (16 on Redis, the
+    pool's size on PostgreSQL): the rest take the threaded path; each job is stored once."""
+
+    @app.task
+    async def double(x: int) -> int:
+        return x * 2
+
+    async def produce() -> list[Any]:
+        jobs = await asyncio.gather(*(double.aenqueue(i) for i in range(60)))
+        return [await job.aresult(timeout=20) for job in jobs]
+
+    double.enqueue(-1)  # the engine opened: the first call from a loop may not open it
+    with running(app, concurrency=20):
+        assert asyncio.run(produce()) == [2 * i for i in range(60)]
+    assert len(app.jobs(limit=100)) == 61
+
+
+def test_aenqueue_with_a_unique_key_returns_the_holder(app: Conveyor) -> None:
+    @app.task
+    def render(brief: str) -> str:
+        return brief
+
+    async def produce() -> tuple[str, str]:
+        first = await render.options(unique_key="brief-7").aenqueue("7")
+        second = await render.options(unique_key="brief-7").aenqueue("8")
+        return first.id, second.id
+
+    first, second = asyncio.run(produce())
+    assert first == second
+    assert app.get_job(first).args == ["7"]
+
+
 def test_enqueue_by_name_needs_no_task_code(app: Conveyor, url: str) -> None:
     @app.task(name="billing.charge")
     def charge(amount: int) -> str:

@@ -42,6 +42,7 @@ from conveyor.backends.base import (
     read_stored,
     translate_errors,
 )
+from conveyor.backends.postgres.anyloop import AnyLoopConnections
 from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
 from conveyor.backends.postgres.listener import Listener
@@ -95,6 +96,7 @@ class PostgresBackend(Backend):
             name=f"conveyor-{self.schema}",
             open=False,
         )
+        self._anyloop = AnyLoopConnections(target.conninfo, self.connect_options, target.pool, target.timeout)
         self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
         self._events = Aside(target.conninfo, self.connect_options)  # the event publisher's
         vacuum_at = {f"{self.schema}.jobs": target.vacuum, f"{self.schema}.events": EVENTS_DEAD}
@@ -197,10 +199,32 @@ class PostgresBackend(Backend):
             },
         )
 
+    @_guarded
+    async def aenqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Jobs without unique keys or flows, in one statement on a connection any loop
+        may borrow (see anyloop.py); the rest, or every connection lent, in a thread."""
+        if not jobs or not all(job.unique_key is None and job.parent is None for job in jobs):
+            return await super().aenqueue(jobs)
+        conn = await self._anyloop.borrow()
+        if conn is None:
+            return await super().aenqueue(jobs)
+        clean = False
+        try:
+            cursor = await conn.execute(*self._insert_statement(jobs))
+            rows = await cursor.fetchall()
+            clean = True
+        finally:
+            self._anyloop.give_back(conn, clean=clean)
+        return [Enqueued(i, True) for i in _ids_in_order(rows, len(jobs))]
+
     def _insert(self, conn: Executor, jobs: Sequence[NewJob]) -> list[str]:
+        rows = conn.execute(*self._insert_statement(jobs)).fetchall()
+        return _ids_in_order(rows, len(jobs))
+
+    def _insert_statement(self, jobs: Sequence[NewJob]) -> tuple[str, Params]:
+        """The one INSERT that stores `jobs` (no unique keys): scalars for one job."""
         if len(jobs) == 1:
-            row = conn.execute(self._q["insert_one"], self._scalars(jobs[0])).fetchone()
-            return [str(row[0])] if row else []
+            return self._q["insert_one"], self._scalars(jobs[0])
         params = {
             "at": self._at(),
             "task": [j.task for j in jobs],
@@ -214,8 +238,7 @@ class PostgresBackend(Backend):
             "meta": [_json_or_none(j.meta) for j in jobs],
             "limit_key": [j.limit_key for j in jobs],
         }
-        rows = conn.execute(self._q["insert"], params).fetchall()
-        return _ids_in_order(rows, len(jobs))
+        return self._q["insert"], params
 
     def _scalars(self, job: NewJob) -> dict[str, Any]:
         return {
@@ -691,6 +714,7 @@ class PostgresBackend(Backend):
         self._listener.close()
         self._events.close()
         self._pool.close()
+        self._anyloop.close()
 
 
 def migrate_database(url: str, prefix: str = "conveyor") -> tuple[list[int], int]:
