@@ -53,6 +53,7 @@ from conveyor.backends.base import (
     read_stored,
     translate_errors,
 )
+from conveyor.backends.redis.anyloop import AnyLoopLane
 from conveyor.backends.redis.connect import connect, parse_redis_url
 from conveyor.backends.redis.lane import Lane
 from conveyor.backends.redis.prelude import db_suffix
@@ -147,6 +148,9 @@ class RedisBackend(Backend):
         self._channel_end = db_suffix(db)  # pub/sub spans databases (see DB in _lib.lua)
         self._s: dict[str, Any] = {name: self._r.register_script(load_script(name, db)) for name in _SCRIPTS}
         self._lane = None if self._cluster else Lane(self._r)  # the hot path's calls
+        # Producers' aenqueue, on any loop; not on Cluster (routed by slot) nor over TLS.
+        served = self._lane is not None and AnyLoopLane.serves(self._r)
+        self._anyloop = AnyLoopLane(self._r) if served else None
         self._seq_key = f"{prefix}:seq"
         self._queues_key = f"{prefix}:queues"
         self._workers_key = f"{prefix}:workers"
@@ -256,14 +260,34 @@ class RedisBackend(Backend):
     def _enqueue_one(self, job: NewJob) -> Enqueued:
         """A single plain job (see _plain) through enqueue_one.lua: a quarter less server
         time than the batch script (see its header)."""
+        args = self._one_args(job)
+        seq = self._script("enqueue_one", self._keys(job.queue), args, _resent(args, 0))
+        return Enqueued(f"{job.queue}:{seq}", True)
+
+    def _one_args(self, job: NewJob) -> list[Any]:
         self._register([job.queue])
         now = _num(self.clock.now())
         meta = json.dumps(job.meta, separators=(",", ":")) if job.meta else _EMPTY_META
         run_at = now if job.run_at is None else repr(job.run_at)
-        args = [self._first_seq(1), now, job.task, job.payload, str(job.priority), str(job.max_attempts),
+        return [self._first_seq(1), now, job.task, job.payload, str(job.priority), str(job.max_attempts),
                 str(job.retries), _num(job.timeout), run_at, meta, job.queue]  # fmt: skip
-        seq = self._script("enqueue_one", self._keys(job.queue), args, _resent(args, 0))
-        return Enqueued(f"{job.queue}:{seq}", True)
+
+    @_guarded
+    async def aenqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """A single plain job awaited on the running loop (see anyloop.py); anything else,
+        or every connection lent, in a thread."""
+        lane = self._anyloop
+        link = lane.borrow() if lane is not None and len(jobs) == 1 and _plain(jobs[0]) else None
+        if lane is None or link is None:
+            return await super().aenqueue(jobs)
+        job, clean = jobs[0], False
+        try:
+            args = self._one_args(job)
+            seq = await lane.run(link, self._s["enqueue_one"], self._keys(job.queue), args, _resent(args, 0))
+            clean = True
+        finally:
+            lane.give_back(link, clean=clean)
+        return [Enqueued(f"{job.queue}:{seq}", True)]
 
     def _job_args(self, job: NewJob, now: str) -> tuple[str, ...]:
         return (
@@ -837,6 +861,8 @@ class RedisBackend(Backend):
         self._waker.close()
         if self._lane is not None:
             self._lane.close()
+        if self._anyloop is not None:
+            self._anyloop.close()
         self._r.close()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.commands.core import Script
@@ -33,12 +33,27 @@ except ImportError:  # pragma: no cover - plain redis-py
     _pack = None  # type: ignore[assignment]
 
 
-def _load(script: Script) -> tuple[Any, ...]:
+def load_command(script: Script) -> tuple[Any, ...]:
     """SCRIPT LOAD, written ahead of the calls it serves on the same connection: the
     server lost the script (restart, SCRIPT FLUSH) or is another one (a failover, or a
     replica that resynced), and a load sent on its own could land on a different server
     than the call after it, if the call's connection is renewed in between."""
     return ("SCRIPT", "LOAD", script.script)
+
+
+def checked(replies: list[Any], disconnect: Callable[[], None]) -> list[Any]:
+    """`replies`, all read, or the first error among them raised. A read-only error means
+    the server was demoted to a replica (a failover behind one address, as ElastiCache's
+    primary endpoint does): `disconnect` drops the connection, so a new one finds the new
+    primary, and the error is a connection error. A replica refuses a script at its
+    first write, so nothing ran."""
+    for reply in replies:
+        if isinstance(reply, ReadOnlyError):
+            disconnect()
+            raise RedisConnectionError(f"the server is a read-only replica now (failed over?): {reply}")
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
 
 
 class Lane:
@@ -64,7 +79,7 @@ class Lane:
             )
         except NoScriptError:  # maybe on the resend, so the first may have run: send `again`
             command = ("EVALSHA", script.sha, len(keys), *keys, *again)
-            _, reply = self._twice([_load(script), command], [_load(script), command])
+            _, reply = self._twice([load_command(script), command], [load_command(script), command])
         return reply
 
     def run_each(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
@@ -77,8 +92,8 @@ class Lane:
 
         try:
             return self._twice(commands(), commands())
-        except NoScriptError:  # see _load
-            return self._twice([_load(script), *commands()], [_load(script), *commands()])[1:]
+        except NoScriptError:  # see load_command
+            return self._twice([load_command(script), *commands()], [load_command(script), *commands()])[1:]
 
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
@@ -129,16 +144,7 @@ class Lane:
         except BaseException:
             conn.disconnect()
             raise
-        for reply in replies:
-            if isinstance(reply, ReadOnlyError):
-                # The server was demoted to a replica (a failover behind one address, as
-                # ElastiCache's primary endpoint does): a new connection finds the new
-                # primary. A replica refuses a script at its first write, so nothing ran.
-                conn.disconnect()
-                raise RedisConnectionError(f"the server is a read-only replica now (failed over?): {reply}")
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
+        return checked(replies, conn.disconnect)
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)

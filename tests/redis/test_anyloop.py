@@ -1,0 +1,115 @@
+"""The producers' async path on Redis (anyloop.py): a loop's own socket calls on
+redis-py's connections, healed and fenced as the sync lane is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import BackendUnavailable, Conveyor
+from conveyor.backends.redis.backend import RedisBackend
+from tests.redis import servers
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[servers.Server]:
+    """A server of the test's own: these tests flush scripts, pause clients and stop it."""
+    servers.need_binaries()
+    # Every write is on disk before Redis answers, so a restart keeps what was acknowledged.
+    own = servers.server(tmp_path / "aof", "--appendonly", "yes", "--appendfsync", "always")
+    yield own
+    own.stop()
+
+
+def _app(server: servers.Server, timeout: float = 2.0) -> Conveyor:
+    app = Conveyor(f"redis://127.0.0.1:{server.port}/0?timeout={timeout:g}", prefix="aio")
+    app.enqueue("t.opened", 0)  # the engine opened (the first call from a loop would open it in a thread)
+    return app
+
+
+def _lane(app: Conveyor) -> object:
+    backend = app.backend
+    assert isinstance(backend, RedisBackend) and backend._anyloop is not None
+    return backend._anyloop
+
+
+def test_one_connection_serves_every_loop_and_heals(server: servers.Server) -> None:
+    """Calls from new loops reuse the idle connection; one the server dropped is opened
+    again and the call sent once more; a flushed script is loaded again."""
+    app = _app(server)
+    lane = _lane(app)
+    ids = [asyncio.run(app.aenqueue("t.a", i)).id for i in range(3)]
+    assert (lane._open, len(lane._idle)) == (1, 1)  # type: ignore[attr-defined]
+    server.client().client_kill_filter(_type="normal", skipme=True)  # as a restart or idle timeout would
+    ids.append(asyncio.run(app.aenqueue("t.a", 3)).id)
+    server.client().script_flush()
+    ids.append(asyncio.run(app.aenqueue("t.a", 4)).id)
+    assert [app.get_job(i).args for i in ids] == [[i] for i in range(5)]
+    assert len(app.jobs(limit=10)) == 6  # each stored once, beside the opening job
+    app.close()
+    assert lane._open == 0  # type: ignore[attr-defined]
+
+
+def test_while_redis_is_down_aenqueue_fails_within_its_timeout(server: servers.Server) -> None:
+    app = _app(server, timeout=1)
+    first = asyncio.run(app.aenqueue("t.a", 1))
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{server.port}"):
+        asyncio.run(app.aenqueue("t.a", 2))
+    assert time.monotonic() - started < 5
+    server.start()
+    second = asyncio.run(app.aenqueue("t.a", 3))
+    assert [app.get_job(j.id).args for j in (first, second)] == [[1], [3]]
+    assert len(app.jobs(limit=10)) == 3  # the failed call stored nothing
+    app.close()
+
+
+def test_a_timed_out_call_is_not_sent_again(server: servers.Server) -> None:
+    """No reply within the timeout: the script may yet run, so the call is never resent,
+    and the next call is on a fresh connection. A paused server drops the command of a
+    client that left, so a resend would be the only way "paused" got stored."""
+    app = _app(server, timeout=1)
+    admin = server.client()
+    admin.client_pause(2000, all=False)  # writes wait
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="no reply within 1 s"):
+        asyncio.run(app.aenqueue("t.a", "paused"))
+    assert time.monotonic() - started < 1.9
+    admin.client_unpause()
+    after = asyncio.run(app.aenqueue("t.a", "after"))
+    assert app.get_job(after.id).args == ["after"]
+    payloads = sorted(str(job.args[0]) for job in app.jobs(limit=10) if job.task == "t.a")
+    assert payloads == ["after"]
+    app.close()
+
+
+def test_a_cancelled_call_leaves_no_reply_for_the_next(server: servers.Server) -> None:
+    """A caller cancelled mid-call (a request timeout) leaves a reply unread: that
+    connection is closed, so the next call never reads the earlier call's reply."""
+    app = _app(server)
+    lane = _lane(app)
+    admin = server.client()
+
+    async def cancelled() -> None:
+        admin.client_pause(300, all=False)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(app.aenqueue("t.a", "cancelled"), 0.05)
+
+    asyncio.run(cancelled())
+    assert lane._open == 0  # type: ignore[attr-defined]
+    job = asyncio.run(app.aenqueue("t.a", "next"))
+    assert app.get_job(job.id).args == ["next"]
+    app.close()
+
+
+def test_tls_clients_keep_the_threaded_path() -> None:
+    """The loop's socket calls refuse an SSLSocket; one server's client connects lazily,
+    so no server is needed to see which path it took."""
+    backend = RedisBackend("rediss://127.0.0.1:1/0", prefix="tls")
+    assert backend._anyloop is None
+    backend.close()
