@@ -7,6 +7,7 @@ finish), so interpreter start-up is not counted. Latency is enqueue-to-start.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -29,10 +30,13 @@ from conveyor.benchapp import register
 from conveyor.job import JobRecord, JobState
 from conveyor.worker._aio import chosen_loop
 
-SCENARIOS = ("enqueue", "enqueue_threads", "bulk", "drain", "drain_sync", "latency", "io")
+SCENARIOS = (
+    "enqueue", "enqueue_threads", "aenqueue", "aenqueue_tasks", "bulk", "drain", "drain_sync", "latency",
+    "io",
+)  # fmt: skip
 # Run only when asked: each stores --backlog jobs (see benchbacklog).
 BACKLOG_SCENARIOS = tuple(benchbacklog.RUNNERS)
-_PRODUCERS = 8  # threads in enqueue_threads: a web server's request handlers, say
+_PRODUCERS = 8  # threads in enqueue_threads, tasks in aenqueue_tasks: a web server's handlers, say
 _BULK_PER_JOB = 5  # bulk enqueue stores 5 x --jobs: 100,000 at the default 20,000
 _BULK_BATCH = 1_000
 _LATENCY_SAMPLES = 300
@@ -213,6 +217,31 @@ class _Bench:
         took = time.perf_counter() - start
         n = each * _PRODUCERS
         name = f"enqueue (one at a time, {_PRODUCERS} threads)"
+        return Result(name, n, took, n / took, server_us=self.cpu_per_job(cpu, n))
+
+    def _aenqueue(self, queue: str) -> Result:
+        """One job per await from async code: the engine's async path, where it has one."""
+        return self._awaited(queue, 1, "enqueue from async code (one await at a time)")
+
+    def _aenqueue_tasks(self, queue: str) -> Result:
+        """One job per await from tasks on one loop: an async web server's handlers."""
+        return self._awaited(queue, _PRODUCERS, f"enqueue from async code ({_PRODUCERS} tasks on one loop)")
+
+    def _awaited(self, queue: str, tasks: int, name: str) -> Result:
+        task = self.app.ref("bench.noop").options(queue=queue)
+        each = min(self.jobs, 20_000) // tasks
+
+        async def produce() -> None:
+            for i in range(each):
+                await task.aenqueue(i)
+
+        async def all_tasks() -> None:
+            await asyncio.gather(*(produce() for _ in range(tasks)))
+
+        cpu, start = self.server_cpu(), time.perf_counter()
+        asyncio.run(all_tasks())
+        took = time.perf_counter() - start
+        n = each * tasks
         return Result(name, n, took, n / took, server_us=self.cpu_per_job(cpu, n))
 
     def _bulk(self, queue: str) -> Result:

@@ -557,8 +557,8 @@ def demo(briefs: int, demo_url: str | None) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option(
     "--only",
-    help="Comma-separated scenarios: enqueue,enqueue_threads,bulk,drain,drain_sync,latency,io (the default "
-    "run), and backlog_queued,backlog_finished (run only when named).",
+    help="Comma-separated scenarios: enqueue,enqueue_threads,aenqueue,aenqueue_tasks,bulk,drain,drain_sync,"
+    "latency,io (the default run), and backlog_queued,backlog_finished (run only when named).",
 )
 @click.option(
     "--backlog",
