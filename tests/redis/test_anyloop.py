@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from conveyor import BackendUnavailable, Conveyor
 from conveyor.backends.redis.backend import RedisBackend
 from tests.redis import servers
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[servers.Server]:
-    """A server of the test's own: these tests flush scripts, pause clients and stop it."""
-    servers.need_binaries()
-    # Every write is on disk before Redis answers, so a restart keeps what was acknowledged.
-    own = servers.server(tmp_path / "aof", "--appendonly", "yes", "--appendfsync", "always")
-    yield own
-    own.stop()
 
 
 def _app(server: servers.Server, timeout: float = 2.0) -> Conveyor:
@@ -37,16 +25,16 @@ def _lane(app: Conveyor) -> object:
     return backend._anyloop
 
 
-def test_one_connection_serves_every_loop_and_heals(server: servers.Server) -> None:
+def test_one_connection_serves_every_loop_and_heals(own_server: servers.Server) -> None:
     """Calls from new loops reuse the idle connection; one the server dropped is opened
     again and the call sent once more; a flushed script is loaded again."""
-    app = _app(server)
+    app = _app(own_server)
     lane = _lane(app)
     ids = [asyncio.run(app.aenqueue("t.a", i)).id for i in range(3)]
     assert (lane._open, len(lane._idle)) == (1, 1)  # type: ignore[attr-defined]
-    server.client().client_kill_filter(_type="normal", skipme=True)  # as a restart or idle timeout would
+    own_server.client().client_kill_filter(_type="normal", skipme=True)  # as a restart or idle timeout would
     ids.append(asyncio.run(app.aenqueue("t.a", 3)).id)
-    server.client().script_flush()
+    own_server.client().script_flush()
     ids.append(asyncio.run(app.aenqueue("t.a", 4)).id)
     assert [app.get_job(i).args for i in ids] == [[i] for i in range(5)]
     assert len(app.jobs(limit=10)) == 6  # each stored once, beside the opening job
@@ -54,27 +42,27 @@ def test_one_connection_serves_every_loop_and_heals(server: servers.Server) -> N
     assert lane._open == 0  # type: ignore[attr-defined]
 
 
-def test_while_redis_is_down_aenqueue_fails_within_its_timeout(server: servers.Server) -> None:
-    app = _app(server, timeout=1)
+def test_while_redis_is_down_aenqueue_fails_within_its_timeout(own_server: servers.Server) -> None:
+    app = _app(own_server, timeout=1)
     first = asyncio.run(app.aenqueue("t.a", 1))
-    server.stop()
+    own_server.stop()
     started = time.monotonic()
-    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{server.port}"):
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{own_server.port}"):
         asyncio.run(app.aenqueue("t.a", 2))
     assert time.monotonic() - started < 5
-    server.start()
+    own_server.start()
     second = asyncio.run(app.aenqueue("t.a", 3))
     assert [app.get_job(j.id).args for j in (first, second)] == [[1], [3]]
     assert len(app.jobs(limit=10)) == 3  # the failed call stored nothing
     app.close()
 
 
-def test_a_timed_out_call_is_not_sent_again(server: servers.Server) -> None:
+def test_a_timed_out_call_is_not_sent_again(own_server: servers.Server) -> None:
     """No reply within the timeout: the script may yet run, so the call is never resent,
     and the next call is on a fresh connection. A paused server drops the command of a
     client that left, so a resend would be the only way "paused" got stored."""
-    app = _app(server, timeout=1)
-    admin = server.client()
+    app = _app(own_server, timeout=1)
+    admin = own_server.client()
     admin.client_pause(2000, all=False)  # writes wait
     started = time.monotonic()
     with pytest.raises(BackendUnavailable, match="no reply within 1 s"):
@@ -88,12 +76,12 @@ def test_a_timed_out_call_is_not_sent_again(server: servers.Server) -> None:
     app.close()
 
 
-def test_a_cancelled_call_leaves_no_reply_for_the_next(server: servers.Server) -> None:
+def test_a_cancelled_call_leaves_no_reply_for_the_next(own_server: servers.Server) -> None:
     """A caller cancelled mid-call (a request timeout) leaves a reply unread: that
     connection is closed, so the next call never reads the earlier call's reply."""
-    app = _app(server)
+    app = _app(own_server)
     lane = _lane(app)
-    admin = server.client()
+    admin = own_server.client()
 
     async def cancelled() -> None:
         admin.client_pause(300, all=False)

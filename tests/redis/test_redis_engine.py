@@ -58,15 +58,6 @@ def flushable_url(tmp_path: Path) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[servers.Server]:
-    servers.need_binaries()
-    # Every write is on disk before Redis answers, so a restart may lose nothing acknowledged.
-    server = servers.server(tmp_path / "aof", "--appendonly", "yes", "--appendfsync", "always")
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize(
     ("url", "problem"),
     [

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from conveyor.backends.postgres.pools import AsyncConn, idle_long
+from conveyor.backends.postgres.pools import AsyncConn, answers_async, idle_long
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
@@ -50,7 +50,7 @@ class AnyLoopConnections:
             conn, since, reserved = self._take()
             if conn is None:
                 return await self._connect() if reserved else None
-            if not idle_long(since) or await _answers(conn):
+            if not idle_long(since) or await answers_async(conn):
                 return conn
             self.give_back(conn, clean=False)  # the server closed it while idle: next one
 
@@ -102,15 +102,6 @@ class AnyLoopConnections:
             if isinstance(exc, TimeoutError):  # the caller's guard names the server
                 raise psycopg.OperationalError(f"no connection within {self._timeout:g} s") from exc
             raise
-
-
-async def _answers(conn: AsyncConn) -> bool:
-    """Whether the server still answers on `conn`: an empty query, one round trip."""
-    try:
-        await conn.execute("")
-    except psycopg.OperationalError:
-        return False
-    return True
 
 
 def _finish(conn: AsyncConn) -> None:

@@ -149,7 +149,8 @@ def answers(conn: Conn) -> bool:
     return True
 
 
-async def _answers_async(conn: AsyncConn) -> bool:
+async def answers_async(conn: AsyncConn) -> bool:
+    """As `answers`, awaited."""
     try:
         await conn.execute("")
     except psycopg.OperationalError:
@@ -195,7 +196,7 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
         """As Pool.getconn."""
         with self.failures.explaining():
             conn = await super().getconn(timeout)
-            while idle_long(getattr(conn, "idle_since", 0.0)) and not await _answers_async(conn):
+            while idle_long(getattr(conn, "idle_since", 0.0)) and not await answers_async(conn):
                 await super().putconn(conn)
                 conn = await super().getconn(timeout)
             return conn
