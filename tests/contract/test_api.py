@@ -111,6 +111,24 @@ def test_aenqueue_many_at_once_each_stored_once(app: Conveyor) -> None:
     assert len(app.jobs(limit=100)) == 61
 
 
+def test_aenqueue_many_stores_a_batch_from_async_code(app: Conveyor) -> None:
+    @app.task
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    async def produce() -> list[Any]:
+        jobs = await add.aenqueue_many((i, i) for i in range(3))
+        jobs += await add.options(priority=3).aenqueue_many([{"a": 10}])
+        return jobs
+
+    jobs = asyncio.run(produce())
+    assert [job.args for job in jobs] == [[0, 0], [1, 1], [2, 2], []]
+    assert jobs[-1].kwargs == {"a": 10}
+    assert app.get_job(jobs[-1].id).priority == 3
+    with running(app):
+        assert [job.result(timeout=10) for job in jobs] == [0, 2, 4, 10]
+
+
 def test_aenqueue_with_a_unique_key_returns_the_holder(app: Conveyor) -> None:
     @app.task
     def render(brief: str) -> str:
