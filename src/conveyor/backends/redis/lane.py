@@ -46,12 +46,18 @@ def checked(replies: list[Any], disconnect: Callable[[], None]) -> list[Any]:
     the server was demoted to a replica (a failover behind one address, as ElastiCache's
     primary endpoint does): `disconnect` drops the connection, so a new one finds the new
     primary, and the error is a connection error. A replica refuses a script at its
-    first write, so nothing ran."""
+    first write, so nothing ran. An error redis-py counts as a connection error (LOADING
+    from a server reading its AOF after a restart, NOAUTH) drops the connection too.
+    Every error reply is an exception object here, whatever its class: the async path
+    once took LOADING's for a script's reply and returned it as a job's id."""
     for reply in replies:
         if isinstance(reply, ReadOnlyError):
             disconnect()
             raise RedisConnectionError(f"the server is a read-only replica now (failed over?): {reply}")
-        if isinstance(reply, ResponseError):
+        if isinstance(reply, RedisConnectionError):
+            disconnect()
+            raise reply
+        if isinstance(reply, Exception):
             raise reply
     return replies
 
