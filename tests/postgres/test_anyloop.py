@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from conveyor import BackendUnavailable, Conveyor
+from conveyor.backends.postgres import pools
 from conveyor.backends.postgres.anyloop import AnyLoopConnections
 from conveyor.backends.postgres.backend import PostgresBackend
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
@@ -48,18 +49,17 @@ def test_connections_serve_every_loop_and_close_without_warnings(app: Conveyor) 
         assert conn.closed and connections._open == 0
 
 
-def test_a_connection_the_server_ended_is_dropped_and_the_next_call_connects(app: Conveyor) -> None:
-    """As on the sync path, the call on a killed connection fails (it may have run), and
-    the connection is closed rather than lent again."""
+def test_a_connection_the_server_ended_while_idle_is_replaced_before_use(app: Conveyor) -> None:
+    """A restart or pg_terminate_backend ends the idle session: the next call sees its
+    socket readable and connects afresh, instead of failing on it."""
     connections = _connections(app)
     asyncio.run(app.aenqueue("t.a", 1))
     conn, _ = connections._idle[0]
     _psql(f"SELECT pg_terminate_backend({conn.info.backend_pid})")
-    with pytest.raises(BackendUnavailable, match="PostgreSQL at"):
-        asyncio.run(app.aenqueue("t.a", 2))
-    assert connections._open == 0
-    job = asyncio.run(app.aenqueue("t.a", 3))
-    assert app.get_job(job.id).args == [3]
+    eventually(lambda: pools.ended(conn), timeout=10, message="the session never ended")
+    job = asyncio.run(app.aenqueue("t.a", 2))
+    assert app.get_job(job.id).args == [2]
+    assert conn.closed and connections._open == 1
 
 
 def test_a_cancelled_call_closes_its_connection(app: Conveyor) -> None:

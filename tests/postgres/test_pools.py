@@ -88,6 +88,23 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_it_is_lent
         pool.close()
 
 
+def test_a_pooled_connection_the_server_ended_is_replaced_without_a_failed_call() -> None:
+    """After a restart (here pg_terminate_backend) each pooled connection used to fail
+    one call; the server's goodbye left its socket readable, which the pool now checks."""
+    pool = Pool(POSTGRES_URL, min_size=1, max_size=1, timeout=5, kwargs={"autocommit": True}, open=True)
+    try:
+        with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        eventually(lambda: pools.ended(conn), timeout=10, message="the session never ended")
+        with pool.connection() as again:
+            assert again.execute("SELECT 1").fetchone() == (1,)
+            assert again.info.backend_pid != pid
+    finally:
+        pool.close()
+
+
 def test_an_async_pool_replaces_a_connection_the_server_closed_while_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -22,7 +22,7 @@ from conveyor import BackendUnavailable, ConfigError, Conveyor, Fail, Job, JobSt
 from conveyor.backends import open_backend
 from conveyor.backends.base import NewJob
 from conveyor.backends.postgres import backend as backend_module
-from conveyor.backends.postgres import migrate_database
+from conveyor.backends.postgres import migrate_database, pools
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import parse_postgres_url
 from conveyor.backends.postgres.migrate import latest_version
@@ -563,13 +563,14 @@ def test_events_go_on_a_connection_of_their_own_that_comes_back_after_a_kill(app
     backend.publish([JobEvent("enqueued", "q:1", "q", "t", 1.0)])
     app.enqueue("t.any", 1)  # the application's own calls stay on the pool's one connection
     assert backend._pool.get_stats()["pool_size"] == 1
-    pid = backend._events._conn.info.backend_pid  # type: ignore[union-attr]
-    psql(f"SELECT pg_terminate_backend({pid})")
-    with pytest.raises(BackendUnavailable):  # the publisher logs the batch as dropped
-        backend.publish([JobEvent("enqueued", "q:2", "q", "t", 2.0)])
-    backend.publish([JobEvent("enqueued", "q:3", "q", "t", 3.0)])  # connects afresh
+    killed = backend._events._conn
+    assert killed is not None
+    psql(f"SELECT pg_terminate_backend({killed.info.backend_pid})")
+    eventually(lambda: pools.ended(killed), timeout=10, message="the session never ended")
+    backend.publish([JobEvent("enqueued", "q:2", "q", "t", 2.0)])  # on a new connection
+    assert backend._events._conn is not killed
     events, _ = backend.read_events(cursor, 0)
-    assert [e.job_id for e in events if e.queue == "q"] == ["q:1", "q:3"]
+    assert [e.job_id for e in events if e.queue == "q"] == ["q:1", "q:2"]
 
 
 def test_a_read_only_server_is_named_and_its_connection_dropped_and_multi_host_urls_find_the_primary(

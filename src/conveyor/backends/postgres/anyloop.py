@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from conveyor.backends.postgres.pools import AsyncConn, answers_async, idle_long
+from conveyor.backends.postgres.pools import AsyncConn, usable_async
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
@@ -44,15 +44,15 @@ class AnyLoopConnections:
         self._closed = False
 
     async def borrow(self) -> AsyncConn | None:
-        """An idle connection (pinged if unused for a while), a new one while under the
-        cap, or None at the cap. Raises psycopg.OperationalError if connecting fails."""
+        """An idle connection the server has not ended (see pools.usable), a new one
+        while under the cap, or None at the cap. Raises psycopg.OperationalError if connecting fails."""
         while True:
             conn, since, reserved = self._take()
             if conn is None:
                 return await self._connect() if reserved else None
-            if not idle_long(since) or await answers_async(conn):
+            if await usable_async(conn, since):
                 return conn
-            self.give_back(conn, clean=False)  # the server closed it while idle: next one
+            self.give_back(conn, clean=False)  # the server ended it while idle: next one
 
     def give_back(self, conn: AsyncConn, *, clean: bool) -> None:
         """Return a borrowed connection: kept idle after a clean call, else closed."""

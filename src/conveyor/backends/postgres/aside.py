@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.errors import ReadOnlySqlTransaction
 
-from conveyor.backends.postgres.pools import answers, idle_long
+from conveyor.backends.postgres.pools import usable
 
 
 class Aside:
@@ -40,8 +40,8 @@ class Aside:
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError("the connection is closed")
-            if self._conn is not None and idle_long(self._used_at) and not answers(self._conn):
-                self._conn.close()  # the server closed it while idle
+            if self._conn is not None and not usable(self._conn, self._used_at):
+                self._conn.close()  # the server ended it while idle
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self._conninfo, **self._options)
             try:

@@ -21,6 +21,7 @@ due to idle-session timeout". A busy process never pings.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -135,6 +136,32 @@ def _recording_async(failures: Failures) -> type[AsyncConn]:
     return Recording
 
 
+def ended(conn: Conn | AsyncConn) -> bool:
+    """Whether the server ended `conn`'s session while it sat idle (a restart, a
+    pg_terminate_backend, an idle-session timeout). An idle session has nothing to read
+    until the server says goodbye, so a zero-timeout poll of its socket tells, for a
+    microsecond or two, where a ping is a round trip: after a server restart, each
+    pooled connection failed one call before it was replaced. These connections never
+    LISTEN, so no notification makes one readable; anything else that did would cost
+    only a new connection."""
+    if conn.closed:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def usable(conn: Conn, since: float) -> bool:
+    """Whether an idle connection, unused since `since`, may be lent (see ended and
+    _PING_AFTER); one that is not must be closed, so a pool replaces it."""
+    return not ended(conn) and (not idle_long(since) or answers(conn))
+
+
+async def usable_async(conn: AsyncConn, since: float) -> bool:
+    """As `usable`, awaited."""
+    return not ended(conn) and (not idle_long(since) or await answers_async(conn))
+
+
 def idle_long(since: float) -> bool:
     """Whether a connection unused since `since` (time.monotonic()) should be pinged."""
     return time.monotonic() - since >= _PING_AFTER
@@ -164,11 +191,12 @@ class Pool(ConnectionPool[Conn]):
         super().__init__(conninfo, connection_class=_recording(self.failures), **options)
 
     def getconn(self, timeout: float | None = None) -> Conn:
-        """A connection; one unused for _PING_AFTER is pinged first, and if the server
-        closed it meanwhile the pool drops it and lends another (each at most once)."""
+        """A connection; one the server ended while it sat idle (see ended), or that a
+        ping unused for _PING_AFTER finds gone, is dropped and another lent."""
         with self.failures.explaining():
             conn = super().getconn(timeout)
-            while idle_long(getattr(conn, "idle_since", 0.0)) and not answers(conn):
+            while not usable(conn, getattr(conn, "idle_since", 0.0)):
+                conn.close()
                 super().putconn(conn)  # closed: discarded, and the pool connects anew
                 conn = super().getconn(timeout)
             return conn
@@ -196,7 +224,8 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
         """As Pool.getconn."""
         with self.failures.explaining():
             conn = await super().getconn(timeout)
-            while idle_long(getattr(conn, "idle_since", 0.0)) and not await answers_async(conn):
+            while not await usable_async(conn, getattr(conn, "idle_since", 0.0)):
+                await conn.close()
                 await super().putconn(conn)
                 conn = await super().getconn(timeout)
             return conn
