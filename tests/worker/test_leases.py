@@ -111,3 +111,27 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     stats = app.stats()["totals"]
     assert stats["dead"] == 1 and stats["completed"] == 8 * 4 - 1
     app.close()
+
+
+def test_a_store_waits_for_a_renewal_that_starts_as_the_last_one_ends() -> None:
+    """One renewal ends and an asked-for one starts in the same step of the loop, before
+    the store waiting for the first runs: the store must wait for the second too, as it
+    may carry the last line of a job the store is about to end."""
+    from conveyor.worker.lease import LeaseKeeper
+
+    async def scenario() -> None:
+        keeper = LeaseKeeper(app.backend, dict, lease_seconds=30, every=10)  # any engine: none is called
+        keeper._idle.clear()  # a renewal on its way
+        store = asyncio.create_task(keeper.quiet())
+        await asyncio.sleep(0)
+        keeper._idle.set()  # it ends ...
+        keeper._idle.clear()  # ... and the next begins, in the same step
+        await asyncio.sleep(0.05)
+        assert not store.done()
+        keeper._idle.set()
+        await asyncio.wait_for(store, 1)
+        keeper.thread.shutdown()
+
+    app = Conveyor("memory://")
+    asyncio.run(scenario())
+    app.close()

@@ -60,8 +60,14 @@ class LeaseKeeper:
         """Return once no renewal is on its way. A store of finished attempts waits for
         it: stored first, a job's end would fence off the renewal carrying the job's last
         log lines and progress, and they were lost (a sync task that logged, asked for a
-        heartbeat and returned lost its line on 3 to 6 of 9 engines in a parallel test run)."""
-        await self._idle.wait()
+        heartbeat and returned lost its line on 3 to 6 of 9 engines in a parallel test run).
+
+        Looked at again on waking: a renewal's end wakes the waiter, but an asked-for
+        renewal may start in the same step of the loop, before the waiter runs, carrying
+        a line whose job then finishes; the store went on beside it, and CI lost a line
+        once in 27 engine runs that way."""
+        while not self._idle.is_set():
+            await self._idle.wait()
 
     async def renew(self, jobs: list[Running]) -> None:
         """One engine call for all `jobs`; flags each one whose lease is lost."""
