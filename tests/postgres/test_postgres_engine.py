@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -89,6 +90,52 @@ def test_url_options_are_taken_off_and_libpq_options_pass_through() -> None:
     target = parse_postgres_url("postgres://u:pw@db.example.com/app?sslmode=require&pool=3&pgbouncer=1")
     assert target.conninfo == "postgresql://u:pw@db.example.com/app?sslmode=require&connect_timeout=5"
     assert (target.pool, target.listen, target.prepare, target.migrate) == (3, False, False, False)
+
+
+@pytest.mark.parametrize(
+    ("url", "conninfo"),
+    [
+        ("postgresql:///app", "postgresql:///app?connect_timeout=5"),
+        (
+            "postgresql:///app?host=/run/postgresql&pool=2",
+            "postgresql:///app?host=%2Frun%2Fpostgresql&connect_timeout=5",
+        ),
+        ("postgresql://h:5433/app", "postgresql://h:5433/app?connect_timeout=5"),
+        ("postgresql://h", "postgresql://h?connect_timeout=5"),
+    ],
+)
+def test_urls_keep_their_shape_for_libpq(url: str, conninfo: str) -> None:
+    """With no host the URL came out as postgresql:/app, which libpq refuses."""
+    assert parse_postgres_url(url).conninfo == conninfo
+
+
+def test_the_local_socket_url_reaches_the_server(url: str) -> None:
+    """postgresql:///db, as the README gives it for the local socket (it failed with
+    "invalid connection option" until 2026-12-07)."""
+    socket_dir = _socket_dir()
+    if socket_dir is None:
+        pytest.skip("no PostgreSQL socket on this machine (the server listens on TCP only)")
+    parts = urlsplit(url)
+    backend = open_backend(f"postgresql://{parts.path}?{parts.query}&host={socket_dir}", prefix="socketed")
+    try:
+        [stored] = backend.enqueue([NewJob("t", "q", "[]")])
+        assert backend.get([stored.id])[0] is not None
+    finally:
+        backend.close()
+
+
+def _socket_dir() -> str | None:
+    for candidate in ("/var/run/postgresql", "/run/postgresql", "/tmp"):
+        if any(name.startswith(".s.PGSQL.") for name in _listing(candidate)):
+            return candidate
+    return None
+
+
+def _listing(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
 
 
 def test_libpq_options_with_spaces_reach_the_server(url: str) -> None:

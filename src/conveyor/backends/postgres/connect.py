@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from conveyor.backends import redact_url
 from conveyor.errors import ConfigError
@@ -71,7 +71,9 @@ def parse_postgres_url(url: str) -> PostgresTarget:
     # quote, not urlencode's default quote_plus: libpq reads a "+" as itself, so
     # options=-c%20a%3D1%20-c%20b%3D2 (two settings) came out as "-c+a=1+-c+b=2".
     query = urlencode(options, quote_via=quote)
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
+    # Not urlunsplit: with no host it wrote "postgresql:/db", which libpq refuses, so the
+    # local socket's postgresql:///db failed ("invalid connection option").
+    conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     return PostgresTarget(
         conninfo=conninfo,
         pool=int(_number(own, "pool", DEFAULT_POOL, url, minimum=1)),
