@@ -23,7 +23,7 @@ from conveyor import BackendUnavailable, ConfigError, Conveyor, Fail, Job, JobSt
 from conveyor.backends import open_backend
 from conveyor.backends.base import NewJob
 from conveyor.backends.postgres import backend as backend_module
-from conveyor.backends.postgres import migrate_database, pools
+from conveyor.backends.postgres import connect, migrate_database, pools
 from conveyor.backends.postgres.backend import PostgresBackend
 from conveyor.backends.postgres.connect import parse_postgres_url
 from conveyor.backends.postgres.migrate import latest_version
@@ -159,6 +159,22 @@ def test_libpq_options_with_spaces_reach_the_server(url: str) -> None:
 def test_a_prefix_must_be_a_plain_schema_name() -> None:
     with pytest.raises(ConfigError, match="cannot be a PostgreSQL schema name"):
         open_backend(POSTGRES_URL, prefix="My-App")
+
+
+@pytest.mark.parametrize("prefix", ["left", "user", "order", "system_user"])
+def test_a_prefix_postgresql_reserves_is_refused_before_migrating(prefix: str) -> None:
+    """Until 2026-12-07 "left" passed the check and migrating failed with a syntax error."""
+    with pytest.raises(
+        ConfigError, match=f"prefix '{prefix}' is a word PostgreSQL reserves.*'{prefix}_jobs'"
+    ):
+        migrate_database(POSTGRES_URL, prefix=prefix)
+
+
+def test_the_reserved_words_are_this_servers(url: str) -> None:
+    """The list in connect.py holds every word this server reserves (catcode R and T)."""
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute("SELECT word FROM pg_get_keywords() WHERE catcode IN ('R', 'T')").fetchall()
+    assert {word for (word,) in rows} <= connect._RESERVED
 
 
 def test_a_password_never_shows_in_errors() -> None:

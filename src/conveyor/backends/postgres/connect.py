@@ -35,6 +35,20 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 # The prefix is the schema name: unquoted identifiers only, so psql users type it as is.
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Words PostgreSQL reserves (pg_get_keywords() catcode R and T, versions 15 to 18): one
+# unquoted as a schema is a syntax error ("left.jobs"), found only when migrating.
+_RESERVED = frozenset(
+    """all analyse analyze and any array as asc asymmetric authorization binary both case
+    cast check collate collation column concurrently constraint create cross
+    current_catalog current_date current_role current_schema current_time
+    current_timestamp current_user default deferrable desc distinct do else end except
+    false fetch for foreign freeze from full grant group having ilike in initially inner
+    intersect into is isnull join lateral leading left like limit localtime localtimestamp
+    natural not notnull null offset on only or order outer overlaps placing primary
+    references returning right select session_user similar some symmetric system_user
+    table tablesample then to trailing true union unique user using variadic verbose when
+    where window with""".split()  # noqa: SIM905 (100 words: one a line is 100 lines)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,11 @@ def check_schema(prefix: str) -> str:
         raise ConfigError(
             f"prefix {prefix!r} cannot be a PostgreSQL schema name: use lowercase letters, "
             "digits and _, starting with a letter or _ (at most 63 characters)"
+        )
+    if prefix in _RESERVED:
+        raise ConfigError(
+            f"prefix {prefix!r} is a word PostgreSQL reserves, so it cannot name a schema "
+            f"unquoted: choose another, such as '{prefix}_jobs'"
         )
     return prefix
 
