@@ -45,6 +45,7 @@ from conveyor.backends.base import (
 from conveyor.backends.postgres.anyloop import AnyLoopConnections
 from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
+from conveyor.backends.postgres.direct import DirectStatement
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.backends.postgres.pools import ERRORS, Pool, explained
@@ -87,6 +88,11 @@ class PostgresBackend(Backend):
             for name, sql in load_queries(_PACKAGE).items()
         }
         self.connect_options = target.connect_options
+        # The single enqueue through libpq (direct.py); behind PgBouncer in transaction
+        # mode nothing is prepared, so psycopg's path alone.
+        self._direct = None
+        if target.prepare:
+            self._direct = DirectStatement(self._q["insert_one"])
         self._pool = Pool(
             target.conninfo,
             min_size=1,
@@ -149,6 +155,8 @@ class PostgresBackend(Backend):
             return []
         if all(job.unique_key is None and job.parent is None for job in jobs):
             with self._pool.connection() as conn:  # one statement: atomic without BEGIN
+                if len(jobs) == 1:
+                    return [Enqueued(self._insert_one(conn, jobs[0]), True)]
                 return [Enqueued(i, True) for i in self._insert(conn, jobs)]
         with self._tx() as conn:
             return self._store(conn, jobs)
@@ -216,6 +224,13 @@ class PostgresBackend(Backend):
         finally:
             self._anyloop.give_back(conn, clean=clean)
         return [Enqueued(i, True) for i in _ids_in_order(rows, len(jobs))]
+
+    def _insert_one(self, conn: Conn, job: NewJob) -> str:
+        """One job, on a connection with no transaction open: through libpq where it
+        can (see direct.py), else psycopg."""
+        params = self._scalars(job)
+        stored = None if self._direct is None else self._direct.first_value(conn, params)
+        return stored if stored is not None else self._insert(conn, [job])[0]
 
     def _insert(self, conn: Executor, jobs: Sequence[NewJob]) -> list[str]:
         rows = conn.execute(*self._insert_statement(jobs)).fetchall()
