@@ -26,14 +26,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from redis._parsers import BaseParser  # in its __all__: the error class for each reply
 from redis.commands.core import Script
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor.backends.redis.lane import checked, load_command
+from conveyor.backends.redis.lane import READ, checked, load_command, reply_reader
 
 try:  # redis[hiredis]: the reply parser this path needs
     import hiredis
@@ -43,7 +42,6 @@ except ImportError:  # pragma: no cover - plain redis-py
 # Connections open at most: enough for a web app's concurrent requests to overlap
 # their round trips (one Redis server runs scripts one at a time anyway).
 _CONNECTIONS = 16
-_READ = 65_536  # bytes a read asks for: a reply to a single enqueue is a few dozen
 
 
 class Link:
@@ -57,11 +55,7 @@ class Link:
     async def open(self) -> None:
         """Connect in a thread (redis-py's handshake is blocking), then go non-blocking."""
         await asyncio.to_thread(self.conn.connect)
-        encoder = self.conn.encoder
-        options: dict[str, Any] = {"protocolError": InvalidResponse, "replyError": BaseParser.parse_error}
-        if encoder.decode_responses:
-            options.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
-        self.reader = hiredis.Reader(**options)
+        self.reader = reply_reader(self.conn)
         self.sock = self.conn._sock  # redis-py keeps it there; only this link uses it
         self.sock.setblocking(False)
 
@@ -167,7 +161,7 @@ class AnyLoopLane:
 
 async def _reply(loop: asyncio.AbstractEventLoop, link: Link) -> Any:
     while (reply := link.reader.gets()) is False:
-        data = await loop.sock_recv(_socket(link), _READ)
+        data = await loop.sock_recv(_socket(link), READ)
         if not data:
             raise RedisConnectionError("the server closed the connection")
         link.reader.feed(data)

@@ -147,7 +147,7 @@ class RedisBackend(Backend):
         db = 0 if self._cluster else int(self._r.connection_pool.connection_kwargs.get("db") or 0)
         self._channel_end = db_suffix(db)  # pub/sub spans databases (see DB in _lib.lua)
         self._s: dict[str, Any] = {name: self._r.register_script(load_script(name, db)) for name in _SCRIPTS}
-        self._lane = None if self._cluster else Lane(self._r)  # the hot path's calls
+        self._lane = Lane(self._r) if not self._cluster and Lane.serves(self._r) else None  # the hot path
         # Producers' aenqueue, on any loop; not on Cluster (routed by slot) nor over TLS.
         served = self._lane is not None and AnyLoopLane.serves(self._r)
         self._anyloop = AnyLoopLane(self._r) if served else None
