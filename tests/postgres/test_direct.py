@@ -69,7 +69,7 @@ def test_a_statement_deallocated_under_it_is_prepared_again(backend: PostgresBac
     """DEALLOCATE ALL (a pooler's or an operator's): the call that finds it gone goes
     through psycopg, and the next prepares it again; no job is lost or doubled."""
     backend.enqueue([NewJob("t", "q", "[]")])
-    with backend._pool.connection() as conn:
+    with backend._held.connection() as conn:  # the one single enqueues use
         conn.execute("DEALLOCATE ALL")
     backend.enqueue([NewJob("t", "q", "[]")])
     assert backend._direct is not None and len(backend._direct._ready) == 0

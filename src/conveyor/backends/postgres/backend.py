@@ -46,6 +46,7 @@ from conveyor.backends.postgres.anyloop import AnyLoopConnections
 from conveyor.backends.postgres.aside import Aside
 from conveyor.backends.postgres.connect import check_schema, parse_postgres_url, redact
 from conveyor.backends.postgres.direct import DirectStatement
+from conveyor.backends.postgres.held import Held
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.backends.postgres.pools import ERRORS, Pool, explained
@@ -96,12 +97,13 @@ class PostgresBackend(Backend):
         self._pool = Pool(
             target.conninfo,
             min_size=1,
-            max_size=target.pool,
+            max_size=target.pool + 1,  # one more for the producer's held one (see held.py)
             timeout=target.timeout,
             kwargs=self.connect_options,
             name=f"conveyor-{self.schema}",
             open=False,
         )
+        self._held = Held(self._pool)
         self._anyloop = AnyLoopConnections(target.conninfo, self.connect_options, target.pool, target.timeout)
         self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
         self._events = Aside(target.conninfo, self.connect_options)  # the event publisher's
@@ -154,9 +156,10 @@ class PostgresBackend(Backend):
         if not jobs:
             return []
         if all(job.unique_key is None and job.parent is None for job in jobs):
-            with self._pool.connection() as conn:  # one statement: atomic without BEGIN
-                if len(jobs) == 1:
+            if len(jobs) == 1:
+                with self._held.connection() as conn:
                     return [Enqueued(self._insert_one(conn, jobs[0]), True)]
+            with self._pool.connection() as conn:  # one statement: atomic without BEGIN
                 return [Enqueued(i, True) for i in self._insert(conn, jobs)]
         with self._tx() as conn:
             return self._store(conn, jobs)
@@ -728,6 +731,7 @@ class PostgresBackend(Backend):
         self.vacuumer.close()
         self._listener.close()
         self._events.close()
+        self._held.close()
         self._pool.close()
         self._anyloop.close()
 

@@ -6,8 +6,9 @@
 libpq's own query options (sslmode, options, application_name, ...) pass through.
 Conveyor's are taken off first:
 
-    pool=10        most connections the backend's pool opens (the LISTEN connection is one
-                   more, and a worker's async claims and finishes use two more)
+    pool=10        most connections the backend's pool opens (single enqueues keep one
+                   more between calls, see held.py; the LISTEN connection is one more, and
+                   a worker's async claims and finishes use two more)
     timeout=5      seconds to wait for a connection: an enqueue while the server is down
                    raises within it
     migrate=1      apply missing migrations when the backend opens (else: `conveyor migrate`)
