@@ -8,7 +8,9 @@ the connection is checked only with ended()'s poll, under a lock no one waits fo
 thread that finds it taken borrows from the pool as before.
 
 The pool is one connection larger than the URL's `pool` (see PostgresBackend), so the
-one held never leaves the other callers short: with pool=1 they would wait on it.
+one held never leaves the other callers short: with pool=1 they would wait on it. It is
+kept until it breaks, the server ends it, or the backend closes; psycopg_pool's
+max_lifetime, which applies when a connection comes back, does not renew it meanwhile.
 """
 
 from __future__ import annotations
