@@ -86,13 +86,16 @@ def checked(replies: list[Any], disconnect: Callable[[], None]) -> list[Any]:
 class _Link:
     """A thread's redis-py connection, and the socket and parser its calls use."""
 
-    __slots__ = ("conn", "pid", "reader", "sock")
+    __slots__ = ("buffer", "conn", "pid", "reader", "sock")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.pid = os.getpid()
         self.sock: socket.socket | None = None
         self.reader: Any = None
+        # Read into, as redis-py does: a claim's reply runs to tens of kilobytes, and
+        # recv() would make a new bytes object of READ for every read.
+        self.buffer = bytearray(READ)
 
     def ready(self) -> socket.socket:
         """The connection's socket, connected, and pinged if it sat unused past the
@@ -110,10 +113,10 @@ class _Link:
 
     def reply(self) -> Any:
         while (reply := self.reader.gets()) is False:
-            data = self.sock.recv(READ) if self.sock is not None else b""
-            if not data:
+            read = self.sock.recv_into(self.buffer) if self.sock is not None else 0
+            if not read:
                 raise RedisConnectionError("the server closed the connection")
-            self.reader.feed(data)
+            self.reader.feed(self.buffer, 0, read)
         return reply
 
     def close(self) -> None:
