@@ -3,6 +3,7 @@ path stores, and whatever it cannot send goes through psycopg, error and all."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from types import FrameType
@@ -168,3 +169,47 @@ def test_two_prefixes_behind_pgbouncer_keep_their_jobs_apart(pgbouncer: Any) -> 
         for prefix in apps:
             rows = conn.execute(f"SELECT task, count(*) FROM {prefix}.jobs GROUP BY task").fetchall()
             assert rows == [(f"{prefix}.t", stored[prefix])]
+
+
+def test_aenqueue_goes_through_libpq_on_the_loop_and_reads_back(backend: PostgresBackend) -> None:
+    job = NewJob("t", "q", '["é"]', timeout=0.25, meta={"k": 1})
+    [stored] = asyncio.run(backend.aenqueue([job]))
+    [record] = backend.get([stored.id])
+    assert record is not None and (record.payload, record.timeout, record.meta) == ('["é"]', 0.25, {"k": 1})
+    assert backend._direct is not None and len(backend._direct._ready_async) == 1
+
+
+def test_aenqueue_of_a_value_it_cannot_send_raises_psycopgs_error(backend: PostgresBackend) -> None:
+    with pytest.raises(psycopg.DataError, match="NUL"):
+        asyncio.run(backend.aenqueue([NewJob("t", "q", "[]", limit_key="a\0b")]))
+    assert _count(backend) == 0
+
+
+def test_a_cancelled_await_finishes_its_connection() -> None:
+    """A request's timeout cancels the await while the statement runs: the connection is
+    finished, so no later call reads that statement's reply."""
+    statement = DirectStatement("SELECT pg_sleep(%(seconds)s)::text")
+
+    async def cancelled() -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await statement.afirst_value(conn, {"seconds": 5.0})
+        return conn
+
+    assert asyncio.run(cancelled()).closed
+
+
+def test_aenqueue_after_deallocate_all_prepares_again(backend: PostgresBackend) -> None:
+    asyncio.run(backend.aenqueue([NewJob("t", "q", "[]")]))
+    [(conn, _)] = backend._anyloop._idle
+
+    async def deallocate_then_enqueue_twice() -> None:
+        await conn.execute("DEALLOCATE ALL")
+        await backend.aenqueue([NewJob("t", "q", "[]")])  # finds it gone: psycopg's path
+        assert backend._direct is not None and conn not in backend._direct._ready_async
+        await backend.aenqueue([NewJob("t", "q", "[]")])
+        assert conn in backend._direct._ready_async
+
+    asyncio.run(deallocate_then_enqueue_twice())
+    assert _count(backend) == 3

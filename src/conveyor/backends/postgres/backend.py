@@ -221,12 +221,16 @@ class PostgresBackend(Backend):
             return await super().aenqueue(jobs)
         clean = False
         try:
-            cursor = await conn.execute(*self._insert_statement(jobs))
-            rows = await cursor.fetchall()
+            stored = None
+            if len(jobs) == 1 and self._direct is not None:  # as _insert_one, awaited
+                stored = await self._direct.afirst_value(conn, self._scalars(jobs[0]))
+            if stored is None:
+                cursor = await conn.execute(*self._insert_statement(jobs))
+                ids = _ids_in_order(await cursor.fetchall(), len(jobs))
             clean = True
         finally:
             self._anyloop.give_back(conn, clean=clean)
-        return [Enqueued(i, True) for i in _ids_in_order(rows, len(jobs))]
+        return [Enqueued(stored, True)] if stored is not None else [Enqueued(i, True) for i in ids]
 
     def _insert_one(self, conn: Conn, job: NewJob) -> str:
         """One job, on a connection with no transaction open: through libpq where it
