@@ -165,17 +165,11 @@ def _reply(pgconn: pq.abc.PGconn, poller: select.poll) -> pq.abc.PGresult:
     which a signal interrupts (Ctrl-C raises here), as psycopg's own do."""
     while pgconn.flush():  # a nonblocking connection: the rest waits for room
         select.select([], [pgconn.socket], [])
-    last: pq.abc.PGresult | None = None
+    results: list[pq.abc.PGresult] = []
     while True:
         poller.poll()  # first: a reply takes a round trip, so reading at once finds nothing
-        pgconn.consume_input()
-        while not pgconn.is_busy():
-            result = pgconn.get_result()
-            if result is None:
-                if last is None:
-                    raise psycopg.OperationalError("the server sent no result")
-                return last
-            last = result
+        if _whole(pgconn, results):
+            return results[-1]
 
 
 async def _areply(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
@@ -183,17 +177,24 @@ async def _areply(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
     loop = asyncio.get_running_loop()
     while pgconn.flush():
         await _ready_for(loop, pgconn.socket, write=True)
-    last: pq.abc.PGresult | None = None
+    results: list[pq.abc.PGresult] = []
     while True:
         await _ready_for(loop, pgconn.socket, write=False)
-        pgconn.consume_input()
-        while not pgconn.is_busy():
-            result = pgconn.get_result()
-            if result is None:
-                if last is None:
-                    raise psycopg.OperationalError("the server sent no result")
-                return last
-            last = result
+        if _whole(pgconn, results):
+            return results[-1]
+
+
+def _whole(pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult]) -> bool:
+    """Read what arrived into `results`; whether the reply is whole."""
+    pgconn.consume_input()
+    while not pgconn.is_busy():
+        result = pgconn.get_result()
+        if result is None:
+            if not results:
+                raise psycopg.OperationalError("the server sent no result")
+            return True
+        results.append(result)
+    return False
 
 
 async def _ready_for(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:

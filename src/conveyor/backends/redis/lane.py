@@ -98,9 +98,10 @@ class _Link:
         self.buffer = bytearray(READ)
 
     def ready(self) -> socket.socket:
-        """The connection's socket, connected, and pinged if it sat unused past the
-        client's health_check_interval (redis-py's check, which reconnects on failure).
-        A new socket gets a new parser: nothing of an old reply may be left in it."""
+        """The connection's socket, connected, and pinged once each health_check_interval
+        (redis-py's check, which reconnects on failure; reads here do not move its clock,
+        so a busy connection is pinged too, a PING each 15 s). A new socket gets a new
+        parser: nothing of an old reply may be left in it."""
         conn = self.conn
         if conn._sock is not None:
             conn.check_health()
