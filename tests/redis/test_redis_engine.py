@@ -414,6 +414,40 @@ def test_hot_path_connections_are_per_thread_and_heal(local_url: str) -> None:
     admin.close()
 
 
+def test_the_lane_pings_a_connection_only_after_it_sat_unused(own_server: servers.Server) -> None:
+    """Each reply read moves redis-py's health-check clock on, as its own read does: a
+    busy connection is not pinged, one unused past health_check_interval (15 s) is, and
+    the PING finds a socket the server closed, so the call goes on a new one."""
+    import redis
+
+    backend = RedisBackend(f"redis://127.0.0.1:{own_server.port}/0", prefix="ping")
+    admin = redis.Redis(port=own_server.port, decode_responses=True)
+    try:
+        backend.enqueue([NewJob("t", "default", "[]")])
+        conn = backend._lane._connection() if backend._lane is not None else None
+        assert conn is not None and conn.next_health_check > time.monotonic() + 10
+
+        def pings() -> int:
+            return int(admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0))
+
+        before = pings()
+        for _ in range(20):
+            conn.next_health_check = time.monotonic() + 1.0  # due in a second: each call moves it on
+            backend.enqueue([NewJob("t", "default", "[]")])
+            assert conn.next_health_check > time.monotonic() + 10
+        client_id = backend._lane.command("CLIENT", "ID")  # type: ignore[union-attr]
+        assert pings() == before
+        admin.client_kill_filter(_id=client_id)  # the server closes it, as an idle timeout would
+        conn.next_health_check = 0.0  # as if 15 s passed unused
+        backend.enqueue([NewJob("t", "default", "[]")])
+        # The PING on the closed socket never arrived; redis-py's retry sent one on a new socket.
+        assert pings() == before + 1
+        assert admin.zcard("ping:{default}:queued") == 22
+    finally:
+        backend.close()
+        admin.close()
+
+
 def test_read_many_answers_in_order_and_keeps_the_socket_in_step(local_url: str) -> None:
     """Reads in one write (get, list_jobs, counts): an error reply in the middle is raised
     only after every reply is read, so the next call's replies are its own; sent again

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -98,10 +99,10 @@ class _Link:
         self.buffer = bytearray(READ)
 
     def ready(self) -> socket.socket:
-        """The connection's socket, connected, and pinged once each health_check_interval
-        (redis-py's check, which reconnects on failure; reads here do not move its clock,
-        so a busy connection is pinged too, a PING each 15 s). A new socket gets a new
-        parser: nothing of an old reply may be left in it."""
+        """The connection's socket, connected, and pinged if it sat unused past the
+        client's health_check_interval (redis-py's check, which reconnects on failure;
+        see answered). A new socket gets a new parser: nothing of an old reply may be
+        left in it."""
         conn = self.conn
         if conn._sock is not None:
             conn.check_health()
@@ -119,6 +120,13 @@ class _Link:
                 raise RedisConnectionError("the server closed the connection")
             self.reader.feed(self.buffer, 0, read)
         return reply
+
+    def answered(self) -> None:
+        """A whole reply was read: the next health check is an interval away, as redis-py's
+        own read sets it (else a busy connection was pinged each 15 s)."""
+        interval = self.conn.health_check_interval
+        if interval:
+            self.conn.next_health_check = time.monotonic() + interval
 
     def close(self) -> None:
         self.conn.disconnect()
@@ -206,6 +214,7 @@ class Lane:
             else:
                 sock.sendall(b"".join([hiredis.pack_command(command) for command in commands]))
             replies = [link.reply() for _ in commands]
+            link.answered()
         except BaseException as exc:
             link.close()
             if isinstance(exc, TimeoutError):  # the socket's timeout: the client's socket_timeout
