@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 from urllib.parse import quote
@@ -22,17 +21,9 @@ from conveyor.backends.postgres.direct import DirectStatement
 from tests.conftest import POSTGRES_URL, fresh_postgres
 
 
-@pytest.fixture
-def backend() -> Iterator[PostgresBackend]:
-    fresh_postgres(POSTGRES_URL)
-    opened = PostgresBackend(f"{POSTGRES_URL}?migrate=1&pool=1", prefix="direct")
-    yield opened
-    opened.close()
-
-
 def _count(backend: PostgresBackend) -> int:
     with backend._pool.connection() as conn:
-        row = conn.execute("SELECT count(*) FROM direct.jobs").fetchone()
+        row = conn.execute(f"SELECT count(*) FROM {backend.schema}.jobs").fetchone()
     assert row is not None
     return int(row[0])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -11,15 +10,7 @@ import pytest
 from conveyor.backends.base import NewJob
 from conveyor.backends.postgres import pools
 from conveyor.backends.postgres.backend import PostgresBackend
-from tests.conftest import POSTGRES_URL, eventually, fresh_postgres
-
-
-@pytest.fixture
-def backend() -> Iterator[PostgresBackend]:
-    fresh_postgres(POSTGRES_URL)
-    opened = PostgresBackend(f"{POSTGRES_URL}?migrate=1&pool=1", prefix="held")
-    yield opened
-    opened.close()
+from tests.conftest import POSTGRES_URL, eventually
 
 
 def _one() -> list[NewJob]:
