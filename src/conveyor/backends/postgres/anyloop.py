@@ -24,9 +24,7 @@ from typing import Any
 
 import psycopg
 
-from conveyor.backends.postgres.pools import AsyncConn, usable_async
-
-_IDLE = psycopg.pq.TransactionStatus.IDLE
+from conveyor.backends.postgres.pools import AsyncConn, reusable, usable_async
 
 
 class AnyLoopConnections:
@@ -56,7 +54,7 @@ class AnyLoopConnections:
 
     def give_back(self, conn: AsyncConn, *, clean: bool) -> None:
         """Return a borrowed connection: kept idle after a clean call, else closed."""
-        keep = clean and not conn.closed and conn.pgconn.transaction_status == _IDLE
+        keep = clean and reusable(conn)
         with self._lock:
             if keep and not self._closed and self._pid == os.getpid():
                 self._idle.append((conn, time.monotonic()))

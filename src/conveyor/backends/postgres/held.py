@@ -21,11 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from psycopg.errors import ReadOnlySqlTransaction
-from psycopg.pq import TransactionStatus
 
-from conveyor.backends.postgres.pools import Conn, Pool, usable
-
-_IDLE = TransactionStatus.IDLE
+from conveyor.backends.postgres.pools import Conn, Pool, reusable, usable
 
 
 class Held:
@@ -68,7 +65,7 @@ class Held:
     def _check(self, conn: Conn) -> None:
         """After a failed call: a connection that is closed, broken or mid-transaction
         goes back to the pool, which discards or resets it."""
-        if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
+        if not reusable(conn):
             self._drop()
 
     def _drop(self) -> None:

@@ -152,6 +152,12 @@ def ended(conn: Conn | AsyncConn) -> bool:
     return bool(poller.poll(0))
 
 
+def reusable(conn: Conn | AsyncConn) -> bool:
+    """Whether a connection a call just ended on may be lent again: open, and with no
+    transaction or statement left running on it."""
+    return not conn.closed and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
 def usable(conn: Conn, since: float) -> bool:
     """Whether an idle connection, unused since `since`, may be lent (see ended and
     _PING_AFTER); one that is not must be closed, so a pool replaces it."""

@@ -30,9 +30,8 @@ from redis.commands.core import Script
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor.backends.redis.lane import READ, checked, load_command, reply_reader
+from conveyor.backends.redis.lane import READ, checked, load_command, packed, reply_reader, translated
 
 try:  # redis[hiredis]: the reply parser this path needs
     import hiredis
@@ -147,15 +146,14 @@ class AnyLoopLane:
             if link.sock is None:
                 await link.open()
             async with asyncio.timeout(self._timeout):
-                await loop.sock_sendall(_socket(link), b"".join(hiredis.pack_command(c) for c in commands))
+                await loop.sock_sendall(_socket(link), packed(commands))
                 replies = [await _reply(loop, link) for _ in commands]
         except BaseException as exc:
             link.close()
-            if isinstance(exc, TimeoutError):
-                raise RedisTimeoutError(f"no reply within {self._timeout:g} s") from exc
-            if isinstance(exc, OSError):
-                raise RedisConnectionError(f"the connection failed: {exc}") from exc
-            raise
+            raised = translated(exc, self._timeout)
+            if raised is exc:
+                raise
+            raise raised from exc
         return checked(replies, link.close)
 
 
