@@ -33,11 +33,6 @@ from redis.exceptions import NoScriptError
 
 from conveyor.backends.redis.lane import READ, checked, load_command, packed, reply_reader, translated
 
-try:  # redis[hiredis]: the reply parser this path needs
-    import hiredis
-except ImportError:  # pragma: no cover - plain redis-py
-    hiredis = None  # type: ignore[assignment]
-
 # Connections open at most: enough for a web app's concurrent requests to overlap
 # their round trips (one Redis server runs scripts one at a time anyway).
 _CONNECTIONS = 16
@@ -78,8 +73,9 @@ class AnyLoopLane:
 
     @staticmethod
     def serves(client: Any) -> bool:
-        """Whether this path can drive `client`'s connections (see the module's notes)."""
-        return hiredis is not None and not issubclass(client.connection_pool.connection_class, SSLConnection)
+        """Whether this path can drive the connections of a client the sync Lane serves
+        (which needs hiredis too): not over TLS (see the module's notes)."""
+        return not issubclass(client.connection_pool.connection_class, SSLConnection)
 
     def borrow(self) -> Link | None:
         """An idle link, a new one while under the cap, or None at the cap."""
