@@ -10,6 +10,7 @@ import pytest
 from conveyor.backends.base import NewJob
 from conveyor.backends.postgres import pools
 from conveyor.backends.postgres.backend import PostgresBackend
+from conveyor.backends.postgres.held import Held
 from tests.conftest import POSTGRES_URL, eventually
 
 
@@ -82,3 +83,23 @@ def test_closing_the_backend_gives_it_back_closed(backend: PostgresBackend) -> N
     assert conn is not None
     backend.close()
     assert conn.closed and backend._held._conn is None
+
+
+def test_held_for_the_pools_max_lifetime_it_goes_back_and_a_new_one_is_lent() -> None:
+    """psycopg_pool renews a connection only when it comes back: held past max_lifetime,
+    the one kept would otherwise live as long as the producer."""
+    pool = pools.Pool(POSTGRES_URL, min_size=1, max_size=2, max_lifetime=0.5, open=True)
+    held = Held(pool)
+    try:
+        with held.connection() as conn:
+            first = conn.info.backend_pid
+
+        def renewed() -> bool:
+            with held.connection() as now:
+                return now.info.backend_pid != first
+
+        eventually(renewed, timeout=10, message="the held connection outlived max_lifetime")
+        assert conn.closed  # the pool closed it as expired, not lent it again
+    finally:
+        held.close()
+        pool.close()

@@ -9,8 +9,10 @@ thread that finds it taken borrows from the pool as before.
 
 The pool is one connection larger than the URL's `pool` (see PostgresBackend), so the
 one held never leaves the other callers short: with pool=1 they would wait on it. It is
-kept until it breaks, the server ends it, or the backend closes; psycopg_pool's
-max_lifetime, which applies when a connection comes back, does not renew it meanwhile.
+kept until it breaks, the server ends it, the backend closes, or it has been held for
+the pool's max_lifetime (an hour): psycopg_pool renews a connection only when it comes
+back, so the held one goes back then, and the pool closes it as expired and lends
+another. Servers behind a proxy or a failover address count on old sessions ending.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Held:
         self._lock = threading.Lock()
         self._conn: Conn | None = None
         self._used_at = 0.0  # time.monotonic() when the last call on it ended
+        self._taken_at = 0.0  # time.monotonic() when it was taken from the pool
 
     @contextmanager
     def connection(self) -> Iterator[Conn]:
@@ -56,11 +59,17 @@ class Held:
 
     def _ready(self) -> Conn:
         conn = self._conn
-        if conn is not None and usable(conn, self._used_at):
+        if conn is not None and not self._expired() and usable(conn, self._used_at):
             return conn
         self._drop()
         self._conn = self._pool.getconn()  # waits up to the pool's timeout, as any call
+        self._taken_at = time.monotonic()
         return self._conn
+
+    def _expired(self) -> bool:
+        """Held for the pool's max_lifetime: the connection is at least that old, so the
+        pool, which gives each one 95-100% of it, closes it when it comes back."""
+        return time.monotonic() - self._taken_at >= self._pool.max_lifetime
 
     def _check(self, conn: Conn) -> None:
         """After a failed call: a connection that is closed, broken or mid-transaction
