@@ -62,6 +62,19 @@ def test_a_connection_the_server_ended_while_idle_is_replaced_before_use(app: Co
     assert conn.closed and connections._open == 1
 
 
+def test_a_connection_past_its_lifetime_is_closed_when_given_back(app: Conveyor) -> None:
+    """As psycopg_pool's max_lifetime for the threaded pool: sessions renew."""
+    connections = _connections(app)
+    asyncio.run(app.aenqueue("t.a", 1))
+    old, _ = connections._idle[0]
+    connections._expires[old] = time.monotonic()  # its hour is up
+    asyncio.run(app.aenqueue("t.a", 2))  # it serves this call, and is closed coming back
+    assert old.closed and connections._open == 0 and not connections._idle
+    job = asyncio.run(app.aenqueue("t.a", 3))  # a new one, kept
+    assert app.get_job(job.id).args == [3]
+    assert (connections._open, len(connections._idle)) == (1, 1)
+
+
 def test_a_cancelled_call_closes_its_connection(app: Conveyor) -> None:
     """A caller cancelled mid-statement (a request timeout) may leave it running: that
     connection is closed, never lent with a statement in flight."""

@@ -11,7 +11,9 @@ when contended), so connections lent whole, to one borrower at a time, serve the
 At most `size` are open. A borrower that finds none idle with the cap reached gets
 None and takes the threaded path, whose pool waits. A connection goes back idle only
 after a call that ended cleanly with no transaction open; any other is closed, as a
-cancelled call may have left its statement running there.
+cancelled call may have left its statement running there. One open for `lifetime` (an
+hour, psycopg_pool's max_lifetime for the threaded pool) is closed when it comes back,
+so sessions renew behind a proxy or a failover address.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -40,6 +43,8 @@ class AnyLoopConnections:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
+        self.lifetime = 3600.0  # seconds a connection may serve (see above)
+        self._expires: weakref.WeakKeyDictionary[AsyncConn, float] = weakref.WeakKeyDictionary()
 
     async def borrow(self) -> AsyncConn | None:
         """An idle connection the server has not ended (see pools.usable), a new one
@@ -56,7 +61,8 @@ class AnyLoopConnections:
         """Return a borrowed connection: kept idle after a clean call, else closed."""
         keep = clean and reusable(conn)
         with self._lock:
-            if keep and not self._closed and self._pid == os.getpid():
+            young = time.monotonic() < self._expires.get(conn, 0.0)
+            if keep and young and not self._closed and self._pid == os.getpid():
                 self._idle.append((conn, time.monotonic()))
                 return
             self._open -= 1
@@ -93,7 +99,9 @@ class AnyLoopConnections:
         try:
             async with asyncio.timeout(self._timeout):
                 conn: AsyncConn = await psycopg.AsyncConnection.connect(self._conninfo, **self._options)
-                return conn
+            with self._lock:
+                self._expires[conn] = time.monotonic() + self.lifetime
+            return conn
         except BaseException as exc:
             with self._lock:
                 self._open -= 1
