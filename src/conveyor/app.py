@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from conveyor.backends import Backend, open_backend
 from conveyor.backends.base import Enqueued, JobQuery, Links, NewJob, flow_links
 from conveyor.clock import SYSTEM_CLOCK, Clock
-from conveyor.errors import ConfigError, JobNotFound, PayloadTooLarge, SerializationError
+from conveyor.errors import (
+    BackendUnavailable,
+    ConfigError,
+    ConveyorError,
+    JobNotFound,
+    PayloadTooLarge,
+    SerializationError,
+)
 from conveyor.events import EventPublisher, EventStream, JobEvent
-from conveyor.job import Job, JobRecord, JobState
+from conveyor.job import TERMINAL_STATES, Job, JobRecord, JobState
 from conveyor.limits import KeyOf, Limit, QueueLimits, TaskLimit, key_function, make_limit
 from conveyor.scheduler.cron import Missed, Schedule
 from conveyor.serializer import JSONSerializer, Serializer, decode_call, encode_call
@@ -522,6 +529,41 @@ class Conveyor:
         if parents:
             settle(self.backend, parents)
         return done
+
+    def delete(self, *job_ids: str) -> list[bool]:
+        """Delete jobs and their logs, whatever their state; True for each that existed.
+        An unfinished one is cancelled first, as `cancel` does it (a running one's worker
+        stops it, a flow's unfinished children are cancelled, its parent is settled), so
+        no flow waits on a job that is gone."""
+        records, unreadable = self._read_for_delete([str(i) for i in job_ids])
+        unfinished = [r.id for r in records if r is not None and r.state not in TERMINAL_STATES]
+        if unfinished:
+            self.cancel(*unfinished)
+        existing = list(dict.fromkeys([r.id for r in records if r is not None] + unreadable))
+        if existing:
+            self.backend.delete(existing)
+        return [r is not None or str(i) in unreadable for r, i in zip(records, job_ids, strict=True)]
+
+    def _read_for_delete(self, ids: list[str]) -> tuple[list[JobRecord | None], list[str]]:
+        """The jobs' records, and the ids of those whose stored row cannot be read (see
+        read_stored): the error that names such a job tells the operator to delete it."""
+        try:
+            return self.backend.get(ids), []
+        except BackendUnavailable:
+            raise
+        except ConveyorError:
+            pass
+        records: list[JobRecord | None] = []
+        unreadable: list[str] = []
+        for job_id in ids:
+            try:
+                records.extend(self.backend.get([job_id]))
+            except BackendUnavailable:
+                raise
+            except ConveyorError:
+                records.append(None)
+                unreadable.append(job_id)
+        return records, unreadable
 
     def pause(self, *queues: str) -> None:
         """Stop every worker from taking jobs from `queues`; running jobs finish, queued ones wait."""

@@ -445,6 +445,24 @@ def cancel(ctx: click.Context, job_ids: Sequence[str]) -> None:
 
 
 @cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def delete(ctx: click.Context, job_ids: Sequence[str], yes: bool) -> None:
+    """Delete jobs and their logs, whatever their state; an unfinished one is cancelled first."""
+    app = _app(ctx)
+    if not yes:
+        click.confirm(f"delete {len(job_ids)} job(s) and their logs?", abort=True)
+    done = app.delete(*job_ids)
+    for job_id, ok in zip(job_ids, done, strict=True):
+        if not ok:
+            console.print(f"job {job_id}: not found")
+    console.print(f"deleted {sum(done)} of {len(job_ids)} job(s)")
+    if not any(done):
+        raise SystemExit(1)
+
+
+@cli.command()
 @click.option("--queue")
 @click.option(
     "--state",

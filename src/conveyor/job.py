@@ -288,6 +288,11 @@ class Job(Generic[R]):
         self.refresh()
         return done
 
+    def delete(self) -> bool:
+        """Delete the job and its logs (cancelling it first if it has not finished, see
+        Conveyor.delete); True if it existed. This handle keeps its last read."""
+        return self._app.delete(self.id)[0]
+
     def retry(self) -> bool:
         """Run a dead or cancelled job again with a fresh retry budget; True if requeued."""
         done = self._app.backend.retry([self.id])[0]

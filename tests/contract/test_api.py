@@ -404,6 +404,44 @@ def test_cancel_and_retry_from_the_handle(app: Conveyor) -> None:
         assert job.result(timeout=10) == "ran"
 
 
+def test_delete_removes_jobs_in_any_state_and_says_which_existed(app: Conveyor) -> None:
+    @app.task
+    def noop() -> str:
+        return "ran"
+
+    done, later = noop.enqueue(), noop.options(delay=3600).enqueue()
+    with running(app):
+        assert done.result(timeout=10) == "ran"
+    queued = noop.enqueue()
+    missing = "nope:1" if ":" in done.id else "987654321"
+    assert app.delete(done.id, missing, later.id) == [True, False, True]
+    assert queued.delete() is True and queued.delete() is False
+    assert app.jobs() == []
+    assert app.delete("not an id") == [False]
+
+
+def test_deleting_a_running_job_cancels_it_first(app: Conveyor) -> None:
+    started, seen = threading.Event(), []
+
+    @app.task
+    async def long_running() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    job = long_running.enqueue()
+    with running(app, lease_timeout=0.6) as worker:  # renewals every 0.2 s notice the cancel
+        assert started.wait(10)
+        assert job.delete() is True
+        eventually(lambda: seen == ["cancelled"], timeout=10)
+        eventually(lambda: not worker._running, timeout=5)
+    with pytest.raises(JobNotFound):
+        job.refresh()
+
+
 def test_result_times_out_with_timeout_error(app: Conveyor) -> None:
     @app.task
     def noop() -> None:

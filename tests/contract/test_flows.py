@@ -12,6 +12,7 @@ from conveyor import (
     Conveyor,
     Fail,
     JobFailed,
+    JobNotFound,
     JobState,
     Signature,
     chain,
@@ -159,6 +160,28 @@ def test_cancelling_a_child_fails_its_waiting_parent(app: Conveyor) -> None:
     assert app.cancel(parent.record.children[0]) == [True]
     assert parent.refresh().state is JobState.DEAD
     assert parent.error is not None and "ended cancelled" in parent.error
+
+
+def test_deleting_an_unfinished_child_fails_its_waiting_parent(app: Conveyor) -> None:
+    """Deleted, the child is cancelled first: the parent does not wait on a job that is gone."""
+    t = _tasks(app)
+    parent = flow(parent=t["report"].s(), children=[t["add"].s(1), t["add"].s(2)]).enqueue()
+    gone, kept = parent.record.children
+    assert app.delete(gone) == [True]
+    assert app.get_job(kept).state is JobState.QUEUED
+    assert parent.refresh().state is JobState.DEAD
+    assert parent.error is not None and "ended cancelled" in parent.error
+    assert {j.id for j in app.jobs(limit=10)} == {parent.id, kept}
+
+
+def test_deleting_a_flows_parent_cancels_its_unfinished_children(app: Conveyor) -> None:
+    t = _tasks(app)
+    parent = flow(parent=t["report"].s(), children=[t["add"].s(1), t["add"].s(2)]).enqueue()
+    assert parent.delete() is True
+    children = [app.get_job(c) for c in parent.record.children]
+    assert [c.state for c in children] == [JobState.CANCELLED] * 2
+    with pytest.raises(JobNotFound):
+        app.get_job(parent.id)
 
 
 def test_a_bad_flow_is_refused_whole_before_anything_is_stored(app: Conveyor) -> None:

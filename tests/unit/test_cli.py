@@ -20,7 +20,9 @@ def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cli.db'}"
 
 
-def conveyor(db: str, *args: str, ok: bool = True, **variables: str) -> subprocess.CompletedProcess[str]:
+def conveyor(
+    db: str, *args: str, ok: bool = True, stdin: str = "", **variables: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "CONVEYOR_URL": db,
@@ -33,6 +35,7 @@ def conveyor(db: str, *args: str, ok: bool = True, **variables: str) -> subproce
         [sys.executable, "-m", "conveyor", *args],
         env=env,
         cwd=ROOT,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,6 +82,19 @@ def test_cancel_retry_and_purge(db: str) -> None:
     assert "deleted 1 job(s)" in conveyor(db, "purge", "--yes").stdout
     app = Conveyor(db, prefix="cli")
     assert app.jobs() == []
+    app.close()
+
+
+def test_delete_by_id_asks_first_and_names_what_it_did_not_find(db: str) -> None:
+    conveyor(db, "enqueue", "tests.unit.cliapp:app", "cli.add", "1")
+    conveyor(db, "enqueue", "tests.unit.cliapp:app", "cli.add", "2")
+    refused = conveyor(db, "delete", "1", ok=False, stdin="n\n")
+    assert refused.returncode == 1 and "aborted" in refused.stderr
+    out = conveyor(db, "delete", "1", "7", stdin="y\n").stdout
+    assert "job 7: not found" in out and "deleted 1 of 2 job(s)" in out
+    assert conveyor(db, "delete", "1", "--yes", ok=False).returncode == 1
+    app = Conveyor(db, prefix="cli")
+    assert [j.id for j in app.jobs()] == ["2"]
     app.close()
 
 

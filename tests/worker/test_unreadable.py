@@ -77,8 +77,9 @@ def test_a_job_the_engine_cannot_read_is_stored_dead_and_the_rest_run(
         jobs[-1].refresh()
     with pytest.raises(ConveyorError, match=cannot_read):
         app.backend.list_jobs(JobQuery(state=JobState.DEAD))
-    assert app.backend.delete([jobs[-1].id]) == 1
+    assert app.delete(jobs[0].id, jobs[-1].id, jobs[-1].id) == [True, True, True]  # as the error says
     assert app.backend.list_jobs(JobQuery(state=JobState.DEAD)) == []
+    assert app.backend.counts()["default"] == {JobState.COMPLETED: 10}
     app.close()
 
 
