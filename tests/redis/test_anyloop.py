@@ -98,14 +98,18 @@ def test_a_cancelled_call_leaves_no_reply_for_the_next(own_server: servers.Serve
     app.close()
 
 
-def test_a_server_loading_its_data_answers_an_error_never_an_id(tmp_path: Path) -> None:
+def test_a_server_loading_its_data_is_waited_out_and_never_gives_an_id_that_is_not_one(
+    tmp_path: Path,
+) -> None:
     """A restarted server answers LOADING to a script while it reads its data. redis-py
     counts that a connection error; the async path once passed it on as the script's
     reply, and aenqueue returned "Redis is loading the dataset in memory" as a job's
-    seq (a chaos run of producers through a Redis restart lost 3,500 ids that way)."""
+    seq (a chaos run of producers through a Redis restart lost 3,500 ids that way).
+    Until 2026-12-07 it was BackendUnavailable at once; now the call is sent again until
+    the URL's timeout (see lane.resend_pauses), which outlasts this restart."""
     servers.need_binaries()
     server = servers.server(tmp_path / "big", "--enable-debug-command", "yes")
-    app = _app(server)
+    app = _app(server, timeout=30)
     asyncio.run(app.aenqueue("t.a", "before"))  # the async path's connection is open
     admin = cast(Any, server.client())
     admin.execute_command("DEBUG", "POPULATE", 2_000_000, "filler")  # about a second to load
@@ -114,18 +118,14 @@ def test_a_server_loading_its_data_answers_an_error_never_an_id(tmp_path: Path) 
     starting = threading.Thread(target=server.start)  # returns once the server answers PING
     starting.start()
     returned: list[str] = []
-    refused: list[str] = []
 
     async def produce() -> None:
         while starting.is_alive():
-            try:
-                returned.append((await app.aenqueue("t.a", "during")).id)
-            except BackendUnavailable as exc:
-                refused.append(str(exc))
+            returned.append((await app.aenqueue("t.a", "during")).id)
 
     asyncio.run(produce())
     starting.join(timeout=30)
-    assert any("loading" in reason for reason in refused), refused[-3:]
+    assert returned
     assert all(app.get_job(job_id).args == ["during"] for job_id in returned)
     app.close()
     server.stop()

@@ -179,9 +179,13 @@ def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
         with running(app):
             assert echo.enqueue("over TLS").result(timeout=10) == "over TLS"
         app.close()
-        untrusted = Conveyor(f"rediss://127.0.0.1:{server.port}/0?timeout=2", prefix="tls")
+        untrusted = Conveyor(f"rediss://127.0.0.1:{server.port}/0?timeout=20", prefix="tls")
         with pytest.raises(BackendUnavailable, match="certificate verify failed"):
             untrusted.backend.ping()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="certificate verify failed"):
+            untrusted.enqueue("t.any", 1)
+        assert time.monotonic() - started < 5, "resent until the timeout: waiting cures no certificate"
         untrusted.close()
     finally:
         server.stop()
@@ -482,6 +486,37 @@ def test_enqueue_while_redis_is_down_fails_within_its_timeout(own_server: server
     assert app.get_job(job.id).state is JobState.QUEUED  # AOF kept the first job
     assert len(app.jobs()) == 1  # and the failed enqueue stored nothing
     app.close()
+
+
+def test_an_enqueue_during_a_restart_waits_it_out(own_server: servers.Server) -> None:
+    """A producer's call is sent again until the URL's timeout (see lane.resend_pauses):
+    a server down for a moment costs it the moment, not a BackendUnavailable."""
+    app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=20", prefix="down")
+    before = app.enqueue("t.any", 1)
+    own_server.stop()
+    restart = threading.Timer(0.5, own_server.start)  # down half a second, then loading its AOF
+    restart.start()
+    try:
+        during = app.enqueue("t.any", 2)
+    finally:
+        restart.join(30)
+    assert [app.get_job(j.id).args for j in (before, during)] == [[1], [2]]
+    assert len(app.jobs()) == 2  # stored once
+    app.close()
+
+
+def test_a_wrong_password_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    """Waiting cures a restart, not a configuration: no resends until the timeout."""
+    servers.need_binaries()
+    guarded = servers.server(tmp_path / "guarded", password="right")
+    app = Conveyor(f"redis://:wrong@127.0.0.1:{guarded.port}/0?timeout=20", prefix="guarded")
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="(?i)password") as refused:
+        app.enqueue("t.any", 1)
+    assert time.monotonic() - started < 5, "resent until the timeout"
+    assert "wrong" not in str(refused.value)
+    app.close()
+    guarded.stop()
 
 
 @pytest.mark.parametrize(("sleep", "concurrency"), [(0.01, 10), (0.03, 40)], ids=["short", "long"])

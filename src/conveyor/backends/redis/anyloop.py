@@ -31,7 +31,16 @@ from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-from conveyor.backends.redis.lane import READ, checked, load_command, packed, reply_reader, translated
+from conveyor.backends.redis.lane import (
+    READ,
+    checked,
+    curable,
+    load_command,
+    packed,
+    reply_reader,
+    resend_pauses,
+    translated,
+)
 
 # Connections open at most: enough for a web app's concurrent requests to overlap
 # their round trips (one Redis server runs scripts one at a time anyway).
@@ -113,8 +122,9 @@ class AnyLoopLane:
     async def run(
         self, link: Link, script: Script, keys: list[str], args: list[Any], again: list[Any]
     ) -> Any:
-        """As Lane.run, on `link`: one resend after a connection error (with `again`),
-        none after a timeout, and the script loaded once more if the server lost it."""
+        """As Lane.run, on `link`: resent after a connection error (with `again`, see
+        resend_pauses), never after a timeout, and the script loaded once more if the
+        server lost it."""
         try:
             (reply,) = await self._twice(
                 link,
@@ -131,8 +141,19 @@ class AnyLoopLane:
     ) -> list[Any]:
         try:
             return await self._send(link, commands)
-        except RedisConnectionError:  # as Lane._twice: _send closed the link, this reopens it
-            return await self._send(link, resends)
+        except RedisConnectionError as exc:
+            if not curable(exc):
+                raise
+            failed = exc
+        for pause in resend_pauses(self._timeout):  # as Lane._twice: each reopens the link
+            await asyncio.sleep(pause)
+            try:
+                return await self._send(link, resends)
+            except RedisConnectionError as exc:
+                if not curable(exc):
+                    raise
+                failed = exc
+        raise failed
 
     async def _send(self, link: Link, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Write the commands at once and read a reply for each; anything but an error

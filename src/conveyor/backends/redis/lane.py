@@ -16,24 +16,31 @@ handshake, the health check and the reconnect. The calls themselves go on its so
 replies with redis-py's error classes, as anyloop.py does: redis-py's send and read
 methods cost a single enqueue 6-8 us more, and the same script ran at 10,400-11,200/s
 through them against 11,800-12,400/s this way (a bare socket: 12,300-12,500/s).
-The retry policy is the client's: one resend after a connection error, never after a
-timeout (the script may have run).
+A call whose connection fails is sent again (see resend_pauses), never one that timed
+out (the script may have run).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from redis._parsers import BaseParser  # in its __all__: the error class for each reply
 from redis.commands.core import Script
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    InvalidResponse,
+    NoScriptError,
+    ReadOnlyError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:  # redis[hiredis]: packs commands and parses replies in C
@@ -74,6 +81,33 @@ def translated(exc: BaseException, timeout: float | None) -> BaseException:
     if isinstance(exc, OSError):
         return RedisConnectionError(f"the connection failed: {exc}")
     return exc
+
+
+RESEND_PAUSE_FIRST, RESEND_PAUSE_MOST = 0.05, 0.5  # seconds between resends, doubling
+
+
+def resend_pauses(timeout: float | None) -> Iterator[float]:
+    """The pause before each resend of a call whose connection failed: none before the
+    first (a socket the server closed, after a restart or an idle timeout, is renewed and
+    the call goes through), then 50 ms doubling to 500 ms until `timeout` (the URL's) has
+    passed. A restart, Redis's loading of its AOF (LOADING) or a failover is waited
+    out, where a producer used to get BackendUnavailable at once; a server that stays
+    down raises within the timeout, as a connect to an unreachable host does. With no
+    timeout (a client made elsewhere), one resend."""
+    deadline = time.monotonic() + (timeout or 0.0)
+    yield 0.0
+    pause = RESEND_PAUSE_FIRST
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(pause, left)
+        pause = min(pause * 2, RESEND_PAUSE_MOST)
+
+
+def curable(exc: RedisConnectionError) -> bool:
+    """Whether waiting may cure a connection error: not a refused password or user, nor
+    a TLS certificate or handshake, which only the configuration fixes."""
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return False
+    return not isinstance(exc.__cause__ or exc.__context__, ssl.SSLError)
 
 
 def load_command(script: Script) -> tuple[Any, ...]:
@@ -214,11 +248,22 @@ class Lane:
         link = self._link()
         try:
             return self._send(link, commands)
-        except RedisConnectionError:
-            # A socket the server closed (restart, idle timeout) ran nothing; one the
-            # server lost mid-call (killed) may have run it: `resends` says what is safe.
-            # _send has closed ours, so this opens a new one.
-            return self._send(link, resends)
+        except RedisConnectionError as exc:
+            if not curable(exc):
+                raise
+            failed = exc
+        # A socket the server closed (restart, idle timeout) ran nothing; one the server
+        # lost mid-call (killed) may have run it: `resends` says what is safe, however
+        # often it is sent. _send has closed ours, so each opens a new one.
+        for pause in resend_pauses(link.conn.socket_timeout):
+            time.sleep(pause)
+            try:
+                return self._send(link, resends)
+            except RedisConnectionError as exc:
+                if not curable(exc):
+                    raise
+                failed = exc
+        raise failed
 
     @staticmethod
     def _send(link: _Link, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
