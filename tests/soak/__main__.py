@@ -96,7 +96,7 @@ class Soak:
                 self.ids.extend((job.id, i + n) for n, job in enumerate(jobs))
                 i += len(jobs)
             except Exception as exc:
-                self.failures[type(exc).__name__] += 1
+                self.failures[_reason(exc)] += 1
                 time.sleep(0.05)
             time.sleep(0.005)
 
@@ -106,7 +106,7 @@ class Soak:
                 job = await (self.tasks.work if i % 3 else self.tasks.work_sync).aenqueue(i)
                 self.ids.append((job.id, i))
             except Exception as exc:
-                self.failures[type(exc).__name__] += 1
+                self.failures[_reason(exc)] += 1
 
         async def produce() -> None:
             i = 10_000_000
@@ -150,6 +150,11 @@ class Soak:
             f"never ran: {len(never_ran)}; ran more than once (at least once is the promise): {twice}"
         )
         return not (missing or unfinished or never_ran or len(set(ids)) != len(ids))
+
+
+def _reason(exc: Exception) -> str:
+    """A failed enqueue's class and message, without the URL's port (new each run)."""
+    return f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
 def _redis(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
