@@ -434,14 +434,7 @@ def retry(ctx: click.Context, job_ids: Sequence[str], all_dead: bool, queue: str
 @click.pass_context
 def cancel(ctx: click.Context, job_ids: Sequence[str]) -> None:
     """Cancel jobs that have not finished; a cancelled job never starts again."""
-    app = _app(ctx)
-    done = app.cancel(*job_ids)
-    for job_id, ok in zip(job_ids, done, strict=True):
-        if not ok:
-            console.print(f"job {job_id}: not cancelled (unknown or already finished)")
-    console.print(f"cancelled {sum(done)} of {len(job_ids)} job(s)")
-    if not any(done):
-        raise SystemExit(1)
+    _summed_up(job_ids, _app(ctx).cancel(*job_ids), "cancelled", "unknown or already finished")
 
 
 @cli.command()
@@ -453,11 +446,16 @@ def delete(ctx: click.Context, job_ids: Sequence[str], yes: bool) -> None:
     app = _app(ctx)
     if not yes:
         click.confirm(f"delete {len(job_ids)} job(s) and their logs?", abort=True)
-    done = app.delete(*job_ids)
+    _summed_up(job_ids, app.delete(*job_ids), "deleted", "unknown")
+
+
+def _summed_up(job_ids: Sequence[str], done: Sequence[bool], verb: str, why: str) -> None:
+    """A line for each job the command left alone, the count it acted on, and exit
+    status 1 when that is none."""
     for job_id, ok in zip(job_ids, done, strict=True):
         if not ok:
-            console.print(f"job {job_id}: not found")
-    console.print(f"deleted {sum(done)} of {len(job_ids)} job(s)")
+            console.print(f"job {job_id}: not {verb} ({why})")
+    console.print(f"{verb} {sum(done)} of {len(job_ids)} job(s)")
     if not any(done):
         raise SystemExit(1)
 

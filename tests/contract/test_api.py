@@ -420,28 +420,6 @@ def test_delete_removes_jobs_in_any_state_and_says_which_existed(app: Conveyor) 
     assert app.delete("not an id") == [False]
 
 
-def test_deleting_a_running_job_cancels_it_first(app: Conveyor) -> None:
-    started, seen = threading.Event(), []
-
-    @app.task
-    async def long_running() -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
-    job = long_running.enqueue()
-    with running(app, lease_timeout=0.6) as worker:  # renewals every 0.2 s notice the cancel
-        assert started.wait(10)
-        assert job.delete() is True
-        eventually(lambda: seen == ["cancelled"], timeout=10)
-        eventually(lambda: not worker._running, timeout=5)
-    with pytest.raises(JobNotFound):
-        job.refresh()
-
-
 def test_result_times_out_with_timeout_error(app: Conveyor) -> None:
     @app.task
     def noop() -> None:
@@ -773,7 +751,8 @@ def test_pause_holds_new_work_while_running_jobs_finish(app: Conveyor) -> None:
         app.pause("no such queue")
 
 
-def test_cancelling_a_running_async_job_cancels_its_task(app: Conveyor) -> None:
+@pytest.mark.parametrize("how", ["cancel", "delete"])
+def test_cancelling_or_deleting_a_running_async_job_cancels_its_task(app: Conveyor, how: str) -> None:
     seen: list[str] = []
 
     @app.task(retries=3)
@@ -787,10 +766,14 @@ def test_cancelling_a_running_async_job_cancels_its_task(app: Conveyor) -> None:
     job = long_running.enqueue()
     with running(app, lease_timeout=0.6) as worker:  # renewals every 0.2 s notice the cancel
         eventually(lambda: job.refresh().state is JobState.ACTIVE)
-        assert job.cancel()
+        assert job.cancel() if how == "cancel" else job.delete()  # delete cancels it first
         eventually(lambda: seen == ["cancelled"], timeout=10)
         eventually(lambda: not worker._running, timeout=5)
-    assert job.refresh().state is JobState.CANCELLED and job.attempt == 1
+    if how == "delete":
+        with pytest.raises(JobNotFound):
+            job.refresh()
+    else:
+        assert job.refresh().state is JobState.CANCELLED and job.attempt == 1
 
 
 def test_snooze_runs_later_without_spending_an_attempt(app: Conveyor) -> None:

@@ -91,7 +91,7 @@ def test_delete_by_id_asks_first_and_names_what_it_did_not_find(db: str) -> None
     refused = conveyor(db, "delete", "1", ok=False, stdin="n\n")
     assert refused.returncode == 1 and "aborted" in refused.stderr
     out = conveyor(db, "delete", "1", "7", stdin="y\n").stdout
-    assert "job 7: not found" in out and "deleted 1 of 2 job(s)" in out
+    assert "job 7: not deleted (unknown)" in out and "deleted 1 of 2 job(s)" in out
     assert conveyor(db, "delete", "1", "--yes", ok=False).returncode == 1
     app = Conveyor(db, prefix="cli")
     assert [j.id for j in app.jobs()] == ["2"]

@@ -126,34 +126,29 @@ class AnyLoopLane:
         resend_pauses), never after a timeout, and the script loaded once more if the
         server lost it."""
         try:
-            (reply,) = await self._twice(
+            (reply,) = await self._sent(
                 link,
                 [("EVALSHA", script.sha, len(keys), *keys, *args)],
                 [("EVALSHA", script.sha, len(keys), *keys, *again)],
             )
         except NoScriptError:  # maybe on the resend, so the first may have run: send `again`
             calls = [load_command(script), ("EVALSHA", script.sha, len(keys), *keys, *again)]
-            _, reply = await self._twice(link, calls, calls)
+            _, reply = await self._sent(link, calls, calls)
         return reply
 
-    async def _twice(
+    async def _sent(
         self, link: Link, commands: Sequence[tuple[Any, ...]], resends: Sequence[tuple[Any, ...]]
     ) -> list[Any]:
-        try:
-            return await self._send(link, commands)
-        except RedisConnectionError as exc:
-            if not curable(exc):
-                raise
-            failed = exc
-        for pause in resend_pauses(self._timeout):  # as Lane._twice: each reopens the link
-            await asyncio.sleep(pause)
+        calls, pauses = commands, None
+        while True:  # as Lane._sent: each resend reopens the link
             try:
-                return await self._send(link, resends)
+                return await self._send(link, calls)
             except RedisConnectionError as exc:
-                if not curable(exc):
+                pauses = pauses or resend_pauses(self._timeout)
+                if not curable(exc) or (pause := next(pauses, None)) is None:
                     raise
-                failed = exc
-        raise failed
+            await asyncio.sleep(pause)
+            calls = resends
 
     async def _send(self, link: Link, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Write the commands at once and read a reply for each; anything but an error

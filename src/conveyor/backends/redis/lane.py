@@ -210,13 +210,13 @@ class Lane:
         """
         again = args if again is None else again
         try:
-            (reply,) = self._twice(
+            (reply,) = self._sent(
                 [("EVALSHA", script.sha, len(keys), *keys, *args)],
                 [("EVALSHA", script.sha, len(keys), *keys, *again)],
             )
         except NoScriptError:  # maybe on the resend, so the first may have run: send `again`
             command = ("EVALSHA", script.sha, len(keys), *keys, *again)
-            _, reply = self._twice([load_command(script), command], [load_command(script), command])
+            _, reply = self._sent([load_command(script), command], [load_command(script), command])
         return reply
 
     def run_each(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
@@ -228,13 +228,13 @@ class Lane:
             return [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
 
         try:
-            return self._twice(commands(), commands())
+            return self._sent(commands(), commands())
         except NoScriptError:  # see load_command
-            return self._twice([load_command(script), *commands()], [load_command(script), *commands()])[1:]
+            return self._sent([load_command(script), *commands()], [load_command(script), *commands()])[1:]
 
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
-        (reply,) = self._twice([command], [command])
+        (reply,) = self._sent([command], [command])
         return reply
 
     def read_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -242,28 +242,23 @@ class Lane:
         connection error is always safe, as they change nothing. One round trip, past
         redis-py's pipeline: listing 20,000 jobs 1,000 at a time took 85 us a job through
         it, 29 this way."""
-        return self._twice(commands, commands)
+        return self._sent(commands, commands)
 
-    def _twice(self, commands: Sequence[tuple[Any, ...]], resends: Sequence[tuple[Any, ...]]) -> list[Any]:
-        link = self._link()
-        try:
-            return self._send(link, commands)
-        except RedisConnectionError as exc:
-            if not curable(exc):
-                raise
-            failed = exc
+    def _sent(self, commands: Sequence[tuple[Any, ...]], resends: Sequence[tuple[Any, ...]]) -> list[Any]:
         # A socket the server closed (restart, idle timeout) ran nothing; one the server
         # lost mid-call (killed) may have run it: `resends` says what is safe, however
         # often it is sent. _send has closed ours, so each opens a new one.
-        for pause in resend_pauses(link.conn.socket_timeout):
-            time.sleep(pause)
+        link = self._link()
+        calls, pauses = commands, None
+        while True:
             try:
-                return self._send(link, resends)
+                return self._send(link, calls)
             except RedisConnectionError as exc:
-                if not curable(exc):
+                pauses = pauses or resend_pauses(link.conn.socket_timeout)
+                if not curable(exc) or (pause := next(pauses, None)) is None:
                     raise
-                failed = exc
-        raise failed
+            time.sleep(pause)
+            calls = resends
 
     @staticmethod
     def _send(link: _Link, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
