@@ -565,6 +565,27 @@ class Conveyor:
                 unreadable.append(job_id)
         return records, unreadable
 
+    def retry(self, *job_ids: str) -> list[bool]:
+        """Run dead or cancelled jobs again with a fresh retry budget; True for each one
+        requeued (not: unknown, unfinished, completed, or its unique key taken again)."""
+        return self.backend.retry([str(i) for i in job_ids])
+
+    def purge(
+        self,
+        *,
+        queue: str | None = None,
+        states: Iterable[JobState | str] = (),
+        older_than: float | timedelta | None = None,
+    ) -> int:
+        """Delete finished jobs and their logs: of `queue` (every queue by default), in
+        `states` (completed, dead, cancelled; all three by default), finished more than
+        `older_than` ago (seconds or a timedelta); returns how many. Unfinished jobs are
+        not purged: `delete` takes any job by id."""
+        wanted = [_finished_state(s) for s in states]
+        cutoff = None if older_than is None else self.clock.now() - _seconds("older_than", older_than)
+        where = None if queue is None else validate_queue(queue)
+        return self.backend.purge(queue=where, states=wanted, older_than=cutoff)
+
     def pause(self, *queues: str) -> None:
         """Stop every worker from taking jobs from `queues`; running jobs finish, queued ones wait."""
         self.backend.set_paused([validate_queue(q) for q in queues], True)
@@ -616,6 +637,24 @@ def _state(state: JobState | str | None) -> JobState | None:
     except ValueError:
         valid = ", ".join(s.value for s in JobState)
         raise ConfigError(f"unknown job state {state!r}; valid states: {valid}") from None
+
+
+def _finished_state(state: JobState | str) -> JobState:
+    parsed = _state(state)
+    if parsed is None or parsed not in TERMINAL_STATES:
+        raise ConfigError(
+            f"purge deletes finished jobs (completed, dead, cancelled), not {state!r} ones; "
+            "delete() takes any job by id"
+        )
+    return parsed
+
+
+def _seconds(name: str, value: float | timedelta) -> float:
+    """A duration of at least 0, given in seconds or as a timedelta."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise ConfigError(f"{name} must be seconds >= 0 or a timedelta, got {value!r}")
+    return float(seconds)
 
 
 def _count(name: str, value: int, minimum: int = 1) -> int:

@@ -418,7 +418,7 @@ def retry(ctx: click.Context, job_ids: Sequence[str], all_dead: bool, queue: str
         ids += [j.id for j in app.jobs(queue=queue, state=JobState.DEAD, limit=100_000)]
     if not ids:
         raise click.UsageError("give job ids, or --all-dead")
-    done = app.backend.retry(ids)
+    done = app.retry(*ids)
     for job_id, ok in zip(ids, done, strict=True):
         if not ok:
             console.print(
@@ -477,12 +477,12 @@ def purge(
 ) -> None:
     """Delete finished jobs and their logs."""
     app = _app(ctx)
-    cutoff = time.time() - _duration(older_than) if older_than else None
+    age = _duration(older_than) if older_than else None
     which = ", ".join(states or ["completed", "dead", "cancelled"])
     where = f" on queue {queue}" if queue else ""
     if not yes:
         click.confirm(f"delete {which} jobs{where}?", abort=True)
-    deleted = app.backend.purge(queue=queue, states=[JobState(s) for s in states], older_than=cutoff)
+    deleted = app.purge(queue=queue, states=states, older_than=age)
     console.print(f"deleted {deleted} job(s)")
 
 

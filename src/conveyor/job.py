@@ -295,7 +295,7 @@ class Job(Generic[R]):
 
     def retry(self) -> bool:
         """Run a dead or cancelled job again with a fresh retry budget; True if requeued."""
-        done = self._app.backend.retry([self.id])[0]
+        done = self._app.retry(self.id)[0]
         self.refresh()
         return done
 

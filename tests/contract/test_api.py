@@ -420,6 +420,28 @@ def test_delete_removes_jobs_in_any_state_and_says_which_existed(app: Conveyor) 
     assert app.delete("not an id") == [False]
 
 
+def test_retry_and_purge_from_the_app(app: Conveyor) -> None:
+    first, second, mailed = (
+        app.enqueue("t.a", 1),
+        app.enqueue("t.a", 2),
+        app.ref("t.m").options(queue="mail").enqueue(),
+    )
+    assert app.cancel(first.id, second.id, mailed.id) == [True, True, True]
+    assert app.retry(first.id, "987654321") == [True, False]
+    assert first.refresh().state is JobState.QUEUED
+    assert app.purge(older_than=timedelta(hours=1)) == 0  # cancelled just now
+    assert app.purge(states=["dead", JobState.COMPLETED]) == 0
+    assert app.purge(queue="mail", states=["cancelled"], older_than=0) == 1
+    assert app.purge() == 1
+    assert [j.id for j in app.jobs()] == [first.id]
+    with pytest.raises(ConfigError, match="purge deletes finished jobs .* not 'queued' ones; delete"):
+        app.purge(states=["queued"])
+    with pytest.raises(ConfigError, match="unknown job state 'done'"):
+        app.purge(states=["done"])
+    with pytest.raises(ConfigError, match="older_than must be seconds >= 0 or a timedelta, got -1"):
+        app.purge(older_than=-1)
+
+
 def test_result_times_out_with_timeout_error(app: Conveyor) -> None:
     @app.task
     def noop() -> None:
