@@ -206,6 +206,11 @@ class RedisBackend(Backend):
         return self._take_seqs(count) if self._cluster else 0
 
     def _take_seqs(self, count: int) -> int:
+        """The first of `count` new seqs. Through the lane where there is one, so a batch
+        across queues waits out a restart as its MULTI/EXEC does (a resend after a lost
+        reply takes new seqs, leaving a gap, which is harmless)."""
+        if self._lane is not None:
+            return int(self._lane.command("INCRBY", self._seq_key, count)) - count + 1
         return int(self._r.incrby(self._seq_key, count)) - count + 1
 
     def _register(self, queues: Iterable[str]) -> None:
@@ -306,6 +311,8 @@ class RedisBackend(Backend):
         """One script call per queue; several queues in one MULTI/EXEC on a single server."""
         if len(calls) == 1 or self._cluster:
             return [self._script(script, self._keys(queue), args, _resent(args, 2)) for queue, args in calls]
+        if self._lane is not None:  # resent until the timeout, as every lane call
+            return self._lane.atomic(self._s[script], [(self._keys(queue), args) for queue, args in calls])
         try:
             return self._transaction(script, calls)
         except NoScriptError:

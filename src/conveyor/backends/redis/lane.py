@@ -232,6 +232,24 @@ class Lane:
         except NoScriptError:  # see load_command
             return self._sent([load_command(script), *commands()], [load_command(script), *commands()])[1:]
 
+    def atomic(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """The script once per (keys, args) in one MULTI/EXEC, written at once, its
+        replies in order. Resent as run_each is, so only for calls safe to run twice.
+        A server that lacks the script fails every call alike inside EXEC, and ran
+        nothing: it is loaded ahead, on the same connection, and the whole sent again."""
+
+        def transaction(load: bool) -> list[tuple[Any, ...]]:
+            evals = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+            return [*([load_command(script)] if load else []), ("MULTI",), *evals, ("EXEC",)]
+
+        replies = self._sent(transaction(False), transaction(False))[-1]
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            replies = self._sent(transaction(True), transaction(True))[-1]
+        for reply in replies:
+            if isinstance(reply, Exception):  # a script's own error, as redis-py raises it
+                raise reply
+        return list(replies)
+
     def command(self, *command: Any) -> Any:
         """Any other command, on this thread's connection; the reply as redis-py parses it."""
         (reply,) = self._sent([command], [command])
