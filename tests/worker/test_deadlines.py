@@ -57,13 +57,14 @@ def test_jobs_due_together_share_one_timer_and_a_discarded_job_is_spared(
 
 def test_a_slot_whose_jobs_all_finished_goes_with_its_timer() -> None:
     """Kept until its time, as until the second session of 2026-12-07, every slot of
-    the last `timeout` seconds held memory: with the default 300 s, about 60 MB."""
+    the last `timeout` seconds held memory: with the default 300 s, about 60 MB. The
+    newest slot alone stays while empty, until a newer one is made."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         deadlines = Deadlines(loop)
-        jobs = _jobs(3)
-        slots = [deadlines.add(job, 300 + i) for i, job in enumerate(jobs)]  # three slots
+        jobs = _jobs(4)
+        slots = [deadlines.add(job, 300 + i) for i, job in enumerate(jobs[:3])]  # three slots
         timers = [deadlines._timers[slot] for slot in slots]
         for job, slot in zip(jobs[:2], slots[:2], strict=True):
             deadlines.discard(job, slot)
@@ -71,7 +72,36 @@ def test_a_slot_whose_jobs_all_finished_goes_with_its_timer() -> None:
         assert [timer.cancelled() for timer in timers] == [True, True, False]
         deadlines.discard(jobs[2], slots[2])
         deadlines.discard(jobs[2], slots[2])  # a second discard finds nothing
-        assert not deadlines._slots and not deadlines._timers and all(t.cancelled() for t in timers)
+        assert list(deadlines._slots) == slots[2:] and not timers[2].cancelled()  # the newest
+        newer = deadlines.add(jobs[3], 310)
+        assert list(deadlines._slots) == list(deadlines._timers) == [newer] and timers[2].cancelled()
+        deadlines.discard(jobs[3], newer)
         assert not any(job.expired for job in jobs)
+
+    asyncio.run(scenario())
+
+
+def test_jobs_that_end_before_the_next_starts_share_their_slots_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A no-op drain: each job's slot emptied before the next job came, and until
+    2026-12-07 each job armed a timer of its own."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop)
+        armed: list[float] = []
+        call_at = loop.call_at
+
+        def counted(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            armed.append(when)
+            return call_at(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_at", counted)
+        loop_time = loop.time()
+        monkeypatch.setattr(loop, "time", lambda: loop_time)  # all within one slot
+        for job in _jobs(50):
+            deadlines.discard(job, deadlines.add(job, 300))
+        assert len(armed) == 1
 
     asyncio.run(scenario())
