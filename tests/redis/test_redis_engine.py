@@ -396,6 +396,28 @@ def test_a_batch_across_queues_waits_out_a_restart(own_server: servers.Server) -
     backend.close()
 
 
+def test_a_threads_hot_path_connection_closes_when_the_thread_ends(local_url: str) -> None:
+    """Not left to the garbage collector, which could take the socket before redis-py's
+    connection and warn of an unclosed socket (an error in this suite: it failed an
+    unrelated test in a full run on 2026-12-07)."""
+    import threading
+
+    backend = RedisBackend(local_url, prefix="lane")
+    lane = backend._lane
+    assert lane is not None
+    used: list[Any] = []
+
+    def enqueue() -> None:
+        backend.enqueue([NewJob("t", "default", "[]")])
+        used.append(lane._connection())
+
+    thread = threading.Thread(target=enqueue)
+    thread.start()
+    thread.join(timeout=10)
+    assert used and used[0]._sock is None  # closed as the thread ended
+    backend.close()
+
+
 def test_hot_path_connections_are_per_thread_and_heal(local_url: str) -> None:
     """The lane (enqueue/claim/finish past redis-py's command layer): a connection per
     thread, resent once after the server dropped it, kept after a script's own error,
