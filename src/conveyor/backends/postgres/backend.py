@@ -216,14 +216,7 @@ class PostgresBackend(Backend):
         may borrow (see anyloop.py); the rest, or every connection lent, in a thread."""
         if not jobs or not all(job.unique_key is None and job.parent is None for job in jobs):
             return await super().aenqueue(jobs)
-        try:
-            conn = await self._anyloop.borrow()
-        except psycopg.OperationalError:
-            # No new connection (the server restarts, recovers, or is down): nothing was
-            # sent, so the thread's way, whose pool waits up to the URL's timeout for one
-            # as a sync enqueue does, and then names the reason. Soak run across a
-            # restart: 221 of 225 failed aenqueues were this, refused at once.
-            conn = None
+        conn = await self._anyloop.borrow()  # None: none to lend or none connects
         if conn is None:
             return await super().aenqueue(jobs)
         clean = False
