@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conveyor import BackendUnavailable, Conveyor
+from conveyor import BackendUnavailable, Conveyor, outage
 from conveyor.backends import open_backend
 from conveyor.backends.base import AsyncWork, Backend, Fence, Outcome
 from conveyor.clock import Clock, FakeClock
@@ -383,3 +383,41 @@ def run_with_one_part_refused(
     assert refused.is_set()
     assert "could not claim part of a batch: the engine is busy" in caplog.text
     assert "retrying" not in caplog.text  # a part had landed: no pause
+
+
+def rides_out_an_outage_quietly(
+    app: Conveyor,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    stop: Callable[[], object],
+    start: Callable[[], object],
+    lasting: float = 0.0,
+) -> list[str]:
+    """A worker through an outage of its engine (`stop`, then `start`) long enough for
+    it to fail 6 calls, and `lasting` seconds at least; the log's messages from
+    warnings up. It runs a job after the
+    outage, and says once that the outage began and once that it ended
+    (see OutageLog): a 40 s outage used to write 105 lines."""
+
+    # Steps that run once a minute (pruning) may fail in the outage and not run again for
+    # a while: they stop counting after STALE_AFTER, shortened here from 15 s.
+    monkeypatch.setattr(outage, "STALE_AFTER", 2.0)
+
+    @app.task(name="tests.triple")
+    def triple(n: int) -> int:
+        return 3 * n
+
+    with caplog.at_level(logging.WARNING), running(app, concurrency=4, lease_timeout=4) as worker:
+        assert triple.enqueue(1).result(timeout=10) == 3
+        stop()
+        stopped = time.monotonic()
+        eventually(lambda: worker._outage.failures >= 6, timeout=30, message="the worker kept trying")
+        time.sleep(max(0.0, lasting - (time.monotonic() - stopped)))  # the outage itself
+        start()
+        assert triple.enqueue(2).result(timeout=30) == 6
+        eventually(lambda: "the engine answers again after" in caplog.text, message="the end told")
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    for line in ("engine error while waiting for work", "the engine answers again after"):
+        assert sum(m.startswith(line) for m in said) == 1, (line, said)
+    assert len(said) <= 15, said  # the first of each kind of call, and the end
+    return said

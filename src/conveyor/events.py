@@ -173,7 +173,8 @@ class _Drops:
 
     def taken(self) -> None:
         if self._warned_at is not None:
-            log.warning("events are written again; %d more were dropped before", self._unreported)
+            more = f"; {self._unreported} more were dropped before" if self._unreported else ""
+            log.warning("events are written again%s", more)
             self._unreported, self._warned_at = 0, None
 
 

@@ -33,6 +33,7 @@ from tests.conftest import (
     POSTGRES_URL,
     eventually,
     fresh_postgres,
+    rides_out_an_outage_quietly,
     running,
     runs_a_job,
     spy_part_sizes,
@@ -734,6 +735,21 @@ def test_workers_ride_out_a_server_restart_and_lose_nothing(
         results = [job.result(timeout=60) for job in stored]
     assert results == list(range(150))
     assert bool(planned) is (sleep > 0.02)
+    app.close()
+
+
+def test_an_outage_is_told_once_when_it_begins_and_once_when_it_ends(
+    own_server: server.Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg_pool's warnings of each failed attempt to connect and each closed
+    connection (30 in a 40 s outage, over two lines each) come down to one a pool."""
+    app = Conveyor(f"{own_server.url}?migrate=1&timeout=1", prefix="quiet")
+    stop, start = lambda: own_server.stop("immediate"), own_server.start
+    said = rides_out_an_outage_quietly(app, caplog, monkeypatch, stop, start)
+    assert not [m for m in said if m.startswith("discarding closed connection")], said
+    for pool in ("'conveyor-quiet'", "'conveyor-quiet-async'"):
+        assert sum(m.startswith(f"error connecting in {pool}") for m in said) <= 1, said
+    assert sum(m.startswith("PostgreSQL LISTEN connection lost") for m in said) <= 1, said
     app.close()
 
 

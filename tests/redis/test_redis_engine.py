@@ -31,6 +31,7 @@ from tests.conftest import (
     REDIS_URL,
     eventually,
     fresh_redis,
+    rides_out_an_outage_quietly,
     running,
     runs_a_job,
     spy_part_sizes,
@@ -576,6 +577,17 @@ def test_workers_ride_out_a_redis_restart_and_lose_nothing(
         results = [job.result(timeout=30) for job in stored]
     assert results == list(range(150))
     assert bool(planned) is (sleep > 0.02)
+    app.close()
+
+
+def test_an_outage_is_told_once_when_it_begins_and_once_when_it_ends(
+    own_server: servers.Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake-up connection's reconnects (two a second) are told once too."""
+    app = Conveyor(f"redis://127.0.0.1:{own_server.port}/0?timeout=1", prefix="quiet")
+    said = rides_out_an_outage_quietly(app, caplog, monkeypatch, own_server.stop, own_server.start)
+    eventually(lambda: "Redis wake-up connection back after" in caplog.text)
+    assert sum(m.startswith("Redis wake-up connection lost") for m in said) == 1, said
     app.close()
 
 

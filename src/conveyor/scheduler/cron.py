@@ -23,6 +23,7 @@ from croniter import croniter
 
 from conveyor.backends.base import Backend, NewJob
 from conveyor.errors import BackendUnavailable, ConfigError
+from conveyor.outage import OutageLog
 
 log = logging.getLogger("conveyor.scheduler")
 Missed = Literal["skip", "run_once"]
@@ -98,8 +99,10 @@ class Scheduler:
         schedules: Sequence[Schedule],
         make_job: Callable[[Schedule, float], NewJob],
         now: Callable[[], float],
+        outage: OutageLog | None = None,
     ) -> None:
         self.backend = backend
+        self.outage = outage or OutageLog(log)
         self.schedules = list(schedules)
         self.make_job = make_job
         self.now = now
@@ -135,11 +138,13 @@ class Scheduler:
                 self.thread, self.backend.enqueue_tick, schedule.name, tick, job
             )
         except BackendUnavailable as exc:
-            log.error("schedule %s: could not enqueue the tick of %s: %s", schedule.name, _iso(tick), exc)
+            if self.outage.failed(f"schedule {schedule.name}", exc):
+                log.error("schedule %s: could not enqueue the tick of %s: %s", schedule.name, _iso(tick), exc)
             return None
         except Exception:  # a job it cannot build or the engine refuses: raised, it stopped the worker
             log.exception("schedule %s: could not enqueue the tick of %s", schedule.name, _iso(tick))
             return None
+        self.outage.worked(f"schedule {schedule.name}")
         self._handled[schedule.name] = tick
         if job_id is not None:
             log.info("schedule %s: enqueued job %s for %s", schedule.name, job_id, _iso(tick))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from conveyor.backends.base import Backend, Fence, Renewal
 from conveyor.errors import BackendUnavailable
+from conveyor.outage import OutageLog
 from conveyor.worker._aio import call_soon, in_thread, wait_event
 from conveyor.worker.executor import Running
 
@@ -31,12 +32,14 @@ class LeaseKeeper:
         lease_seconds: float,
         every: float,
         on_progress: Callable[[list[tuple[Running, float]]], None] | None = None,
+        outage: OutageLog | None = None,
     ) -> None:
         self.backend = backend
         self.running = running
         self.lease_seconds = lease_seconds
         self.every = every
         self.on_progress = on_progress  # told of progress stored, for job events
+        self.outage = outage or OutageLog(log)
         self.thread = concurrent.futures.ThreadPoolExecutor(1, "conveyor-lease")
         self._asked = asyncio.Event()
         self._idle = asyncio.Event()  # no renewal on its way (see quiet)
@@ -104,15 +107,24 @@ class LeaseKeeper:
         worker, and the leases then ran out under running jobs."""
         extend = self.backend.extend_leases
         try:
-            return await in_thread(self.thread, extend, renewals, self.lease_seconds)
+            fences = await in_thread(self.thread, extend, renewals, self.lease_seconds)
         except BackendUnavailable as exc:
-            log.error("could not renew %d lease(s): %s", len(renewals), exc)
+            if self.outage.failed("lease renewal", exc):
+                log.error("could not renew %d lease(s): %s", len(renewals), exc)
             return None
         except Exception as exc:  # what the renewal carries, not the engine being away
-            log.error(
-                "the engine refused %d lease renewal(s) for the progress and log lines they "
-                "carry, which are dropped; renewing without them: %r", len(renewals), exc,
-            )  # fmt: skip
+            return await self._extend_bare(renewals, exc)
+        self.outage.worked("lease renewal")
+        return fences
+
+    async def _extend_bare(self, renewals: list[Renewal], exc: Exception) -> list[Fence] | None:
+        """The renewals again without their progress and log lines, which the engine
+        refused (`exc`)."""
+        extend = self.backend.extend_leases
+        log.error(
+            "the engine refused %d lease renewal(s) for the progress and log lines they "
+            "carry, which are dropped; renewing without them: %r", len(renewals), exc,
+        )  # fmt: skip
         bare = [Renewal(r.job_id, r.token) for r in renewals]
         try:
             return await in_thread(self.thread, extend, bare, self.lease_seconds)

@@ -14,6 +14,7 @@ from conveyor.backends.base import Backend, JobQuery, WorkerInfo
 from conveyor.errors import BackendUnavailable
 from conveyor.flows import settle
 from conveyor.job import TERMINAL_STATES, JobState
+from conveyor.outage import OutageLog
 from conveyor.worker._aio import in_thread
 
 log = logging.getLogger("conveyor.worker")
@@ -37,6 +38,7 @@ class Maintenance:
         retention: Mapping[JobState, float | None] | None = None,
         now: Callable[[], float] = time.time,
         keep_counts: Mapping[JobState, int | None] | None = None,
+        outage: OutageLog | None = None,
     ) -> None:
         self.backend = backend
         self.thread = thread
@@ -46,6 +48,7 @@ class Maintenance:
         self.retention = dict(retention or {})
         self.keep_counts = {state: n for state, n in (keep_counts or {}).items() if n is not None}
         self.now = now
+        self.outage = outage or OutageLog(log)
         self._pruned_at = -_PRUNE_EVERY
         self._flows_at = -_FLOWS_EVERY
         self._flows_offset = 0
@@ -72,15 +75,19 @@ class Maintenance:
             await self._step("settling flows", in_thread(self.thread, self.settle_flows))
 
     async def _step(self, what: str, step: Awaitable[object]) -> None:
-        """Run one step of a sweep; an engine outage is logged in a line, anything else
-        (a row the engine cannot read, a bug) with its traceback, and the sweep goes on.
-        Raised, it would stop the worker, and every worker after it."""
+        """Run one step of a sweep; an engine outage is logged in a line (once an outage,
+        see OutageLog), anything else (a row the engine cannot read, a bug) with its
+        traceback, and the sweep goes on. Raised, it would stop the worker, and every
+        worker after it."""
         try:
             await step
         except BackendUnavailable as exc:
-            log.error("maintenance: %s failed: %s", what, exc)
+            if self.outage.failed(f"maintenance ({what})", exc):
+                log.error("maintenance: %s failed: %s", what, exc)
         except Exception:
             log.exception("maintenance: %s failed", what)
+        else:
+            self.outage.worked(f"maintenance ({what})")
 
     async def _recover(self) -> None:
         recovered = await in_thread(self.thread, self.backend.recover_expired)

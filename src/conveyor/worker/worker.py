@@ -44,6 +44,7 @@ from conveyor.events import Entry, JobEvent, JobEvents
 from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import HELD_BACK_POLL, Claimed
+from conveyor.outage import OutageLog
 from conveyor.scheduler.cron import Scheduler
 from conveyor.settings import Settings
 from conveyor.worker._aio import call_soon, in_thread, loop_factory, loop_name, wait_event
@@ -226,6 +227,7 @@ class Worker:
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []  # engine threads to join
         self._aio: AsyncWork | None = None  # the engine's async claim/finish, where it has one
         self._claim_backoff = 0.0  # grows 0.1 s -> 5 s while the engine refuses claims
+        self._outage = OutageLog(log)  # every loop's engine failures, told once per outage
         self._run_time = 0.0  # seconds a job holds its slot, moving average (see _LONG_JOB)
         # A claim failed: it may have leased jobs whose reply never came (see _take_back).
         self._claim_lost = False
@@ -341,6 +343,7 @@ class Worker:
                 backend = await in_thread(self._db, lambda: self.app.backend)
                 await in_thread(self._db, backend.preflight)
                 await in_thread(self._db, backend.report_worker, self._info())
+                self._outage.worked("start")
                 return backend
             except BackendUnavailable as exc:
                 left = math.inf if deadline is None else deadline - time.monotonic()
@@ -348,8 +351,10 @@ class Worker:
                     raise BackendUnavailable(f"{exc} (gave up after start_timeout={limit:g}s)") from exc
                 wait = min(pause * random.uniform(0.8, 1.2), left)
                 until = "for ever" if deadline is None else f"{left:.0f}s more"
-                said = " ".join(str(exc).split())  # libpq's reasons span lines
-                log.warning("engine unavailable at start (%s); trying again in %.1fs, %s", said, wait, until)
+                if self._outage.failed("start", exc):
+                    said = " ".join(str(exc).split())  # libpq's reasons span lines
+                    log.warning("engine unavailable at start (%s); trying again (%s), up to every %.0fs",
+                                said, until, _MAX_BACKOFF)  # fmt: skip
                 await wait_event(self._stop, wait)
                 pause = min(pause * 2, _MAX_BACKOFF)
         return None
@@ -362,6 +367,7 @@ class Worker:
             self.settings.lease_timeout,
             self.settings.heartbeat_every,
             on_progress=self._progressed if self._emit is not None else None,
+            outage=self._outage,
         )
         done, dead = self.settings.keep_completed, self.settings.keep_dead
         keep = {JobState.COMPLETED: done, JobState.CANCELLED: done, JobState.DEAD: dead}
@@ -369,7 +375,7 @@ class Worker:
         counts = {JobState.COMPLETED: most, JobState.CANCELLED: most, JobState.DEAD: most_dead}
         maintenance = Maintenance(
             backend, leases.thread, self.settings.lease_timeout, self._info, self._request_wake,
-            retention=keep, now=self.app.clock.now, keep_counts=counts,
+            retention=keep, now=self.app.clock.now, keep_counts=counts, outage=self._outage,
         )  # fmt: skip
         return leases, maintenance
 
@@ -418,7 +424,10 @@ class Worker:
             asyncio.create_task(self._maintenance.run(), name="conveyor-maintenance"),
         ]
         if self.settings.scheduler and self.app.schedules:
-            scheduler = Scheduler(self.app.backend, self.app.schedules, self.app.tick_job, self.app.clock.now)
+            app = self.app
+            scheduler = Scheduler(
+                app.backend, app.schedules, app.tick_job, app.clock.now, outage=self._outage
+            )
             self._threads.append(scheduler.thread)
             side.append(asyncio.create_task(scheduler.run(), name="conveyor-scheduler"))
         stopper = asyncio.create_task(self._shutdown_when_asked(), name="conveyor-shutdown")
@@ -581,7 +590,7 @@ class Worker:
         except BackendUnavailable as exc:
             await self._claim_failed(exc)
             return []
-        self._claim_backoff = 0.0
+        self._claim_worked()
         self._begin(claimed)
         return claimed
 
@@ -612,7 +621,7 @@ class Worker:
             claimed.extend(part)
             if len(part) < size or self._stopping:
                 break
-        self._claim_backoff = 0.0
+        self._claim_worked()
         return claimed
 
     async def _claim_in_parts(self, want: int, lease: float) -> list[JobRecord]:
@@ -641,13 +650,14 @@ class Worker:
         elif refused is not None:
             self._part_refused(refused)
         else:
-            self._claim_backoff = 0.0
+            self._claim_worked()
         return claimed
 
     def _part_refused(self, exc: BackendUnavailable) -> None:
         """A part of a claim failed after others landed: their jobs run; the failed part
         may have leased jobs whose reply never came (see _take_back)."""
-        log.error("could not claim part of a batch: %s", exc)
+        if self._outage.failed("claim", exc):
+            log.error("could not claim part of a batch: %s", exc)
         self._claim_lost = True
 
     async def _take_back(self, want: int) -> list[JobRecord]:
@@ -693,11 +703,17 @@ class Worker:
                     break
         return found
 
+    def _claim_worked(self) -> None:
+        self._claim_backoff = 0.0
+        self._outage.worked("claim")
+
     async def _claim_failed(self, exc: BackendUnavailable) -> None:
         self._claim_lost = True
         self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
-        fault = exc if isinstance(exc, ClaimFault) else None  # its traceback is the news
-        log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc, exc_info=fault)
+        if isinstance(exc, ClaimFault):  # a bug, not an outage: its traceback is the news
+            log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc, exc_info=exc)
+        elif self._outage.failed("claim", exc):
+            log.error("could not claim jobs, retrying (backing off up to %.0fs): %s", _MAX_BACKOFF, exc)
         assert self._stop is not None
         await wait_event(self._stop, self._claim_backoff)
 
@@ -817,6 +833,7 @@ class Worker:
                 else:
                     fences = await in_thread(self._store, self.app.backend.finish, outcomes)
                 self._store_refused = False  # the batch's end wakes the pump to claim again
+                self._outage.worked("store")
                 return fences, retried
             except BackendUnavailable as exc:
                 retried = self._store_refused = True
@@ -830,12 +847,11 @@ class Worker:
                     self._running.clear()
                     self._unstored.clear()
                     return None
-                log.error(
-                    "could not store %d result(s), retrying in %.1fs; no new claims meanwhile: %s",
-                    len(outcomes),
-                    backoff,
-                    exc,
-                )
+                if self._outage.failed("store", exc):
+                    log.error(
+                        "could not store %d result(s), retrying (backing off up to %.0fs); no new "
+                        "claims meanwhile: %s", len(outcomes), _MAX_BACKOFF, exc,
+                    )  # fmt: skip
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
             except Exception as exc:  # the engine refused what the batch holds, not the call
@@ -976,14 +992,18 @@ class Worker:
         error = waiting.exception()
         if isinstance(error, BackendUnavailable):
             assert self._wake is not None
-            fault = error if isinstance(error, ClaimFault) else None
-            log.error("engine error while waiting for work: %s", error, exc_info=fault)
+            if isinstance(error, ClaimFault):
+                log.error("engine error while waiting for work: %s", error, exc_info=error)
+            elif self._outage.failed("wait", error):
+                log.error("engine error while waiting for work: %s", error)
             self._claim_lost = True  # it may have failed in its claim
             await wait_event(self._wake, _IDLE_WAIT)
         elif error is not None:
             raise error
-        elif claimed := waiting.result():
-            self._begin(claimed)
+        else:
+            self._outage.worked("wait")
+            if claimed := waiting.result():
+                self._begin(claimed)
 
     def _wait_then_claim(self, slots: int) -> list[JobRecord] | None:
         """In the waiter thread: wait for work, then claim up to `slots` jobs (0: do not)."""

@@ -42,6 +42,7 @@ class Listener:
         self._generations: dict[str, int] = {}
         self._lost = 0  # moves when the connection drops: every waiter looks again
         self._listening = False
+        self._down_since: float | None = None  # when the connection was lost, if it is
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -79,18 +80,15 @@ class Listener:
             self._thread.join(timeout=_READ_SECONDS + 2)
 
     def _run(self) -> None:
-        warned = False  # one warning per outage, not one per reconnect attempt
         while not self._closed:
             try:
                 self._listen()
             except psycopg.Error as exc:
                 if self._closed:
                     return
-                if self._listening:  # it was up: this is a new outage
-                    warned = False
-                if not warned:
+                if self._down_since is None:  # one warning an outage, not one a reconnect attempt
                     log.warning("PostgreSQL LISTEN connection lost, reconnecting: %s", exc)
-                    warned = True
+                    self._down_since = time.monotonic()
             with self._cond:
                 self._listening = False
                 self._lost += 1
@@ -105,6 +103,11 @@ class Listener:
                 self._listening = True
                 self._lost += 1  # anything sent before LISTEN took effect: look again
                 self._cond.notify_all()
+            if self._down_since is not None:
+                log.warning(
+                    "PostgreSQL LISTEN connection back after %.1fs", time.monotonic() - self._down_since
+                )
+                self._down_since = None
             used_at = time.monotonic()
             while not self._closed:
                 # notifies() returns after the timeout; reading in slices lets close() stop us.

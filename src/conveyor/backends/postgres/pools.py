@@ -17,12 +17,20 @@ A connection that sat unused for _PING_AFTER is pinged before it is lent: server
 proxies and NAT gateways close idle sessions (idle_session_timeout, AWS NAT after
 350 s), and the first enqueue after a quiet spell failed with "terminating connection
 due to idle-session timeout". A busy process never pings.
+
+psycopg_pool warns of every failed attempt to connect and every connection it finds
+closed: a worker's two pools wrote 30 such warnings, each over two lines, in a 40 s
+outage. For these pools only, the first failed attempt of an outage is let through
+(the next attempt that works ends the outage) and closed connections, which the pool
+replaces, are not: the calls that fail meanwhile say why (see Failures.explained).
 """
 
 from __future__ import annotations
 
+import logging
 import select
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
@@ -82,6 +90,7 @@ class Failures:
 
     def __init__(self) -> None:
         self.last: str | None = None
+        self.told = False  # psycopg_pool's warning of this outage was let through
 
     @contextmanager
     def recorded(self) -> Iterator[None]:
@@ -91,7 +100,7 @@ class Failures:
         except psycopg.OperationalError as exc:
             self.last = " ".join(str(exc).split())  # libpq's reasons span lines
             raise
-        self.last = None
+        self.last, self.told = None, False
 
     def explained(self, exc: PoolTimeout) -> PoolTimeout:
         """A pool's timeout with the last attempt's reason. None kept means connecting
@@ -101,12 +110,35 @@ class Failures:
         return PoolTimeout(f"{exc}; the last attempt to connect failed: {self.last}")
 
 
+_BY_NAME: weakref.WeakValueDictionary[str, Failures] = weakref.WeakValueDictionary()
+
+
+class _OncePerOutage(logging.Filter):
+    """On psycopg_pool's logger: its warnings about these pools, quieted (see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not isinstance(record.args, tuple) or not record.args:
+            return True
+        subject = record.args[0]  # the pool's name, or the connection it discards
+        if isinstance(subject, str):
+            failures = _BY_NAME.get(subject)
+            if failures is None or failures.told:
+                return failures is None
+            failures.told = True
+            return True
+        return getattr(type(subject), "failures", None) is None
+
+
+logging.getLogger("psycopg.pool").addFilter(_OncePerOutage())
+
+
 def _recording(failures: Failures) -> type[Conn]:
     """A connection class that tells `failures` how each attempt to connect went, and
     keeps when it was last handed back to the pool (see _PING_AFTER)."""
 
     class Recording(psycopg.Connection[tuple[Any, ...]]):
         idle_since = 0.0  # time.monotonic() when last handed back to the pool
+        failures: Failures  # its pool's (see _OncePerOutage)
         poller: select.poll | None = None  # its socket's, made once (see ended)
 
         @classmethod
@@ -118,12 +150,14 @@ def _recording(failures: Failures) -> type[Conn]:
             conn.poller.register(conn.pgconn.socket, select.POLLIN)
             return conn
 
+    Recording.failures = failures
     return Recording
 
 
 def _recording_async(failures: Failures) -> type[AsyncConn]:
     class Recording(psycopg.AsyncConnection[tuple[Any, ...]]):
         idle_since = 0.0
+        failures: Failures
 
         @classmethod
         async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
@@ -132,6 +166,7 @@ def _recording_async(failures: Failures) -> type[AsyncConn]:
             conn.idle_since = time.monotonic()
             return conn
 
+    Recording.failures = failures
     return Recording
 
 
@@ -196,6 +231,7 @@ class Pool(ConnectionPool[Conn]):
     def __init__(self, conninfo: str, **options: Any) -> None:
         self.failures = Failures()
         super().__init__(conninfo, connection_class=_recording(self.failures), **options)
+        _BY_NAME[self.name] = self.failures
 
     def getconn(self, timeout: float | None = None) -> Conn:
         """A connection; one the server ended while it sat idle (see ended), or that a
@@ -234,6 +270,7 @@ class AsyncPool(AsyncConnectionPool[AsyncConn]):
     def __init__(self, conninfo: str, **options: Any) -> None:
         self.failures = Failures()
         super().__init__(conninfo, connection_class=_recording_async(self.failures), **options)
+        _BY_NAME[self.name] = self.failures
 
     async def getconn(self, timeout: float | None = None) -> AsyncConn:
         """As Pool.getconn."""

@@ -41,6 +41,7 @@ class Waker:
         self._thread: threading.Thread | None = None
         self._confirmed: set[str] = set()
         self._generation = 0
+        self._down_since: float | None = None  # when the connection was lost, if it is
         self._closed = False
 
     @property
@@ -100,6 +101,9 @@ class Waker:
                 continue
             if message is None:
                 continue
+            if self._down_since is not None:  # resubscribed: the first reply is a confirmation
+                log.warning("Redis wake-up connection back after %.1fs", time.monotonic() - self._down_since)
+                self._down_since = None
             with self._cond:
                 if message["type"] == "subscribe":
                     self._confirmed.add(message["channel"])
@@ -110,7 +114,9 @@ class Waker:
         """The subscriber connection failed: wake everyone to look again, then retry."""
         if self._closed:
             return
-        log.warning("Redis wake-up connection lost, reconnecting: %s", exc)
+        if self._down_since is None:  # one warning an outage, not one a reconnect attempt (2 a second)
+            log.warning("Redis wake-up connection lost, reconnecting: %s", exc)
+            self._down_since = time.monotonic()
         with self._cond:
             self._confirmed.clear()
             self._generation += 1
