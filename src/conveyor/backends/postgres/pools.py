@@ -48,6 +48,12 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _PING_AFTER = 30.0  # seconds unused after which a pooled connection is pinged when lent
+# How long psycopg_pool retries a lost connection in the background before it gives the
+# slot up; the next call that finds no connection then connects anew at once. Its
+# retries wait 1 s doubling: past a 40 s outage the next came up to 32 s after the server
+# was back (a worker ran its next job 24 s late), and past 5 minutes (its default) it
+# stopped retrying. Two seconds leave one retry, and then the callers' own demand.
+_RECONNECT_FOR = 2.0
 
 # Prepared statements missing or doubled: the connection goes through PgBouncer in
 # transaction mode, where each transaction may run on another server connection, and
@@ -230,6 +236,7 @@ async def answers_async(conn: AsyncConn) -> bool:
 class Pool(ConnectionPool[Conn]):
     def __init__(self, conninfo: str, **options: Any) -> None:
         self.failures = Failures()
+        options.setdefault("reconnect_timeout", _RECONNECT_FOR)
         super().__init__(conninfo, connection_class=_recording(self.failures), **options)
         _BY_NAME[self.name] = self.failures
 
@@ -269,6 +276,7 @@ class Pool(ConnectionPool[Conn]):
 class AsyncPool(AsyncConnectionPool[AsyncConn]):
     def __init__(self, conninfo: str, **options: Any) -> None:
         self.failures = Failures()
+        options.setdefault("reconnect_timeout", _RECONNECT_FOR)
         super().__init__(conninfo, connection_class=_recording_async(self.failures), **options)
         _BY_NAME[self.name] = self.failures
 
