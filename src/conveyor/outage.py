@@ -28,8 +28,8 @@ STALE_AFTER = 15.0
 class OutageLog:
     """Failed engine calls of one worker, told once per kind and outage. An outage
     lasts until each kind of call that failed has worked again (or gone stale): Redis
-    at maxmemory serves claims and refuses stores, and each claim ended the outage the
-    stores began. Thread-safe: the lease keeper and the scheduler report here too."""
+    at maxmemory serves claims and refuses stores, and an outage that any working call
+    ended would begin again, and be told again, at each refused store. Thread-safe."""
 
     def __init__(
         self,
