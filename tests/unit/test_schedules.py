@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conveyor import ConfigError, Conveyor
+from conveyor import BackendUnavailable, ConfigError, Conveyor
+from conveyor.backends.base import JobQuery
 from conveyor.backends.memory import MemoryBackend
 from conveyor.clock import FakeClock
 from conveyor.scheduler import Schedule, Scheduler
@@ -144,4 +145,31 @@ def test_a_tick_that_cannot_be_enqueued_is_logged_and_tried_again(
         assert asyncio.run(scheduler.tick(schedule, clock.now())) is None
     assert "schedule often: could not enqueue the tick of" in caplog.text and "Traceback" in caplog.text
     assert asyncio.run(scheduler.tick(schedule, clock.now())) is not None  # the same tick, again
+    scheduler.thread.shutdown()
+
+
+def test_a_tick_refused_in_an_outage_is_tried_again_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It waited for the next pass, up to a minute: an hourly job ran that late after a
+    few seconds' outage. Now 1 s, doubling to 30 s, while the engine is away."""
+    clock = FakeClock(start=1_000_800.0)  # on an hourly tick: it is due now
+    app = Conveyor("memory://", clock=clock)
+
+    @app.periodic(every=timedelta(hours=1), name="hourly")
+    def hourly() -> None:
+        return None
+
+    enqueue_tick, refusals = app.backend.enqueue_tick, [3]
+
+    def away_three_times(*args: Any) -> Any:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise BackendUnavailable("Redis: Connection refused")
+        return enqueue_tick(*args)
+
+    monkeypatch.setattr(app.backend, "enqueue_tick", away_three_times)
+    scheduler = _scheduler(app, clock)
+    pauses = [asyncio.run(scheduler.run_once()) for _ in range(4)]
+    assert pauses[:3] == [1.0, 2.0, 4.0]
+    assert pauses[3] == 60.0  # back to the next tick (an hour away), at most a minute
+    assert len(app.backend.list_jobs(JobQuery())) == 1
     scheduler.thread.shutdown()

@@ -29,6 +29,10 @@ log = logging.getLogger("conveyor.scheduler")
 Missed = Literal["skip", "run_once"]
 _LATE = 60.0  # a tick older than this (or half its period, if shorter) was missed
 _LONGEST_SLEEP = 60.0  # re-check at least this often (clock jumps, DST)
+# A tick the engine refused while away is tried again after 1 s, doubling to 30 s. It
+# waited for the next pass, up to _LONGEST_SLEEP: an hourly job ran up to a minute late
+# after a few seconds' outage.
+_RETRY_FIRST, _RETRY_MOST = 1.0, 30.0
 
 
 @dataclass(frozen=True)
@@ -108,16 +112,26 @@ class Scheduler:
         self.now = now
         self.thread = concurrent.futures.ThreadPoolExecutor(1, "conveyor-scheduler")
         self._handled: dict[str, float] = {}  # last tick this process dealt with, per schedule
+        self._away = False  # the engine refused a tick in this pass: it was unavailable
+        self._retry = 0.0  # seconds before the next pass while ticks are refused (0: none)
 
     async def run(self) -> None:
         """Tick forever; the worker cancels this task when it stops."""
         while True:
-            now = self.now()
-            for schedule in self.schedules:
-                await self.tick(schedule, now)
-            wake = min(s.next_tick(now) for s in self.schedules)
             # A timer, not synchronisation: ticks are wall-clock times.
-            await asyncio.sleep(min(_LONGEST_SLEEP, max(0.0, wake - self.now())))
+            await asyncio.sleep(await self.run_once())
+
+    async def run_once(self) -> float:
+        """Enqueue every schedule's due tick; the seconds to wait before the next pass:
+        until the next tick, at most _LONGEST_SLEEP, and sooner while the engine
+        refuses ticks (_RETRY_FIRST doubling to _RETRY_MOST)."""
+        now, self._away = self.now(), False
+        for schedule in self.schedules:
+            await self.tick(schedule, now)
+        self._retry = min(_RETRY_MOST, self._retry * 2 or _RETRY_FIRST) if self._away else 0.0
+        wake = min(s.next_tick(now) for s in self.schedules)
+        pause = min(_LONGEST_SLEEP, max(0.0, wake - self.now()))
+        return min(pause, self._retry) if self._retry else pause
 
     async def tick(self, schedule: Schedule, now: float) -> str | None:
         """Enqueue `schedule`'s latest due tick unless handled or missed; the job id if
@@ -138,6 +152,7 @@ class Scheduler:
                 self.thread, self.backend.enqueue_tick, schedule.name, tick, job
             )
         except BackendUnavailable as exc:
+            self._away = True
             if self.outage.failed(f"schedule {schedule.name}", exc):
                 log.error("schedule %s: could not enqueue the tick of %s: %s", schedule.name, _iso(tick), exc)
             return None
