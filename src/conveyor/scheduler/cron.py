@@ -30,8 +30,8 @@ Missed = Literal["skip", "run_once"]
 _LATE = 60.0  # a tick older than this (or half its period, if shorter) was missed
 _LONGEST_SLEEP = 60.0  # re-check at least this often (clock jumps, DST)
 # A tick the engine refused while away is tried again after 1 s, doubling to 30 s. It
-# waited for the next pass, up to _LONGEST_SLEEP: an hourly job ran up to a minute late
-# after a few seconds' outage.
+# waited for the next pass, up to _LONGEST_SLEEP, by when a missed="skip" tick was older
+# than _LATE and dropped: a few seconds' outage cost an hourly job its run.
 _RETRY_FIRST, _RETRY_MOST = 1.0, 30.0
 
 
