@@ -4,16 +4,13 @@ until the lease runs out (and then counting as a failed attempt). An enqueue who
 reply is lost is resent, and the resend stores nothing twice; a finish resent answers
 what the lost call stored, not "lease lost".
 
-The faults are real: a TCP proxy in front of the local Redis drops the reply to one
-EVALSHA after Redis has answered it, and can refuse new connections for a while, as a
-server killed right after a write does.
+The faults are real: a TCP proxy in front of the local Redis (tests/proxy.py) drops the
+reply to one EVALSHA after Redis has answered it, and can refuse new connections for a
+while, as a server killed right after a write does.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,66 +23,7 @@ from conveyor.errors import BackendUnavailable
 from conveyor.job import JobState
 from conveyor.limits import Limit, QueueLimits
 from tests.conftest import engine_url
-
-
-class ReplyDropper:
-    """Forwards to Redis; `drop_next` loses the reply to the next EVALSHA sent (with the
-    connection), `refusing` closes new connections at once."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.drop_next = threading.Event()
-        self.refusing = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            if self.refusing.is_set():
-                client.close()
-                continue
-            server = socket.create_connection(self.target)
-            dropping = threading.Event()
-            threading.Thread(target=self._up, args=(client, server, dropping), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, dropping), daemon=True).start()
-
-    def _up(self, client: socket.socket, server: socket.socket, dropping: threading.Event) -> None:
-        while data := _recv(client):
-            if self.drop_next.is_set() and b"EVALSHA" in data:
-                self.drop_next.clear()
-                dropping.set()
-            server.sendall(data)
-        _hang_up(server)
-
-    def _down(self, server: socket.socket, client: socket.socket, dropping: threading.Event) -> None:
-        while data := _recv(server):
-            if dropping.is_set():  # Redis has run it and answered: lose the answer
-                break
-            client.sendall(data)
-        _hang_up(client)
-        _hang_up(server)
-
-
-def _hang_up(sock: socket.socket) -> None:
-    """Close at once, waking a thread blocked reading it (close alone would not)."""
-    with contextlib.suppress(OSError):  # already gone
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
+from tests.proxy import ReplyDropper
 
 
 @pytest.fixture
@@ -93,7 +31,7 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
     url = engine_url("redis", tmp_path)  # empties the test database; skips without Redis
     host, port_db = url.removeprefix("redis://").split(":")
     port, db = port_db.split("/")
-    proxy = ReplyDropper((host, int(port)))
+    proxy = ReplyDropper((host, int(port)), marker=b"EVALSHA")
     opened = open_backend(f"redis://127.0.0.1:{proxy.port}/{db}?timeout=2", prefix="lost")
     opened.proxy = proxy  # type: ignore[attr-defined]
     # Both claim scripts loaded first: a dropped NOSCRIPT reply would test nothing.
