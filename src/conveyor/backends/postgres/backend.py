@@ -9,6 +9,8 @@ as a fallback, so nothing depends on a notification arriving.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import math
 import random
@@ -48,6 +50,7 @@ from conveyor.backends.postgres.connect import check_schema, parse_postgres_url,
 from conveyor.backends.postgres.direct import DirectStatement
 from conveyor.backends.postgres.held import Held
 from conveyor.backends.postgres.listener import Listener
+from conveyor.backends.postgres.lostcall import LostCalls, Sending, new_call
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.backends.postgres.pools import ERRORS, Pool, explained
 from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
@@ -67,6 +70,7 @@ R = TypeVar("R")
 _guarded = translate_errors(ERRORS, lambda backend: f"PostgreSQL at {backend.where}", explained)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+AsyncConn = psycopg.AsyncConnection[Any]
 Params = dict[str, Any]
 Rows = list[tuple[Any, ...]]
 Steps = Generator[tuple[str, Params], Rows, R]  # statements to run, each receiving its rows
@@ -104,6 +108,8 @@ class PostgresBackend(Backend):
             open=False,
         )
         self._held = Held(self._pool)
+        # Behind PgBouncer a lost call's server process is unknown (see lostcall.py).
+        self._lost = LostCalls(self._pool, self._q, target.timeout, self.where) if target.prepare else None
         self._anyloop = AnyLoopConnections(target.conninfo, self.connect_options, target.pool, target.timeout)
         self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
         self._events = Aside(target.conninfo, self.connect_options)  # the event publisher's
@@ -156,13 +162,26 @@ class PostgresBackend(Backend):
         if not jobs:
             return []
         if all(job.unique_key is None and job.parent is None for job in jobs):
-            if len(jobs) == 1:
-                with self._held.connection() as conn:
-                    return [Enqueued(self._insert_one(conn, jobs[0]), True)]
-            with self._pool.connection() as conn:  # one statement: atomic without BEGIN
-                return [Enqueued(i, True) for i in self._insert(conn, jobs)]
+            return [Enqueued(i, True) for i in self._enqueue_plain(jobs)]
         with self._tx() as conn:
             return self._store(conn, jobs)
+
+    def _enqueue_plain(self, jobs: Sequence[NewJob]) -> list[str]:
+        """Jobs without unique keys or flows: one statement, atomic without BEGIN, sent
+        again if its connection drops and it stored nothing (see lostcall.py)."""
+        sending = Sending(new_call())
+        try:
+            if len(jobs) == 1:
+                with self._held.connection() as conn:
+                    sending.on(conn)
+                    return [self._insert_one(conn, jobs[0], sending.call)]
+            with self._pool.connection() as conn:
+                sending.on(conn)
+                return self._insert(conn, jobs, sending.call)
+        except psycopg.OperationalError as exc:
+            if self._lost is None or not sending.lost(exc):
+                raise
+            return self._lost.settle(sending, exc, len(jobs), lambda c: self._insert(c, jobs, sending.call))
 
     @_guarded
     def enqueue_on(self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -183,7 +202,7 @@ class PostgresBackend(Backend):
             end = start
             while end < len(jobs) and jobs[end].unique_key is None:
                 end += 1
-            out.extend(Enqueued(i, True) for i in self._insert(conn, jobs[start:end]))
+            out.extend(Enqueued(i, True) for i in self._insert(conn, jobs[start:end], None))
             start = end
         links = flow_links(jobs, [stored.id for stored in out])
         if links is not None:
@@ -219,36 +238,53 @@ class PostgresBackend(Backend):
         conn = await self._anyloop.borrow()  # None: none to lend or none connects
         if conn is None:
             return await super().aenqueue(jobs)
-        clean = False
+        sending, clean = Sending(new_call()), False
         try:
-            stored = None
-            if len(jobs) == 1 and self._direct is not None:  # as _insert_one, awaited
-                stored = await self._direct.afirst_value(conn, self._scalars(jobs[0]))
-            if stored is None:
-                cursor = await conn.execute(*self._insert_statement(jobs))
-                ids = _ids_in_order(await cursor.fetchall(), len(jobs))
+            sending.on(conn)
+            ids = await self._ainsert(conn, jobs, sending.call)
             clean = True
+            return [Enqueued(i, True) for i in ids]
+        except psycopg.OperationalError as exc:
+            if self._lost is None or not sending.lost(exc):
+                raise
+            lost = exc
         finally:
             self._anyloop.give_back(conn, clean=clean)
-        return [Enqueued(stored, True)] if stored is not None else [Enqueued(i, True) for i in ids]
 
-    def _insert_one(self, conn: Conn, job: NewJob) -> str:
+        def resend(fresh: Conn) -> list[str]:
+            return self._insert(fresh, jobs, sending.call)
+
+        # In a thread: the look at the server is sync, and rare.
+        ids = await asyncio.to_thread(self._lost.settle, sending, lost, len(jobs), resend)
+        return [Enqueued(i, True) for i in ids]
+
+    async def _ainsert(self, conn: AsyncConn, jobs: Sequence[NewJob], call: str) -> list[str]:
+        if len(jobs) == 1 and self._direct is not None:  # as _insert_one, awaited
+            stored = await self._direct.afirst_value(conn, self._scalars(jobs[0], call))
+            if stored is not None:
+                return [stored]
+        cursor = await conn.execute(*self._insert_statement(jobs, call))
+        return _ids_in_order(await cursor.fetchall(), len(jobs))
+
+    def _insert_one(self, conn: Conn, job: NewJob, call: str) -> str:
         """One job, on a connection with no transaction open: through libpq where it
         can (see direct.py), else psycopg."""
-        params = self._scalars(job)
+        params = self._scalars(job, call)
         stored = None if self._direct is None else self._direct.first_value(conn, params)
-        return stored if stored is not None else self._insert(conn, [job])[0]
+        return stored if stored is not None else self._insert(conn, [job], call)[0]
 
-    def _insert(self, conn: Executor, jobs: Sequence[NewJob]) -> list[str]:
-        rows = conn.execute(*self._insert_statement(jobs)).fetchall()
+    def _insert(self, conn: Executor, jobs: Sequence[NewJob], call: str | None) -> list[str]:
+        rows = conn.execute(*self._insert_statement(jobs, call)).fetchall()
         return _ids_in_order(rows, len(jobs))
 
-    def _insert_statement(self, jobs: Sequence[NewJob]) -> tuple[str, Params]:
-        """The one INSERT that stores `jobs` (no unique keys): scalars for one job."""
+    def _insert_statement(self, jobs: Sequence[NewJob], call: str | None) -> tuple[str, Params]:
+        """The one INSERT that stores `jobs` (no unique keys): scalars for one job.
+        `call` marks the jobs as this call's (see lostcall.py)."""
         if len(jobs) == 1:
-            return self._q["insert_one"], self._scalars(jobs[0])
+            return self._q["insert_one"], self._scalars(jobs[0], call)
         params = {
             "at": self._at(),
+            "call": call,
             "task": [j.task for j in jobs],
             "queue": [j.queue for j in jobs],
             "payload": [j.payload for j in jobs],
@@ -262,12 +298,12 @@ class PostgresBackend(Backend):
         }
         return self._q["insert"], params
 
-    def _scalars(self, job: NewJob) -> dict[str, Any]:
+    def _scalars(self, job: NewJob, call: str | None = None) -> dict[str, Any]:
         return {
             "at": self._at(), "task": job.task, "queue": job.queue, "payload": job.payload,
             "priority": job.priority, "max_attempts": job.max_attempts, "retries": job.retries,
             "timeout": job.timeout, "run_at": job.run_at, "unique_key": job.unique_key,
-            "meta": _json_or_none(job.meta), "limit_key": job.limit_key,
+            "meta": _json_or_none(job.meta), "limit_key": job.limit_key, "call": call,
         }  # fmt: skip
 
     def _insert_unique(self, conn: Executor, job: NewJob) -> Enqueued:
@@ -296,13 +332,26 @@ class PostgresBackend(Backend):
             "retries": template.retries, "timeout": template.timeout, "run_at": template.run_at,
             "meta": _json_or_none(template.meta),
         }  # fmt: skip
+        sending = Sending(new_call())
+        params["call"] = sending.call
+        try:
+            with self._pool.connection() as conn:
+                sending.on(conn)
+                return self._insert_payloads(conn, params, payloads)
+        except psycopg.OperationalError as exc:
+            if self._lost is None or not sending.lost(exc):
+                raise
+            resend = functools.partial(self._insert_payloads, params=params, payloads=payloads)
+            return self._lost.settle(sending, exc, len(payloads), resend)
+
+    def _insert_payloads(self, conn: Conn, params: Params, payloads: Sequence[str]) -> list[str]:
         chunks = [
             list(payloads[at : at + _PAYLOADS_PER_INSERT])
             for at in range(0, len(payloads), _PAYLOADS_PER_INSERT)
         ]
         ids: list[str] = []
         # One statement is atomic on its own: BEGIN and COMMIT would be two more round trips.
-        with self._pool.connection() as conn, conn.transaction() if len(chunks) > 1 else nullcontext():
+        with conn.transaction() if len(chunks) > 1 else nullcontext():
             for chunk in chunks:
                 rows = conn.execute(self._q["insert_shared"], {**params, "payloads": chunk}).fetchall()
                 ids.extend(_ids_in_order(rows, len(chunk)))

@@ -24,10 +24,10 @@ lease_expires, result, error, attempts, progress, parent_id, children, flow, lim
 -- Any number of jobs in one statement: one array per column, unnested together. Identity
 -- values are taken in insertion order, so the sorted ids are the input order.
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, meta, limit_key)
+                      run_at, enqueued_at, meta, limit_key, enqueue_call)
 SELECT t.task, t.queue, CASE WHEN t.run_at > c.now THEN 'scheduled' ELSE 'queued' END,
        t.payload, t.priority, t.max_attempts, t.retries, t.timeout,
-       coalesce(t.run_at, c.now), c.now, t.meta::jsonb, t.limit_key
+       coalesce(t.run_at, c.now), c.now, t.meta::jsonb, t.limit_key, %(call)s
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
      unnest(%(task)b::text[], %(queue)b::text[], %(payload)b::text[], %(priority)s::int[],
             %(max_attempts)s::int[], %(retries)s::int[], %(timeout)s::float8[],
@@ -40,26 +40,39 @@ RETURNING id
 -- name: insert_one
 -- One job, scalar parameters: 1.7x the rate of the array form for a batch of one.
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, meta, limit_key)
+                      run_at, enqueued_at, meta, limit_key, enqueue_call)
 SELECT %(task)s, %(queue)s,
        CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END,
        %(payload)s, %(priority)s, %(max_attempts)s, %(retries)s, %(timeout)s,
-       coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb, %(limit_key)s
+       coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb, %(limit_key)s, %(call)s
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
 RETURNING id
 
 -- name: insert_shared
 -- Bulk jobs that differ only in their payload: the shared values are bound once.
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, meta)
+                      run_at, enqueued_at, meta, enqueue_call)
 SELECT %(task)s, %(queue)s,
        CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END,
        t.payload, %(priority)s, %(max_attempts)s, %(retries)s, %(timeout)s,
-       coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb
+       coalesce(%(run_at)s::float8, c.now), c.now, %(meta)s::jsonb, %(call)s
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c,
      unnest(%(payloads)b::text[]) WITH ORDINALITY AS t(payload, n)
 ORDER BY t.n
 RETURNING id
+
+-- name: call_running
+-- Whether the server process of a lost call is still inside a statement or transaction:
+-- until it is not, what the call stored is undecided. Gone (a restart) or idle: decided.
+SELECT 1 FROM pg_stat_activity
+WHERE pid = %(pid)s AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')
+
+-- name: stored_by_call
+-- The jobs a lost call stored, in the order it sent them, looked for among the newest
+-- %(newest)s: the client looks as soon as the server answers again (see migration 9).
+SELECT id FROM (SELECT id, enqueue_call FROM {p}.jobs ORDER BY id DESC LIMIT %(newest)s) AS recent
+WHERE enqueue_call = %(call)s
+ORDER BY id
 
 -- name: insert_unique
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,

@@ -63,6 +63,7 @@ CREATE TABLE conveyor.jobs (
     children bigint[],
     flow text,
     limit_key text,
+    enqueue_call text,
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['scheduled'::text, 'queued'::text, 'active'::text, 'waiting'::text, 'completed'::text, 'dead'::text, 'cancelled'::text])))
 );
 
@@ -519,4 +520,4 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
 INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup'), (7, 'cheaper_wake_trigger'), (8, 'pause_in_the_pick')) AS m(version, name);
+SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup'), (7, 'cheaper_wake_trigger'), (8, 'pause_in_the_pick'), (9, 'enqueue_call')) AS m(version, name);

@@ -1,0 +1,118 @@
+"""A plain enqueue whose connection dropped after it was sent: stored, or not?
+
+The server may have committed the jobs and then lost the reply (it was killed, or the
+network dropped), or died before the commit. Until schema version 9 the caller got
+BackendUnavailable either way ("the job may exist"): 3-5 of them in each soak run across
+an immediate-mode restart. Now every plain INSERT carries a random id of its call
+(`enqueue_call`), and after a drop the client
+
+1. waits, up to the URL's timeout, for a connection (the server may be restarting);
+2. waits until the lost call's server process is out of its statement or transaction
+   (polled every 20 ms; gone after a restart): until then the outcome is undecided;
+3. looks for the call's id among the newest jobs: the ids found are the call's answer;
+   none found, the call is sent again on the new connection, once.
+
+Behind PgBouncer the server process of a call is not known (PgBouncer reports a pid of
+its own), so a lost call there raises as before. Unique keys, flows and transactional
+enqueues are not resent either: their statements run in a transaction of their own or
+the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from conveyor.backends.postgres.pools import ERRORS, Pool, explained
+from conveyor.errors import BackendUnavailable
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+log = logging.getLogger("conveyor.postgres")
+_POLL_SECONDS = 0.02  # between looks at the lost call's server process; it ends in ms
+# The look walks the primary key back from the newest job: a resend follows its lost call
+# within the timeout, so 100,000 newer jobs (more than one process enqueues in that time)
+# bounds it. A look costs 20-60 ms at that depth; a call not found in it is sent again.
+_NEWEST = 100_000
+
+
+def new_call() -> str:
+    """A random id for one enqueue call: 64 bits, unique among the newest jobs."""
+    return secrets.token_hex(8)
+
+
+@dataclass
+class Sending:
+    """An enqueue call on its way: the connection and the server process it went to."""
+
+    call: str
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None
+    pid: int = 0
+
+    def on(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        """Note the connection before the call is sent (its pid is gone once it drops)."""
+        self.conn, self.pid = conn, conn.info.backend_pid
+
+    def lost(self, exc: BaseException) -> bool:
+        """Whether `exc` dropped the connection with the call sent: the server may have
+        stored it. An error reply (the connection still open) stored nothing."""
+        return isinstance(exc, psycopg.OperationalError) and self.conn is not None and self.conn.closed
+
+
+class _Undecided(Exception):
+    """Why a lost call's outcome could not be learned."""
+
+
+class LostCalls:
+    """Settles lost calls of one backend: its queries, pool, timeout and name."""
+
+    def __init__(self, pool: Pool, queries: dict[str, str], timeout: float, where: str) -> None:
+        self._pool, self._q, self._timeout, self._where = pool, queries, timeout, where
+
+    def settle(
+        self, sending: Sending, lost: Exception, expected: int, resend: Callable[[Conn], list[str]]
+    ) -> list[str]:
+        """The ids of the `expected` jobs the lost call stored, or those of its resend."""
+        try:
+            with self._pool.connection() as conn:  # waits up to the timeout for the server
+                self._wait_out(conn, sending.pid)
+                found = self._stored(conn, sending.call, expected)
+                what = "had stored its jobs" if found is not None else "had stored nothing: sent again"
+                log.info(
+                    "PostgreSQL at %s: an enqueue's connection dropped after it was sent; %s",
+                    self._where,
+                    what,
+                )
+                return found if found is not None else resend(conn)
+        except _Undecided as exc:
+            raise self._undecided(lost, str(exc)) from lost
+        except ERRORS as exc:
+            raise self._undecided(lost, explained(exc)) from exc
+
+    def _wait_out(self, conn: Conn, pid: int) -> None:
+        deadline = time.monotonic() + self._timeout
+        while conn.execute(self._q["call_running"], {"pid": pid}).fetchone() is not None:
+            if time.monotonic() >= deadline:
+                raise _Undecided(f"its server process ({pid}) was still running it after {self._timeout:g}s")
+            time.sleep(_POLL_SECONDS)  # no event tells when another session's statement ends
+
+    def _stored(self, conn: Conn, call: str, expected: int) -> list[str] | None:
+        newest = _NEWEST + expected
+        rows = conn.execute(self._q["stored_by_call"], {"call": call, "newest": newest}).fetchall()
+        if not rows:
+            return None
+        if len(rows) != expected:  # one statement stores all or nothing: older ones fell out
+            raise _Undecided(f"{len(rows)} of its {expected} jobs were found")
+        return [str(row[0]) for row in rows]
+
+    def _undecided(self, lost: Exception, reason: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"PostgreSQL at {self._where}: the connection dropped after an enqueue was sent "
+            f"({explained(lost)}), and whether it stored its jobs could not be learned: "
+            f"{reason}; the jobs may exist"
+        )

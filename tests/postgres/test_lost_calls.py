@@ -1,0 +1,147 @@
+"""An enqueue whose connection drops after it was sent is stored exactly once: the client
+learns whether the lost call stored its jobs and sends it again only if it did not.
+
+The faults are real: a TCP proxy (tests/proxy.py) in front of the local PostgreSQL loses
+the reply to the call that carries a marked payload, or the call itself, or hangs up
+while the server is still running it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from conveyor.backends.base import NewJob
+from conveyor.backends.postgres.backend import PostgresBackend
+from conveyor.errors import BackendUnavailable
+from tests.conftest import POSTGRES_URL, eventually, fresh_postgres
+from tests.proxy import ReplyDropper
+
+MARK = "lost-call-marker"
+Enqueue = Callable[[PostgresBackend, int], list[str]]
+
+
+def _jobs(count: int) -> list[NewJob]:
+    return [NewJob("t.any", "default", f'[["{MARK}", {n}],{{}}]') for n in range(count)]
+
+
+def _sync(backend: PostgresBackend, count: int) -> list[str]:
+    return [e.id for e in backend.enqueue(_jobs(count))]
+
+
+def _async(backend: PostgresBackend, count: int) -> list[str]:
+    return [e.id for e in asyncio.run(backend.aenqueue(_jobs(count)))]
+
+
+def _payloads(backend: PostgresBackend, count: int) -> list[str]:
+    return backend.enqueue_payloads(_jobs(1)[0], [job.payload for job in _jobs(count)])
+
+
+WAYS = {
+    "one": (_sync, 1), "many": (_sync, 3), "async one": (_async, 1), "async many": (_async, 3),
+    "payloads": (_payloads, 3),
+}  # fmt: skip
+
+
+@pytest.fixture
+def backend() -> Iterator[PostgresBackend]:
+    fresh_postgres(POSTGRES_URL)
+    PostgresBackend(f"{POSTGRES_URL}?migrate=1", prefix="lost").close()
+    where = urlsplit(POSTGRES_URL)
+    proxy = ReplyDropper((where.hostname or "127.0.0.1", where.port or 5432), marker=MARK.encode())
+    proxied = where._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    opened = PostgresBackend(f"{proxied}?timeout=3", prefix="lost")
+    opened.proxy = proxy  # type: ignore[attr-defined]
+    yield opened
+    opened.close()
+    proxy.close()
+
+
+def _stored(backend: PostgresBackend) -> list[str]:
+    """The ids of the marked jobs in the table, oldest first."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT id FROM lost.jobs WHERE payload LIKE %s ORDER BY id", [f"%{MARK}%"])
+        return [str(row[0]) for row in rows]
+
+
+def _proxy(backend: PostgresBackend) -> ReplyDropper:
+    proxy: ReplyDropper = backend.proxy  # type: ignore[attr-defined]
+    return proxy
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_call_whose_reply_was_lost_answers_with_its_jobs(backend: PostgresBackend, way: str) -> None:
+    enqueue, count = WAYS[way]
+    _proxy(backend).drop_next.set()
+    ids = enqueue(backend, count)
+    assert not _proxy(backend).drop_next.is_set()  # the fault happened
+    assert ids == _stored(backend) and len(ids) == count
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_call_lost_before_the_server_saw_it_is_sent_again(backend: PostgresBackend, way: str) -> None:
+    enqueue, count = WAYS[way]
+    _proxy(backend).swallow_next.set()
+    ids = enqueue(backend, count)
+    assert not _proxy(backend).swallow_next.is_set()
+    assert ids == _stored(backend) and len(ids) == count
+
+
+@contextlib.contextmanager
+def _held_up(backend: PostgresBackend) -> Iterator[psycopg.Connection[Any]]:
+    """A session that keeps the jobs table from taking inserts until it commits. The
+    backend's insert is prepared first: a Parse would wait on the lock, not the call."""
+    backend.enqueue([NewJob("t.warm", "default", "[[],{}]")])
+    with psycopg.connect(POSTGRES_URL) as lock:
+        lock.execute("LOCK TABLE lost.jobs IN SHARE MODE")
+        yield lock
+
+
+def _waiting_inserts() -> int:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT%'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_the_client_waits_for_a_lost_call_the_server_is_still_running(backend: PostgresBackend) -> None:
+    # Without the wait, the look finds nothing and a resend stores the job a second time
+    # once the lock goes.
+    result: list[list[str]] = []
+    with _held_up(backend) as lock:
+        _proxy(backend).cut_next.set()
+        caller = threading.Thread(target=lambda: result.append(_sync(backend, 1)))
+        caller.start()
+        eventually(lambda: _waiting_inserts() == 1, timeout=5, message="the lost insert waits on the lock")
+        eventually(lambda: not _proxy(backend).cut_next.is_set(), timeout=5, message="the call was cut")
+        lock.commit()
+    caller.join(timeout=10)
+    assert result and result[0] == _stored(backend) and len(result[0]) == 1
+
+
+def test_a_lost_call_still_running_after_the_timeout_raises_saying_the_job_may_exist(
+    backend: PostgresBackend,
+) -> None:
+    with _held_up(backend) as lock:
+        _proxy(backend).cut_next.set()
+        with pytest.raises(BackendUnavailable, match=r"still running it after 3s; the jobs may exist"):
+            _sync(backend, 1)
+        lock.commit()
+    eventually(lambda: len(_stored(backend)) == 1, timeout=5, message="the lost call's job stored")
+
+
+def test_behind_pgbouncer_a_lost_call_raises_as_before() -> None:
+    fresh_postgres(POSTGRES_URL)
+    opened = PostgresBackend(f"{POSTGRES_URL}?migrate=1&pgbouncer=1", prefix="lost")
+    try:
+        assert opened._lost is None  # PgBouncer reports no server process to wait for
+    finally:
+        opened.close()
