@@ -48,6 +48,8 @@ class ReplyDropper:
         while data := _recv(client):
             if self.marker in data and self._armed(self.swallow_next):
                 break
+            if self.marker in data and self._armed(self.drop_next):
+                dropping.set()  # before the call goes: its reply may come back at once
             server.sendall(data)
             if self.marker in data and self._armed(self.cut_next):
                 # Half-closed: the server reads the call before the end (a full close with
@@ -56,8 +58,6 @@ class ReplyDropper:
                     server.shutdown(socket.SHUT_WR)
                 _hang_up(client)
                 return
-            if self.marker in data and self._armed(self.drop_next):
-                dropping.set()
         _hang_up(client)
         _hang_up(server)
 
