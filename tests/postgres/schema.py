@@ -17,6 +17,7 @@ import psycopg
 
 from conveyor.backends._sql import load_migrations
 from conveyor.backends.postgres import migrate_database
+from conveyor.backends.postgres.migrate import readable_from
 
 SCRATCH = "conveyor_schema_dump"
 CANONICAL = "conveyor"
@@ -51,11 +52,15 @@ _HEADER = """-- Conveyor's PostgreSQL schema for the default prefix `conveyor`, 
 
 
 def _footer() -> str:
-    values = ", ".join(f"({v}, '{name}')" for v, name, _ in load_migrations("conveyor.backends.postgres"))
+    values = ", ".join(
+        f"({v}, '{name}', {readable_from(script) or 'NULL'})"
+        for v, name, script in load_migrations("conveyor.backends.postgres")
+    )
     return (
         "-- The migrations this file stands for, so `conveyor migrate` finds them applied.\n"
-        f"INSERT INTO {CANONICAL}.migrations (version, name, applied_at)\n"
-        f"SELECT version, name, now() FROM (VALUES {values}) AS m(version, name);\n"
+        f"INSERT INTO {CANONICAL}.migrations (version, name, applied_at, readers_from)\n"
+        f"SELECT version, name, now(), readers_from\n"
+        f"FROM (VALUES {values}) AS m(version, name, readers_from);\n"
     )
 
 

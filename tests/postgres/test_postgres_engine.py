@@ -208,7 +208,24 @@ def test_an_unmigrated_schema_asks_for_conveyor_migrate_which_installs_it() -> N
 def test_a_schema_newer_than_this_conveyor_is_refused(url: str) -> None:
     open_backend(url, prefix="newer").close()
     psql("INSERT INTO newer.migrations VALUES (999, 'future', now())")
-    with pytest.raises(ConfigError, match="version 999, newer than this Conveyor"):
+    with pytest.raises(ConfigError, match="version 999, newer than this Conveyor knows .*migration 999"):
+        open_backend(url, prefix="newer")
+
+
+def test_a_newer_schema_whose_migrations_say_this_version_reads_it_is_accepted(url: str) -> None:
+    # A rolling upgrade: `conveyor migrate` first, and processes of this version still start.
+    latest = latest_version()
+    open_backend(url, prefix="newer").close()
+    psql(f"INSERT INTO newer.migrations VALUES ({latest + 1}, 'additive', now(), {latest})")
+    psql(f"INSERT INTO newer.migrations VALUES ({latest + 2}, 'additive_too', now(), {latest - 1})")
+    backend = open_backend(url, prefix="newer")  # migrate=1: nothing to apply
+    try:
+        assert backend.get([backend.enqueue([NewJob("t.any", "default", "[[],{}]")])[0].id])[0] is not None
+    finally:
+        backend.close()
+    assert migrate_database(POSTGRES_URL, "newer") == ([], latest + 2)
+    psql(f"INSERT INTO newer.migrations VALUES ({latest + 3}, 'breaking', now(), {latest + 1})")
+    with pytest.raises(ConfigError, match=f"migration {latest + 3} changed what it reads"):
         open_backend(url, prefix="newer")
 
 

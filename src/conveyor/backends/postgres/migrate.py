@@ -4,10 +4,17 @@ Each `migrations/NNNN_name.sql` runs once per schema, in one transaction with it
 bookkeeping row, so a failed migration leaves nothing half-applied. The lock makes
 concurrent `conveyor migrate` runs (or workers started with `migrate=1`) queue up
 instead of racing: the second finds the work done.
+
+A migration that only adds (a nullable column, an index, a function) may say so in a
+line `-- Readable from version N`: a Conveyor that ships version N or later then keeps
+starting on a schema with it applied (recorded as `readers_from`, from version 9 on).
+So an upgrade can migrate first and roll the new code out after, while processes of
+the old code restart. A schema with a newer migration that does not say so is refused.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -20,11 +27,18 @@ from conveyor.backends.postgres.pools import GRANTS
 from conveyor.errors import ConfigError
 
 _PACKAGE = "conveyor.backends.postgres"
+_READABLE = re.compile(r"^-- Readable from version (\d+)\b", re.MULTILINE)
 
 
 def latest_version() -> int:
     """The newest migration this Conveyor ships."""
     return max(version for version, _, _ in load_migrations(_PACKAGE))
+
+
+def readable_from(script: str) -> int | None:
+    """The oldest version whose Conveyors still run once `script` is applied, if it says."""
+    match = _READABLE.search(script)
+    return int(match.group(1)) if match else None
 
 
 def schema_version(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> int:
@@ -54,8 +68,8 @@ def _migrate(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> list[int
     # Already current: nothing to lock or create, so a role without CREATE on the
     # database may start with migrate=1 once the owner has migrated.
     current = schema_version(conn, schema)
-    _refuse_newer(current, schema)
-    if current == latest_version():
+    _refuse_newer(conn, current, schema)
+    if current >= latest_version():
         return []
     applied: list[int] = []
     with conn.transaction():
@@ -70,7 +84,7 @@ def _migrate(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> list[int
             ).format(ident)
         )
         current = schema_version(conn, schema)
-        _refuse_newer(current, schema)
+        _refuse_newer(conn, current, schema)
         for version, name, script in load_migrations(_PACKAGE):
             if version <= current:
                 continue
@@ -81,14 +95,20 @@ def _migrate(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> list[int
                 sql.SQL("INSERT INTO {}.migrations VALUES (%s, %s, to_timestamp(%s))").format(ident),
                 (version, name, time.time()),
             )
+            if (older := readable_from(script)) is not None:
+                conn.execute(
+                    sql.SQL("UPDATE {}.migrations SET readers_from = %s WHERE version = %s").format(ident),
+                    (older, version),
+                )
             applied.append(version)
     return applied
 
 
 def require_current(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> None:
-    """ConfigError unless `schema` is at exactly the version this Conveyor ships."""
+    """ConfigError unless `schema` is at the version this Conveyor ships, or at a newer
+    one whose newer migrations all keep this version readable."""
     current, latest = schema_version(conn, schema), latest_version()
-    _refuse_newer(current, schema)
+    _refuse_newer(conn, current, schema)
     if current < latest:
         where = "has no Conveyor tables" if current == 0 else f"is at version {current}"
         raise ConfigError(
@@ -97,10 +117,19 @@ def require_current(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> N
         )
 
 
-def _refuse_newer(current: int, schema: str) -> None:
+def _refuse_newer(conn: psycopg.Connection[tuple[Any, ...]], current: int, schema: str) -> None:
     latest = latest_version()
-    if current > latest:
-        raise ConfigError(
-            f"PostgreSQL schema {schema!r} is at version {current}, newer than this Conveyor "
-            f"knows ({latest}): upgrade Conveyor on this machine"
-        )
+    if current <= latest:
+        return
+    # The first migration beyond this Conveyor's that did not say this version reads it.
+    query = (
+        "SELECT min(version) FROM {}.migrations WHERE version > %s AND coalesce(readers_from, version) > %s"
+    )
+    row = conn.execute(sql.SQL(query).format(sql.Identifier(schema)), (latest, latest)).fetchone()
+    if row is None or row[0] is None:
+        return
+    raise ConfigError(
+        f"PostgreSQL schema {schema!r} is at version {current}, newer than this Conveyor "
+        f"knows ({latest}), and migration {row[0]} changed what it reads: upgrade Conveyor "
+        "on this machine"
+    )

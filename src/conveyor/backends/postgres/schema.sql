@@ -297,7 +297,8 @@ ALTER TABLE conveyor.logs ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
 CREATE TABLE conveyor.migrations (
     version integer NOT NULL,
     name text NOT NULL,
-    applied_at timestamp with time zone NOT NULL
+    applied_at timestamp with time zone NOT NULL,
+    readers_from integer
 );
 
 
@@ -519,5 +520,6 @@ CREATE TRIGGER jobs_inserted AFTER INSERT ON conveyor.jobs REFERENCING NEW TABLE
 --
 
 -- The migrations this file stands for, so `conveyor migrate` finds them applied.
-INSERT INTO conveyor.migrations (version, name, applied_at)
-SELECT version, name, now() FROM (VALUES (1, 'initial'), (2, 'flows'), (3, 'unique_window'), (4, 'limits'), (5, 'events'), (6, 'fenced_lookup'), (7, 'cheaper_wake_trigger'), (8, 'pause_in_the_pick'), (9, 'enqueue_call')) AS m(version, name);
+INSERT INTO conveyor.migrations (version, name, applied_at, readers_from)
+SELECT version, name, now(), readers_from
+FROM (VALUES (1, 'initial', NULL), (2, 'flows', NULL), (3, 'unique_window', NULL), (4, 'limits', NULL), (5, 'events', NULL), (6, 'fenced_lookup', NULL), (7, 'cheaper_wake_trigger', NULL), (8, 'pause_in_the_pick', NULL), (9, 'enqueue_call', 8)) AS m(version, name, readers_from);
