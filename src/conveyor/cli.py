@@ -534,9 +534,12 @@ def migrate(ctx: click.Context) -> None:
     where = redact_url(app.settings.url)
     if app.settings.url.split("://", 1)[0].lower() in {"postgresql", "postgres"}:
         from conveyor.backends.postgres import migrate_database
+        from conveyor.backends.postgres.migrate import latest_version
 
         applied, version = migrate_database(app.settings.url, app.settings.prefix)
         done = f"applied {', '.join(map(str, applied))}" if applied else "already current"
+        if version > latest_version():  # a newer Conveyor migrated it, and said this one reads it
+            done = f"newer than this Conveyor's {latest_version()}, which still reads it"
         console.print(f"{where} schema {app.settings.prefix!r}: {done}; schema version {version}")
         return
     version = getattr(app.backend, "schema_version", lambda: 0)()

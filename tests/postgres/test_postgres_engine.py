@@ -224,6 +224,10 @@ def test_a_newer_schema_whose_migrations_say_this_version_reads_it_is_accepted(u
     finally:
         backend.close()
     assert migrate_database(POSTGRES_URL, "newer") == ([], latest + 2)
+    command = [sys.executable, "-m", "conveyor", "--url", POSTGRES_URL, "--prefix", "newer", "migrate"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    said = f"newer than this Conveyor's {latest}, which still reads it; schema version {latest + 2}"
+    assert said in " ".join(out.stdout.split()), out.stdout + out.stderr  # rich wraps at 80
     psql(f"INSERT INTO newer.migrations VALUES ({latest + 3}, 'breaking', now(), {latest + 1})")
     with pytest.raises(ConfigError, match=f"migration {latest + 3} changed what it reads"):
         open_backend(url, prefix="newer")
