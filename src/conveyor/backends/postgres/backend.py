@@ -50,7 +50,7 @@ from conveyor.backends.postgres.connect import check_schema, parse_postgres_url,
 from conveyor.backends.postgres.direct import DirectStatement
 from conveyor.backends.postgres.held import Held
 from conveyor.backends.postgres.listener import Listener
-from conveyor.backends.postgres.lostcall import LostCalls, Sending, new_call
+from conveyor.backends.postgres.lostcall import LostCalls, Sending, marked, new_call
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.backends.postgres.pools import ERRORS, Pool, explained
 from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
@@ -108,8 +108,7 @@ class PostgresBackend(Backend):
             open=False,
         )
         self._held = Held(self._pool)
-        # Behind PgBouncer a lost call's server process is unknown (see lostcall.py).
-        self._lost = LostCalls(self._pool, self._q, target.timeout, self.where) if target.prepare else None
+        self._lost = LostCalls(self._pool, self._q, target.timeout, self.where, by_pid=target.prepare)
         self._anyloop = AnyLoopConnections(target.conninfo, self.connect_options, target.pool, target.timeout)
         self._listener = Listener(target.conninfo, self.schema, enabled=target.listen)
         self._events = Aside(target.conninfo, self.connect_options)  # the event publisher's
@@ -179,7 +178,7 @@ class PostgresBackend(Backend):
                 sending.on(conn)
                 return self._insert(conn, jobs, sending.call)
         except psycopg.OperationalError as exc:
-            if self._lost is None or not sending.lost(exc):
+            if not sending.lost(exc):
                 raise
             return self._lost.settle(sending, exc, len(jobs), lambda c: self._insert(c, jobs, sending.call))
 
@@ -245,7 +244,7 @@ class PostgresBackend(Backend):
             clean = True
             return [Enqueued(i, True) for i in ids]
         except psycopg.OperationalError as exc:
-            if self._lost is None or not sending.lost(exc):
+            if not sending.lost(exc):
                 raise
             lost = exc
         finally:
@@ -281,7 +280,7 @@ class PostgresBackend(Backend):
         """The one INSERT that stores `jobs` (no unique keys): scalars for one job.
         `call` marks the jobs as this call's (see lostcall.py)."""
         if len(jobs) == 1:
-            return self._q["insert_one"], self._scalars(jobs[0], call)
+            return self._marked(self._q["insert_one"], call), self._scalars(jobs[0], call)
         params = {
             "at": self._at(),
             "call": call,
@@ -296,7 +295,11 @@ class PostgresBackend(Backend):
             "meta": [_json_or_none(j.meta) for j in jobs],
             "limit_key": [j.limit_key for j in jobs],
         }
-        return self._q["insert"], params
+        return self._marked(self._q["insert"], call), params
+
+    def _marked(self, statement: str, call: str | None) -> str:
+        """Behind PgBouncer, `statement` under a comment naming the call (see lostcall.py)."""
+        return statement if call is None or self._lost.by_pid else marked(call, statement)
 
     def _scalars(self, job: NewJob, call: str | None = None) -> dict[str, Any]:
         return {
@@ -339,7 +342,8 @@ class PostgresBackend(Backend):
                 sending.on(conn)
                 return self._insert_payloads(conn, params, payloads)
         except psycopg.OperationalError as exc:
-            if self._lost is None or not sending.lost(exc):
+            # Behind PgBouncer a call of several statements is not settled (see lostcall.py).
+            if not sending.lost(exc) or (len(payloads) > _PAYLOADS_PER_INSERT and not self._lost.by_pid):
                 raise
             resend = functools.partial(self._insert_payloads, params=params, payloads=payloads)
             return self._lost.settle(sending, exc, len(payloads), resend)
@@ -353,7 +357,8 @@ class PostgresBackend(Backend):
         # One statement is atomic on its own: BEGIN and COMMIT would be two more round trips.
         with conn.transaction() if len(chunks) > 1 else nullcontext():
             for chunk in chunks:
-                rows = conn.execute(self._q["insert_shared"], {**params, "payloads": chunk}).fetchall()
+                statement = self._marked(self._q["insert_shared"], params["call"])
+                rows = conn.execute(statement, {**params, "payloads": chunk}).fetchall()
                 ids.extend(_ids_in_order(rows, len(chunk)))
         return ids
 

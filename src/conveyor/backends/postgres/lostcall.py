@@ -8,14 +8,16 @@ an immediate-mode restart. Now every plain INSERT carries a random id of its cal
 
 1. waits, up to the URL's timeout, for a connection (the server may be restarting);
 2. waits until the lost call's server process is out of its statement or transaction
-   (polled every 20 ms; gone after a restart): until then the outcome is undecided;
+   (polled every 20 ms; gone after a restart): until then the outcome is undecided.
+   Behind PgBouncer the process is not known (PgBouncer reports a pid of its own), so
+   the statements there start with a comment naming the call, and the wait is for no
+   session in `pg_stat_activity` to be running one;
 3. looks for the call's id among the newest jobs: the ids found are the call's answer;
    none found, the call is sent again on the new connection, once.
 
-Behind PgBouncer the server process of a call is not known (PgBouncer reports a pid of
-its own), so a lost call there raises as before. Unique keys, flows and transactional
-enqueues are not resent either: their statements run in a transaction of their own or
-the caller's.
+Unique keys, flows and transactional enqueues are not resent: their statements run in a
+transaction of their own or the caller's. Nor, behind PgBouncer, is a bulk enqueue of
+more than one statement: its COMMIT carries no comment, so a look during it could miss it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def new_call() -> str:
     return secrets.token_hex(8)
 
 
+def marked(call: str, statement: str) -> str:
+    """`statement` under a comment naming `call`, which pg_stat_activity shows."""
+    return f"/* conveyor call {call} */ {statement}"
+
+
 @dataclass
 class Sending:
     """An enqueue call on its way: the connection and the server process it went to."""
@@ -71,8 +78,11 @@ class _Undecided(Exception):
 class LostCalls:
     """Settles lost calls of one backend: its queries, pool, timeout and name."""
 
-    def __init__(self, pool: Pool, queries: dict[str, str], timeout: float, where: str) -> None:
+    def __init__(
+        self, pool: Pool, queries: dict[str, str], timeout: float, where: str, *, by_pid: bool
+    ) -> None:
         self._pool, self._q, self._timeout, self._where = pool, queries, timeout, where
+        self.by_pid = by_pid  # False behind PgBouncer: statements are marked() instead
 
     def settle(
         self, sending: Sending, lost: Exception, expected: int, resend: Callable[[Conn], list[str]]
@@ -80,7 +90,7 @@ class LostCalls:
         """The ids of the `expected` jobs the lost call stored, or those of its resend."""
         try:
             with self._pool.connection() as conn:  # waits up to the timeout for the server
-                self._wait_out(conn, sending.pid)
+                self._wait_out(conn, sending)
                 found = self._stored(conn, sending.call, expected)
                 what = "had stored its jobs" if found is not None else "had stored nothing: sent again"
                 log.info(
@@ -94,11 +104,16 @@ class LostCalls:
         except ERRORS as exc:
             raise self._undecided(lost, explained(exc)) from exc
 
-    def _wait_out(self, conn: Conn, pid: int) -> None:
+    def _wait_out(self, conn: Conn, sending: Sending) -> None:
+        params: dict[str, int | str]
+        if self.by_pid:
+            query, params, who = "call_running", {"pid": sending.pid}, f"its server process ({sending.pid})"
+        else:
+            query, params, who = "call_running_marked", {"mark": marked(sending.call, "%")}, "the server"
         deadline = time.monotonic() + self._timeout
-        while conn.execute(self._q["call_running"], {"pid": pid}).fetchone() is not None:
+        while conn.execute(self._q[query], params).fetchone() is not None:
             if time.monotonic() >= deadline:
-                raise _Undecided(f"its server process ({pid}) was still running it after {self._timeout:g}s")
+                raise _Undecided(f"{who} was still running it after {self._timeout:g}s")
             time.sleep(_POLL_SECONDS)  # no event tells when another session's statement ends
 
     def _stored(self, conn: Conn, call: str, expected: int) -> list[str] | None:

@@ -67,6 +67,13 @@ RETURNING id
 SELECT 1 FROM pg_stat_activity
 WHERE pid = %(pid)s AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')
 
+-- name: call_running_marked
+-- As call_running, behind PgBouncer, where the lost call's server process is not known:
+-- a session running a statement under the call's comment (see lostcall.marked).
+SELECT 1 FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND query LIKE %(mark)s
+  AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')
+
 -- name: stored_by_call
 -- The jobs a lost call stored, in the order it sent them, looked for among the newest
 -- %(newest)s: the client looks as soon as the server answers again (see migration 9).
