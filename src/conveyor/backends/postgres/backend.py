@@ -354,10 +354,10 @@ class PostgresBackend(Backend):
             for at in range(0, len(payloads), _PAYLOADS_PER_INSERT)
         ]
         ids: list[str] = []
+        statement = self._marked(self._q["insert_shared"], params["call"])
         # One statement is atomic on its own: BEGIN and COMMIT would be two more round trips.
         with conn.transaction() if len(chunks) > 1 else nullcontext():
             for chunk in chunks:
-                statement = self._marked(self._q["insert_shared"], params["call"])
                 rows = conn.execute(statement, {**params, "payloads": chunk}).fetchall()
                 ids.extend(_ids_in_order(rows, len(chunk)))
         return ids
