@@ -218,7 +218,7 @@ def test_a_finish_resent_after_a_lost_reply_answers_stored_not_lease_lost(backen
 
 def test_a_finish_retried_by_the_worker_after_an_error_answers_stored(backend: Backend) -> None:
     """The lane's resend cannot get through either, so the worker retries the same
-    outcomes later (see Worker._store_batch): the answer is still the first call's."""
+    outcomes later (see Storer.store): the answer is still the first call's."""
     _enqueue(backend, 2)
     claimed = backend.claim("w1", ["default"], 10, 30)
     proxy = backend.proxy  # type: ignore[attr-defined]

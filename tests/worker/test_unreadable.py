@@ -160,7 +160,7 @@ def test_a_flow_parent_that_cannot_be_settled_does_not_stop_the_worker(
     def echo(text: str) -> str:
         return text
 
-    monkeypatch.setattr("conveyor.worker.worker.settle", flaky)
+    monkeypatch.setattr("conveyor.worker.store.settle", flaky)
     monkeypatch.setattr("conveyor.worker.maintenance._FLOWS_EVERY", 0.0)  # settle at every sweep
     last = chain(echo.s("first"), echo.s()).enqueue()
     with caplog.at_level(logging.ERROR, "conveyor.worker"), running(app, lease_timeout=1):

@@ -1,10 +1,10 @@
 """The worker: a few supervised asyncio tasks around one engine.
 
 - the pump claims new jobs for its free slots, while one batch of finished attempts
-  is being stored: the engine stores one batch as the next runs. For jobs of 20 to
-  250 ms it also holds a few claimed ahead (see _AHEAD_WAIT), so a freed slot starts
-  its next job at once instead of after a claim; more, or for longer jobs, would let
-  jobs wait in one worker while another sits idle. Engines with an async driver
+  is being stored (see store.py): the engine stores one batch as the next runs. For
+  jobs of 20 to 250 ms it also holds a few claimed ahead (see _AHEAD_WAIT), so a freed
+  slot starts its next job at once instead of after a claim; more, or for longer jobs,
+  would let jobs wait in one worker while another sits idle. Engines with an async driver
   (PostgreSQL) claim and store on the event loop; the others from the engine and
   store threads;
 - each claimed job runs in its own asyncio task (async tasks on the loop, sync
@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import itertools
 import logging
@@ -37,11 +36,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conveyor.backends.base import AsyncWork, Backend, Fence, JobQuery, Outcome, OutcomeKind, WorkerInfo
+from conveyor.backends.base import AsyncWork, Backend, JobQuery, Outcome, OutcomeKind, WorkerInfo
 from conveyor.context import JobContext, bind
 from conveyor.errors import BackendUnavailable
 from conveyor.events import Entry, JobEvent, JobEvents
-from conveyor.flows import settle
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import HELD_BACK_POLL, Claimed
 from conveyor.outage import OutageLog
@@ -52,6 +50,7 @@ from conveyor.worker.deadlines import Deadlines
 from conveyor.worker.executor import Running, failed, released, run_attempt, user_traceback
 from conveyor.worker.lease import LeaseKeeper
 from conveyor.worker.maintenance import Maintenance
+from conveyor.worker.store import MAX_BACKOFF, Storer
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 _IDLE_WAIT = 0.5  # longest single engine wait: bounds shutdown and notices dead connections
-_MAX_BACKOFF = 5.0  # longest pause after an engine error before trying again
 # Claims for fewer slots go whole: small parts cost more calls than their overlap saves.
 # No-op drain on Redis, c=100, 9 alternating runs: whole claims 17,209-22,556 jobs/s,
 # split from 64 slots 20,490-24,411, split from 32 15,854-19,714.
@@ -115,40 +113,10 @@ def _can_spare_one(record: JobRecord) -> bool:
 
 
 _PAGE = 500  # active jobs listed at a time when taking back a lost claim's jobs
-_ENDED = (OutcomeKind.COMPLETED, OutcomeKind.DEAD)  # outcomes that let a flow parent move on
 # Python 3.12+: a job's task runs its first step at once, so a job that never waits
 # (most do little) finishes without being scheduled through the loop's queue.
 _eager = getattr(asyncio, "eager_task_factory", None)
-_EVENT_OF = {OutcomeKind.COMPLETED: "completed", OutcomeKind.RETRY: "retried", OutcomeKind.DEAD: "dead"}
-# Per outcome: the states it leaves its job in (a job due now may be queued at once), and
-# the attempt count it leaves against the attempt run: snoozed and released jobs give
-# their attempt back, which the lease recovery never does.
-_STORED_AS = {
-    OutcomeKind.COMPLETED: ((JobState.COMPLETED,), 0),
-    OutcomeKind.RETRY: ((JobState.SCHEDULED, JobState.QUEUED), 0),
-    OutcomeKind.DEAD: ((JobState.DEAD,), 0),
-    OutcomeKind.SNOOZED: ((JobState.SCHEDULED, JobState.QUEUED), -1),
-    OutcomeKind.RELEASED: ((JobState.QUEUED,), -1),
-}
-_FAILED = (OutcomeKind.RETRY, OutcomeKind.DEAD)
-_REFUSED = "StoreRefused"  # an attempt's error when the engine would not store its outcome
 _UNREADABLE = "Unreadable"  # a dead job's error when the engine could not read its row
-
-
-def _stripped(outcome: Outcome, refusal: Exception) -> Outcome | None:
-    """The outcome without what the engine could refuse (result, traceback, logs, error);
-    None when it holds nothing more to take out. A completion becomes a death, since
-    its result is lost; a retry stays one, keeping the attempts the job has left."""
-    if outcome.error is not None and outcome.error.startswith(_REFUSED):
-        return None  # stripped already
-    if outcome.kind in (OutcomeKind.RELEASED, OutcomeKind.SNOOZED):  # they hold only logs
-        return dataclasses.replace(outcome, logs=[]) if outcome.logs else None
-    return dataclasses.replace(
-        outcome,
-        kind=OutcomeKind.DEAD if outcome.kind is OutcomeKind.COMPLETED else outcome.kind,
-        result=None, traceback=None, logs=[],
-        error=f"{_REFUSED}: the engine could not store this attempt's outcome: {ascii(refusal)[:500]}",
-    )  # fmt: skip
 
 
 class ClaimFault(BackendUnavailable):
@@ -172,14 +140,6 @@ def _claim_call(claim: Callable[..., list[JobRecord]], *args: Any) -> list[JobRe
     """`claim(*args)`, an engine claim in an engine thread, its faults as ClaimFault."""
     with _claim_faults():
         return claim(*args)
-
-
-def _stored_as(outcome: Outcome, record: JobRecord, attempt: int) -> bool:
-    """Is the job where this outcome, stored at this attempt, would have left it?"""
-    states, counted = _STORED_AS[outcome.kind]
-    if record.state not in states or record.attempt != attempt + counted:
-        return False
-    return outcome.kind not in _FAILED or record.error == outcome.error
 
 
 class Worker:
@@ -231,10 +191,6 @@ class Worker:
         self._run_time = 0.0  # seconds a job holds its slot, moving average (see _LONG_JOB)
         # A claim failed: it may have leased jobs whose reply never came (see _take_back).
         self._claim_lost = False
-        # A store is being sent again after an engine error. No claims meanwhile: the jobs
-        # would run while their results could not be stored either. Redis at maxmemory
-        # took small claims and refused the stores: a worker of 10 slots held 970 jobs.
-        self._store_refused = False
         self._limits = app.limits_for(self.queues) or None  # rate/concurrency limits per queue
         # Job events, batched; set once the engine is reached (opening PostgreSQL connects).
         self._emit: Callable[[Iterable[Entry]], None] | None = None
@@ -311,6 +267,10 @@ class Worker:
             self._leases, self._maintenance = self._keepers(backend)
             self._open_lanes(backend)
             self._aio = backend.async_work()
+            self._storer = Storer(
+                backend, self._aio, self._store, self.id, self._unstored, self._outage, self._emit,
+                hard_stop=lambda: self._hard and self._stopping,
+            )  # fmt: skip
             await self._warm_up()
             log.info(
                 "worker %s started: queues %s, concurrency %d, engine %s, loop %s",
@@ -354,9 +314,9 @@ class Worker:
                 if self._outage.failed("start", exc):
                     said = " ".join(str(exc).split())  # libpq's reasons span lines
                     log.warning("engine unavailable at start (%s); trying again (%s), up to every %.0fs",
-                                said, until, _MAX_BACKOFF)  # fmt: skip
+                                said, until, MAX_BACKOFF)  # fmt: skip
                 await wait_event(self._stop, wait)
-                pause = min(pause * 2, _MAX_BACKOFF)
+                pause = min(pause * 2, MAX_BACKOFF)
         return None
 
     def _keepers(self, backend: Backend) -> tuple[LeaseKeeper, Maintenance]:
@@ -506,7 +466,7 @@ class Worker:
                 return
             await self._waited()
             free = self.concurrency - self._used - self._waiter_slots
-            idle = self._stopping or self._store_refused or not self.settings.processors
+            idle = self._stopping or self._storer.refused or not self.settings.processors
             want = 0 if idle else free + self._ahead_wanted()
             if want == 0:
                 if long_jobs and not self._store_outcomes():
@@ -709,11 +669,11 @@ class Worker:
 
     async def _claim_failed(self, exc: BackendUnavailable) -> None:
         self._claim_lost = True
-        self._claim_backoff = min(_MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
+        self._claim_backoff = min(MAX_BACKOFF, self._claim_backoff * 2 or 0.1)
         if isinstance(exc, ClaimFault):  # a bug, not an outage: its traceback is the news
             log.error("could not claim jobs, retrying in %.1fs: %s", self._claim_backoff, exc, exc_info=exc)
         elif self._outage.failed("claim", exc):
-            log.error("could not claim jobs, retrying (backing off up to %.0fs): %s", _MAX_BACKOFF, exc)
+            log.error("could not claim jobs, retrying (backing off up to %.0fs): %s", MAX_BACKOFF, exc)
         assert self._stop is not None
         await wait_event(self._stop, self._claim_backoff)
 
@@ -802,169 +762,14 @@ class Worker:
         if self._emit is not None:
             self._in_store = frozenset(o.job_id for o in outcomes)
         try:
-            return await self._store_batch(outcomes)
+            stored = await self._storer.store(outcomes)
+            if not stored:  # a hard stop gave up on an engine that is out
+                self._running.clear()
+            return stored
         finally:
             self._in_store = frozenset()
             late, self._late_starts = self._late_starts, []
             self._say_started(late)
-
-    async def _store_batch(self, outcomes: list[Outcome]) -> bool:
-        """_flush's engine call, retried while the engine is out, then the events and flow
-        parents of what it stored. False: a hard stop gave up on it."""
-        sent = await self._send_store(outcomes)
-        if sent is None:
-            return False
-        fences, retried = sent
-        if retried and Fence.LEASE_LOST in fences:
-            fences = await self._stored_before(outcomes, fences)
-        parents = self._account(outcomes, fences)
-        if parents:
-            await self._settle(parents)
-        return True
-
-    async def _send_store(self, outcomes: list[Outcome]) -> tuple[list[Fence], bool] | None:
-        """The engine's fences for the outcomes, and whether the store had to be sent
-        again; None if a hard stop came while the engine was out."""
-        backoff, retried = 0.1, False
-        while True:
-            try:
-                if self._aio is not None:
-                    fences = await self._aio.finish(outcomes)
-                else:
-                    fences = await in_thread(self._store, self.app.backend.finish, outcomes)
-                self._store_refused = False  # the batch's end wakes the pump to claim again
-                self._outage.worked("store")
-                return fences, retried
-            except BackendUnavailable as exc:
-                retried = self._store_refused = True
-                if self._hard and self._stopping:
-                    log.error(
-                        "engine unreachable at hard stop; %d result(s) not stored, those jobs "
-                        "run again once their lease expires: %s",
-                        len(outcomes),
-                        exc,
-                    )
-                    self._running.clear()
-                    self._unstored.clear()
-                    return None
-                if self._outage.failed("store", exc):
-                    log.error(
-                        "could not store %d result(s), retrying (backing off up to %.0fs); no new "
-                        "claims meanwhile: %s", len(outcomes), _MAX_BACKOFF, exc,
-                    )  # fmt: skip
-                await asyncio.sleep(backoff)
-                backoff = min(_MAX_BACKOFF, backoff * 2)
-            except Exception as exc:  # the engine refused what the batch holds, not the call
-                return await self._store_refused_batch(outcomes, exc, retried)
-
-    async def _store_refused_batch(
-        self, outcomes: list[Outcome], exc: Exception, retried: bool
-    ) -> tuple[list[Fence], bool] | None:
-        """A batch the engine refused for what it holds: stored one outcome at a time, and
-        an outcome refused alone is stored without what the engine could not take (see
-        _stripped); `outcomes` is updated to what was stored. Until 2026-12-07 the
-        worker stopped here: a NUL in one job's error, which PostgreSQL cannot hold,
-        stopped each worker that took that job."""
-        if len(outcomes) > 1:
-            log.error(
-                "the engine refused a batch of %d result(s); storing them one by one: %r", len(outcomes), exc
-            )
-            fences: list[Fence] = []
-            for at in range(len(outcomes)):
-                alone = [outcomes[at]]
-                sent = await self._send_store(alone)
-                if sent is None:
-                    return None
-                outcomes[at] = alone[0]
-                fences += sent[0]
-                retried = retried or sent[1]
-            return fences, retried
-        outcome = outcomes[0]
-        bare = _stripped(outcome, exc)
-        if bare is None:
-            log.error(
-                "job %s: its outcome was refused without its contents too; it runs again after "
-                "its lease: %r", outcome.job_id, exc,
-            )  # fmt: skip
-            return [Fence.LEASE_LOST], retried
-        log.error(
-            "job %s: the engine refused its outcome; storing it as %s, without its result, "
-            "traceback and logs: %r", outcome.job_id, bare.kind.value, exc,
-        )  # fmt: skip
-        outcomes[0] = bare
-        return await self._send_store(outcomes)
-
-    def _account(self, outcomes: list[Outcome], fences: list[Fence]) -> list[str]:
-        """Forget the stored outcomes, warn of the discarded ones, emit the events of those
-        stored; returns the flow parents that may now move on."""
-        parents: list[str] = []
-        # Events grouped by everything but the job: one entry for most of a batch.
-        ended: dict[tuple[str, str, str, int, str | None], list[str]] | None = (
-            None if self._emit is None else {}
-        )
-        now = time.time()
-        for outcome, fence in zip(outcomes, fences, strict=True):
-            job = self._unstored.pop((outcome.job_id, outcome.token), None)
-            if fence is Fence.LEASE_LOST:
-                log.warning(
-                    "job %s: result discarded, its lease was lost (cancelled, or expired and "
-                    "taken over by another worker)",
-                    outcome.job_id,
-                )
-            if job is not None and job.record.parent_id and fence is Fence.OK and outcome.kind in _ENDED:
-                parents.append(job.record.parent_id)
-            kind = _EVENT_OF.get(outcome.kind)
-            if ended is not None and job is not None and fence is Fence.OK and kind is not None:
-                r = job.record
-                ended.setdefault((kind, r.queue, r.task, r.attempt, outcome.error), []).append(r.id)
-        if self._emit is not None and ended:
-            self._emit(
-                JobEvents(
-                    kind, ids, queue, task, now, {"attempt": attempt, "worker": self.id, "error": error}
-                )
-                for (kind, queue, task, attempt, error), ids in ended.items()
-            )
-        return parents
-
-    async def _stored_before(self, outcomes: list[Outcome], fences: list[Fence]) -> list[Fence]:
-        """Fences for a store that was sent again after an engine error: an earlier try
-        may have committed and lost its reply, and then its jobs answer "lease lost" now.
-        An outcome whose job is in the state it leads to, at the attempt count it leaves,
-        was that try's: only the lease holder ends an attempt, a later claim would have
-        counted another one, and the lease recovery, the only other writer of a failure at
-        that attempt, stores its own error (LEASE_EXPIRED). So it counts as stored: its
-        event and flow parent are not lost, and no "discarded" warning misleads. Redis
-        answers a resent batch itself (see finish.lua). A job claimed again before this
-        read stays as answered."""
-        ran = {
-            i: job.record.attempt
-            for i, (o, f) in enumerate(zip(outcomes, fences, strict=True))
-            if f is Fence.LEASE_LOST
-            if (job := self._unstored.get((o.job_id, o.token))) is not None
-        }
-        if not ran:
-            return fences
-        try:
-            records = await in_thread(self._store, self.app.backend.get, [outcomes[i].job_id for i in ran])
-        except BackendUnavailable:
-            return fences  # as answered: the results are logged as discarded
-        except Exception:  # a row it cannot read: as answered too, and the worker goes on
-            log.exception("could not read back %d job(s) whose store was sent again", len(ran))
-            return fences
-        fixed = list(fences)
-        for (i, attempt), record in zip(ran.items(), records, strict=True):
-            if record is not None and _stored_as(outcomes[i], record, attempt):
-                fixed[i] = Fence.OK
-        return fixed
-
-    async def _settle(self, parents: list[str]) -> None:
-        """Move on the flow jobs waiting for jobs that just ended; maintenance retries later."""
-        try:
-            await in_thread(self._store, settle, self.app.backend, parents)
-        except BackendUnavailable as exc:
-            log.error("could not settle %d flow job(s); maintenance will: %s", len(parents), exc)
-        except Exception:  # a parent row it cannot read: raised, it stopped the worker
-            log.exception("could not settle %d flow job(s); maintenance will try again", len(parents))
 
     async def _wait_for_work(self) -> None:
         """Block in the waiter thread until the engine signals work, or a job of ours ends.
