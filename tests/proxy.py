@@ -50,7 +50,10 @@ class ReplyDropper:
                 break
             if self.marker in data and self._armed(self.drop_next):
                 dropping.set()  # before the call goes: its reply may come back at once
-            server.sendall(data)
+            try:
+                server.sendall(data)
+            except OSError:
+                break  # the server side was hung up (by _down, once a reply was lost)
             if self.marker in data and self._armed(self.cut_next):
                 # Half-closed: the server reads the call before the end (a full close with
                 # unread bytes would reset the connection, and the server drop the call).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,8 +19,9 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from conveyor.backends.base import NewJob
+from conveyor.backends.base import Enqueued, NewJob
 from conveyor.backends.postgres.backend import PostgresBackend
+from conveyor.backends.postgres.lostcall import Row, Undecided, answered
 from conveyor.errors import BackendUnavailable
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres
 from tests.proxy import ReplyDropper
@@ -108,8 +110,8 @@ def _held_up(backend: PostgresBackend) -> Iterator[psycopg.Connection[Any]]:
 def _waiting_inserts() -> int:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO lost.%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO lost.%'"
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -119,8 +121,8 @@ def _looking() -> bool:
     statement stays shown while it sleeps between looks)."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND query LIKE 'SELECT 1 FROM pg_stat_activity%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE 'SELECT 1 FROM pg_stat_activity%'"
         ).fetchone()
         return bool(row and row[0])
 
@@ -151,3 +153,110 @@ def test_a_lost_call_still_running_after_the_timeout_raises_saying_the_job_may_e
             _sync(backend, 1)
         lock.commit()
     eventually(lambda: len(_stored(backend)) == 1, timeout=5, message="the lost call's job stored")
+
+
+# -- calls of several statements, in a transaction of their own ---------------------------
+def _unique(backend: PostgresBackend, count: int) -> list[Enqueued]:
+    """Jobs with unique keys between plain ones: one statement each, in one transaction."""
+    jobs = _jobs(count)
+    for n in range(0, count, 2):
+        jobs[n].unique_key = f"key-{n}"
+    return backend.enqueue(jobs)
+
+
+def _flow(backend: PostgresBackend, count: int) -> list[Enqueued]:
+    """A parent and its children: the inserts, then the links, in one transaction."""
+    jobs = _jobs(count)
+    jobs[0].waiting = True
+    for job in jobs[1:]:
+        job.parent = 0
+    return backend.enqueue(jobs)
+
+
+def _many_payloads(backend: PostgresBackend, count: int) -> list[Enqueued]:
+    """More payloads than one statement takes (10,000): two, in one transaction."""
+    return [Enqueued(i, True) for i in _payloads(backend, count)]
+
+
+TX_WAYS = {"unique": (_unique, 3), "flow": (_flow, 3), "two statements": (_many_payloads, 10_001)}
+
+
+@pytest.mark.parametrize("way", TX_WAYS)
+def test_a_transaction_whose_commit_was_answered_into_the_void_answers_with_its_jobs(
+    backend: PostgresBackend, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    enqueue, count = TX_WAYS[way]
+    _proxy(backend).marker = b"COMMIT"
+    _proxy(backend).drop_next.set()
+    with caplog.at_level(logging.INFO, "conveyor.postgres"):
+        stored = enqueue(backend, count)
+    assert not _proxy(backend).drop_next.is_set()
+    assert [e.id for e in stored] == _stored(backend) and all(e.created for e in stored)
+    assert "dropped after it was sent; had stored its jobs" in caplog.text
+
+
+@pytest.mark.parametrize("way", TX_WAYS)
+def test_a_transaction_lost_before_its_commit_is_sent_again(
+    backend: PostgresBackend, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    enqueue, count = TX_WAYS[way]
+    _proxy(backend).drop_next.set()  # the reply to its first marked statement
+    with caplog.at_level(logging.INFO, "conveyor.postgres"):
+        stored = enqueue(backend, count)
+    assert not _proxy(backend).drop_next.is_set()
+    assert [e.id for e in stored] == _stored(backend) and len(stored) == count
+    assert "dropped after it was sent; had stored nothing: sent again" in caplog.text
+
+
+def test_a_lost_transaction_answers_a_matched_unique_key_with_the_job_it_matched(
+    backend: PostgresBackend,
+) -> None:
+    holder = backend.enqueue([NewJob("t.any", "default", f'[["{MARK}", "first"],{{}}]', unique_key="k")])[0]
+    jobs = _jobs(2)
+    jobs[0].unique_key = "k"
+    _proxy(backend).marker = b"COMMIT"
+    _proxy(backend).drop_next.set()
+    stored = backend.enqueue(jobs)
+    assert not _proxy(backend).drop_next.is_set()
+    assert stored == [Enqueued(holder.id, False), Enqueued(_stored(backend)[1], True)]
+
+
+def test_a_lost_transaction_cut_while_the_server_runs_it_is_stored_once(backend: PostgresBackend) -> None:
+    # The server finishes the held-up insert after the client hung up, then ends the
+    # transaction uncommitted: the client waits for that, finds nothing, and sends it again.
+    result: list[list[Enqueued]] = []
+    with _held_up(backend) as lock:
+        _proxy(backend).cut_next.set()
+        caller = threading.Thread(target=lambda: result.append(_unique(backend, 3)))
+        caller.start()
+        eventually(lambda: _waiting_inserts() == 1, timeout=5, message="the lost insert waits on the lock")
+        eventually(lambda: not _proxy(backend).cut_next.is_set(), timeout=5, message="the call was cut")
+        eventually(_looking, timeout=5, message="the client waits for the lost call to end")
+        lock.commit()
+    caller.join(timeout=10)
+    assert result and [e.id for e in result[0]] == _stored(backend) and len(result[0]) == 3
+
+
+def _row(job_id: int, unique_key: str | None = None) -> Row:
+    return (job_id, "default", unique_key)
+
+
+def test_a_lost_transactions_answer_maps_its_rows_to_its_jobs_in_order() -> None:
+    jobs = [NewJob("t", "default", "[]", unique_key=key) for key in ("a", None, "b", "a")]
+    holders = {"a": "10", "b": "7"}  # the second "a" matched the first, stored just before
+    answer = answered(jobs, [_row(10, "a"), _row(11)], lambda job: holders.get(job.unique_key or ""))
+    assert answer == [Enqueued("10", True), Enqueued("11", True), Enqueued("7", False), Enqueued("10", False)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "reason"),
+    [
+        ([_row(10, "a")], "1 of its jobs were found, fewer than it stored"),
+        ([_row(10, "a"), _row(11), _row(12)], "3 jobs were found, more than it stored"),
+        ([_row(11)], "the job that unique key 'a' matched has ended since"),
+    ],
+)
+def test_a_lost_transactions_answer_that_does_not_add_up_is_undecided(rows: list[Row], reason: str) -> None:
+    jobs = [NewJob("t", "default", "[]", unique_key="a"), NewJob("t", "default", "[]")]
+    with pytest.raises(Undecided, match=reason):
+        answered(jobs, rows, lambda job: None)

@@ -17,7 +17,7 @@ import random
 import secrets
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, TypeVar
 
 import psycopg
@@ -50,7 +50,15 @@ from conveyor.backends.postgres.connect import check_schema, parse_postgres_url,
 from conveyor.backends.postgres.direct import DirectStatement
 from conveyor.backends.postgres.held import Held
 from conveyor.backends.postgres.listener import Listener
-from conveyor.backends.postgres.lostcall import LostCalls, Sending, marked, new_call
+from conveyor.backends.postgres.lostcall import (
+    LostCalls,
+    Row,
+    Sending,
+    all_stored,
+    answered,
+    marked,
+    new_call,
+)
 from conveyor.backends.postgres.migrate import migrate, require_current, schema_version
 from conveyor.backends.postgres.pools import ERRORS, Pool, explained
 from conveyor.backends.postgres.vacuum import EVENTS_DEAD, Vacuumer
@@ -162,8 +170,7 @@ class PostgresBackend(Backend):
             return []
         if all(job.unique_key is None and job.parent is None for job in jobs):
             return [Enqueued(i, True) for i in self._enqueue_plain(jobs)]
-        with self._tx() as conn:
-            return self._store(conn, jobs)
+        return self._enqueue_in_transaction(jobs)
 
     def _enqueue_plain(self, jobs: Sequence[NewJob]) -> list[str]:
         """Jobs without unique keys or flows: one statement, atomic without BEGIN, sent
@@ -180,7 +187,54 @@ class PostgresBackend(Backend):
         except psycopg.OperationalError as exc:
             if not sending.lost(exc):
                 raise
-            return self._lost.settle(sending, exc, len(jobs), lambda c: self._insert(c, jobs, sending.call))
+            resend = functools.partial(self._insert, jobs=jobs, call=sending.call)
+            return self._lost.settle(sending, exc, len(jobs), all_stored(len(jobs)), resend)
+
+    def _enqueue_in_transaction(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Jobs with unique keys or flows: several statements in one transaction, settled
+        as a plain call is if its connection drops (see lostcall.py)."""
+        sending = Sending(new_call())
+
+        def store(conn: Conn) -> list[Enqueued]:
+            with self._transaction(conn, sending.call):
+                return self._store(conn, jobs, sending.call)
+
+        try:
+            with self._pool.connection() as conn:
+                sending.on(conn)
+                return store(conn)
+        except psycopg.OperationalError as exc:
+            if not sending.lost(exc):
+                raise
+
+            def answer(conn: Conn, rows: list[Row]) -> list[Enqueued]:
+                return answered(jobs, rows, functools.partial(self._holder, conn))
+
+            return self._lost.settle(sending, exc, len(jobs), answer, store)
+
+    @contextmanager
+    def _transaction(self, conn: Conn, call: str) -> Iterator[None]:
+        """A transaction of an enqueue call. Behind PgBouncer its BEGIN and COMMIT carry
+        the call's mark, as its statements do, so a look for the lost call during its
+        COMMIT waits for it (see lostcall.py)."""
+        if self._lost.by_pid:
+            with conn.transaction():
+                yield
+            return
+        conn.execute(marked(call, "BEGIN"))
+        try:
+            yield
+        except BaseException:
+            with suppress(psycopg.Error):  # a connection that failed is closed: nothing to end
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute(marked(call, "COMMIT"))
+
+    def _holder(self, conn: Conn, job: NewJob) -> str | None:
+        """The job that `job`'s unique key matches now, as _insert_unique finds it."""
+        params = self._scalars(job)
+        recent = self._recent(conn, job, params, None)
+        return recent if recent is not None else self._live(conn, params, None)
 
     @_guarded
     def enqueue_on(self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -188,28 +242,35 @@ class PostgresBackend(Backend):
         they exist (and wake workers) when it commits, and vanish if it rolls back."""
         if not jobs:
             return []
-        return self._store(conn.cursor(row_factory=tuple_row), jobs)
+        return self._store(conn.cursor(row_factory=tuple_row), jobs, None)
 
-    def _store(self, conn: Executor, jobs: Sequence[NewJob]) -> list[Enqueued]:
+    def _store(self, conn: Executor, jobs: Sequence[NewJob], call: str | None) -> list[Enqueued]:
+        """Jobs of any kind, in the transaction open on `conn`; `call` marks those stored
+        as this call's (see lostcall.py)."""
         out: list[Enqueued] = []
         start = 0
         while start < len(jobs):
             if jobs[start].unique_key is not None:
-                out.append(self._insert_unique(conn, jobs[start]))
+                out.append(self._insert_unique(conn, jobs[start], call))
                 start += 1
                 continue
             end = start
             while end < len(jobs) and jobs[end].unique_key is None:
                 end += 1
-            out.extend(Enqueued(i, True) for i in self._insert(conn, jobs[start:end], None))
+            out.extend(Enqueued(i, True) for i in self._insert(conn, jobs[start:end], call))
             start = end
         links = flow_links(jobs, [stored.id for stored in out])
         if links is not None:
-            self._link(conn, jobs, out, links)
+            self._link(conn, jobs, out, links, call)
         return out
 
     def _link(
-        self, conn: Executor, jobs: Sequence[NewJob], stored: Sequence[Enqueued], links: Sequence[Links]
+        self,
+        conn: Executor,
+        jobs: Sequence[NewJob],
+        stored: Sequence[Enqueued],
+        links: Sequence[Links],
+        call: str | None,
     ) -> None:
         """Set a flow batch's parent/children links and waiting states: one statement."""
         rows = [
@@ -218,7 +279,7 @@ class PostgresBackend(Backend):
             if p or c
         ]
         conn.execute(
-            self._q["link"],
+            self._marked(self._q["link"], call),
             {
                 "ids": [r[0] for r in rows],
                 "parents": [None if r[1] is None else int(r[1]) for r in rows],
@@ -254,7 +315,8 @@ class PostgresBackend(Backend):
             return self._insert(fresh, jobs, sending.call)
 
         # In a thread: the look at the server is sync, and rare.
-        ids = await asyncio.to_thread(self._lost.settle, sending, lost, len(jobs), resend)
+        settle = functools.partial(self._lost.settle, sending, lost, len(jobs), all_stored(len(jobs)))
+        ids = await asyncio.to_thread(settle, resend)
         return [Enqueued(i, True) for i in ids]
 
     async def _ainsert(self, conn: AsyncConn, jobs: Sequence[NewJob], call: str) -> list[str]:
@@ -309,23 +371,35 @@ class PostgresBackend(Backend):
             "meta": _json_or_none(job.meta), "limit_key": job.limit_key, "call": call,
         }  # fmt: skip
 
-    def _insert_unique(self, conn: Executor, job: NewJob) -> Enqueued:
-        params = self._scalars(job)
-        if job.unique_for is not None:
-            recent = conn.execute(self._q["find_recent"], {**params, "unique_for": job.unique_for}).fetchone()
-            if recent is not None:
-                return Enqueued(str(recent[0]), False)
+    def _insert_unique(self, conn: Executor, job: NewJob, call: str | None) -> Enqueued:
+        params = self._scalars(job, call)
+        recent = self._recent(conn, job, params, call)
+        if recent is not None:
+            return Enqueued(recent, False)
         # The holder of the key may finish between the two statements: look again.
         for _ in range(10):
-            inserted = conn.execute(self._q["insert_unique"], params).fetchone()
+            inserted = conn.execute(self._marked(self._q["insert_unique"], call), params).fetchone()
             if inserted is not None:
                 return Enqueued(str(inserted[0]), True)
-            existing = conn.execute(self._q["find_unique"], params).fetchone()
+            existing = self._live(conn, params, call)
             if existing is not None:
                 if job.debounce:
-                    conn.execute(self._q["debounce"], {**params, "id": existing[0]})
-                return Enqueued(str(existing[0]), False)
+                    conn.execute(self._marked(self._q["debounce"], call), {**params, "id": int(existing)})
+                return Enqueued(existing, False)
         raise BackendUnavailable(f"PostgreSQL at {self.where}: unique key {job.unique_key!r} kept changing")
+
+    def _recent(self, conn: Executor, job: NewJob, params: Params, call: str | None) -> str | None:
+        """With `unique_for`: the newest job with the key that completed within it."""
+        if job.unique_for is None:
+            return None
+        statement = self._marked(self._q["find_recent"], call)
+        row = conn.execute(statement, {**params, "unique_for": job.unique_for}).fetchone()
+        return None if row is None else str(row[0])
+
+    def _live(self, conn: Executor, params: Params, call: str | None) -> str | None:
+        """The live job (not yet ended) with the key."""
+        row = conn.execute(self._marked(self._q["find_unique"], call), params).fetchone()
+        return None if row is None else str(row[0])
 
     @_guarded
     def enqueue_payloads(self, template: NewJob, payloads: Sequence[str]) -> list[str]:
@@ -342,11 +416,10 @@ class PostgresBackend(Backend):
                 sending.on(conn)
                 return self._insert_payloads(conn, params, payloads)
         except psycopg.OperationalError as exc:
-            # Behind PgBouncer a call of several statements is not settled (see lostcall.py).
-            if not sending.lost(exc) or (len(payloads) > _PAYLOADS_PER_INSERT and not self._lost.by_pid):
+            if not sending.lost(exc):
                 raise
             resend = functools.partial(self._insert_payloads, params=params, payloads=payloads)
-            return self._lost.settle(sending, exc, len(payloads), resend)
+            return self._lost.settle(sending, exc, len(payloads), all_stored(len(payloads)), resend)
 
     def _insert_payloads(self, conn: Conn, params: Params, payloads: Sequence[str]) -> list[str]:
         chunks = [
@@ -356,7 +429,7 @@ class PostgresBackend(Backend):
         ids: list[str] = []
         statement = self._marked(self._q["insert_shared"], params["call"])
         # One statement is atomic on its own: BEGIN and COMMIT would be two more round trips.
-        with conn.transaction() if len(chunks) > 1 else nullcontext():
+        with self._transaction(conn, params["call"]) if len(chunks) > 1 else nullcontext():
             for chunk in chunks:
                 rows = conn.execute(statement, {**params, "payloads": chunk}).fetchall()
                 ids.extend(_ids_in_order(rows, len(chunk)))
@@ -367,7 +440,7 @@ class PostgresBackend(Backend):
         with self._tx() as conn:
             if conn.execute(self._q["claim_tick"], {"name": schedule, "tick": tick}).fetchone() is None:
                 return None
-            stored = self._store(conn, [job])[0]
+            stored = self._store(conn, [job], None)[0]
             return stored.id if stored.created else None
 
     # -- working -----------------------------------------------------------

@@ -15,9 +15,12 @@ an immediate-mode restart. Now every plain INSERT carries a random id of its cal
 3. looks for the call's id among the newest jobs: the ids found are the call's answer;
    none found, the call is sent again on the new connection, once.
 
-Unique keys, flows and transactional enqueues are not resent: their statements run in a
-transaction of their own or the caller's. Nor, behind PgBouncer, is a bulk enqueue of
-more than one statement: its COMMIT carries no comment, so a look during it could miss it.
+A call of several statements (unique keys, flows, a bulk enqueue of more than 10,000
+jobs) runs in a transaction, and is settled the same way: all its jobs or none are
+found. Its jobs that a unique key matched to a live job store nothing to find; their
+answer is that job, looked up again (see answered). Behind PgBouncer its BEGIN and
+COMMIT carry the mark too, so a look during the COMMIT waits for it. An enqueue inside
+the caller's own transaction (enqueue_on) is the caller's to settle: it raises.
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
+from conveyor.backends.base import Enqueued, NewJob
 from conveyor.backends.postgres.pools import ERRORS, Pool, explained
 from conveyor.errors import BackendUnavailable
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+Row = tuple[Any, ...]  # a stored job of the lost call: id, queue, unique key (stored_by_call)
+T = TypeVar("T")
 log = logging.getLogger("conveyor.postgres")
 _POLL_SECONDS = 0.02  # between looks at the lost call's server process; it ends in ms
 # The look walks the primary key back from the newest job: a resend follows its lost call
@@ -71,8 +77,42 @@ class Sending:
         return isinstance(exc, psycopg.OperationalError) and self.conn is not None and self.conn.closed
 
 
-class _Undecided(Exception):
+class Undecided(Exception):
     """Why a lost call's outcome could not be learned."""
+
+
+def all_stored(expected: int) -> Callable[[Conn, list[Row]], list[str]]:
+    """The answer of a call that stores each of its `expected` jobs: their ids."""
+
+    def answer(conn: Conn, rows: list[Row]) -> list[str]:
+        if len(rows) != expected:  # one statement stores all or nothing: older ones fell out
+            raise Undecided(f"{len(rows)} of its {expected} jobs were found")
+        return [str(row[0]) for row in rows]
+
+    return answer
+
+
+def answered(
+    jobs: Sequence[NewJob], rows: list[Row], holder: Callable[[NewJob], str | None]
+) -> list[Enqueued]:
+    """What a lost transaction of `jobs` answered, from the `rows` it stored (in the order
+    it stored them): a job whose unique key matched a live job stored none, and answers
+    with that job, `holder(job)`, found again now."""
+    out: list[Enqueued] = []
+    at = 0
+    for job in jobs:
+        if at < len(rows) and (job.unique_key is None or tuple(rows[at][1:]) == (job.queue, job.unique_key)):
+            out.append(Enqueued(str(rows[at][0]), True))
+            at += 1
+        elif job.unique_key is None:
+            raise Undecided(f"{len(rows)} of its jobs were found, fewer than it stored")
+        elif (held := holder(job)) is not None:
+            out.append(Enqueued(held, False))
+        else:
+            raise Undecided(f"the job that unique key {job.unique_key!r} matched has ended since")
+    if at != len(rows):
+        raise Undecided(f"{len(rows)} jobs were found, more than it stored")
+    return out
 
 
 class LostCalls:
@@ -85,24 +125,31 @@ class LostCalls:
         self.by_pid = by_pid  # False behind PgBouncer: statements are marked() instead
 
     def settle(
-        self, sending: Sending, lost: Exception, expected: int, resend: Callable[[Conn], list[str]]
-    ) -> list[str]:
-        """The ids of the `expected` jobs the lost call stored, or those of its resend."""
+        self,
+        sending: Sending,
+        lost: Exception,
+        expected: int,
+        answer: Callable[[Conn, list[Row]], T],
+        resend: Callable[[Conn], T],
+    ) -> T:
+        """The lost call's `answer` from the jobs it stored (`expected` at most), or,
+        none found, that of its resend."""
         try:
             with self._pool.connection() as conn:  # waits up to the timeout for the server
                 self._wait_out(conn, sending)
-                found = self._stored(conn, sending.call, expected)
-                what = "had stored its jobs" if found is not None else "had stored nothing: sent again"
+                look = {"call": sending.call, "newest": _NEWEST + expected}
+                rows = conn.execute(self._q["stored_by_call"], look).fetchall()
+                what = "had stored its jobs" if rows else "had stored nothing: sent again"
                 log.info(
                     "PostgreSQL at %s: an enqueue's connection dropped after it was sent; %s",
                     self._where,
                     what,
                 )
-                return found if found is not None else resend(conn)
-        except _Undecided as exc:
-            raise self._undecided(lost, str(exc)) from lost
+                return answer(conn, rows) if rows else resend(conn)
+        except Undecided as exc:
+            raise self.undecided(lost, str(exc)) from lost
         except ERRORS as exc:
-            raise self._undecided(lost, explained(exc)) from exc
+            raise self.undecided(lost, explained(exc)) from exc
 
     def _wait_out(self, conn: Conn, sending: Sending) -> None:
         params: dict[str, int | str]
@@ -113,19 +160,10 @@ class LostCalls:
         deadline = time.monotonic() + self._timeout
         while conn.execute(self._q[query], params).fetchone() is not None:
             if time.monotonic() >= deadline:
-                raise _Undecided(f"{who} was still running it after {self._timeout:g}s")
+                raise Undecided(f"{who} was still running it after {self._timeout:g}s")
             time.sleep(_POLL_SECONDS)  # no event tells when another session's statement ends
 
-    def _stored(self, conn: Conn, call: str, expected: int) -> list[str] | None:
-        newest = _NEWEST + expected
-        rows = conn.execute(self._q["stored_by_call"], {"call": call, "newest": newest}).fetchall()
-        if not rows:
-            return None
-        if len(rows) != expected:  # one statement stores all or nothing: older ones fell out
-            raise _Undecided(f"{len(rows)} of its {expected} jobs were found")
-        return [str(row[0]) for row in rows]
-
-    def _undecided(self, lost: Exception, reason: str) -> BackendUnavailable:
+    def undecided(self, lost: Exception, reason: str) -> BackendUnavailable:
         return BackendUnavailable(
             f"PostgreSQL at {self._where}: the connection dropped after an enqueue was sent "
             f"({explained(lost)}), and whether it stored its jobs could not be learned: "

@@ -77,17 +77,19 @@ WHERE pid <> pg_backend_pid() AND query LIKE %(mark)s
 -- name: stored_by_call
 -- The jobs a lost call stored, in the order it sent them, looked for among the newest
 -- %(newest)s: the client looks as soon as the server answers again (see migration 9).
-SELECT id FROM (SELECT id, enqueue_call FROM {p}.jobs ORDER BY id DESC LIMIT %(newest)s) AS recent
+SELECT id, queue, unique_key
+FROM (SELECT id, queue, unique_key, enqueue_call FROM {p}.jobs ORDER BY id DESC LIMIT %(newest)s) AS recent
 WHERE enqueue_call = %(call)s
 ORDER BY id
 
 -- name: insert_unique
 INSERT INTO {p}.jobs (task, queue, state, payload, priority, max_attempts, retries, timeout,
-                      run_at, enqueued_at, unique_key, meta, limit_key)
+                      run_at, enqueued_at, unique_key, meta, limit_key, enqueue_call)
 SELECT %(task)s, %(queue)s,
        CASE WHEN %(run_at)s::float8 > c.now THEN 'scheduled' ELSE 'queued' END,
        %(payload)s, %(priority)s, %(max_attempts)s, %(retries)s, %(timeout)s,
-       coalesce(%(run_at)s::float8, c.now), c.now, %(unique_key)s, %(meta)s::jsonb, %(limit_key)s
+       coalesce(%(run_at)s::float8, c.now), c.now, %(unique_key)s, %(meta)s::jsonb, %(limit_key)s,
+       %(call)s
 FROM (SELECT coalesce(%(at)s::float8, {p}.epoch()) AS now) AS c
 ON CONFLICT (queue, unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'queued', 'active', 'waiting')
