@@ -1,9 +1,9 @@
-"""A plain enqueue whose connection dropped after it was sent: stored, or not?
+"""An enqueue whose connection dropped after it was sent: stored, or not?
 
 The server may have committed the jobs and then lost the reply (it was killed, or the
 network dropped), or died before the commit. Until schema version 9 the caller got
 BackendUnavailable either way ("the job may exist"): 3-5 of them in each soak run across
-an immediate-mode restart. Now every plain INSERT carries a random id of its call
+an immediate-mode restart. Now every INSERT of an enqueue carries a random id of its call
 (`enqueue_call`), and after a drop the client
 
 1. waits, up to the URL's timeout, for a connection (the server may be restarting);
@@ -147,9 +147,9 @@ class LostCalls:
                 )
                 return answer(conn, rows) if rows else resend(conn)
         except Undecided as exc:
-            raise self.undecided(lost, str(exc)) from lost
+            raise self._undecided(lost, str(exc)) from lost
         except ERRORS as exc:
-            raise self.undecided(lost, explained(exc)) from exc
+            raise self._undecided(lost, explained(exc)) from exc
 
     def _wait_out(self, conn: Conn, sending: Sending) -> None:
         params: dict[str, int | str]
@@ -163,7 +163,7 @@ class LostCalls:
                 raise Undecided(f"{who} was still running it after {self._timeout:g}s")
             time.sleep(_POLL_SECONDS)  # no event tells when another session's statement ends
 
-    def undecided(self, lost: Exception, reason: str) -> BackendUnavailable:
+    def _undecided(self, lost: Exception, reason: str) -> BackendUnavailable:
         return BackendUnavailable(
             f"PostgreSQL at {self._where}: the connection dropped after an enqueue was sent "
             f"({explained(lost)}), and whether it stored its jobs could not be learned: "
