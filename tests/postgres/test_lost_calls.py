@@ -52,6 +52,36 @@ WAYS = {
 }  # fmt: skip
 
 
+# -- calls of several statements, in a transaction of their own ---------------------------
+def _unique(backend: PostgresBackend, count: int) -> list[Enqueued]:
+    """Jobs with unique keys between plain ones: one statement each, in one transaction."""
+    jobs = _jobs(count)
+    for n in range(0, count, 2):
+        jobs[n].unique_key = f"key-{n}"
+    return backend.enqueue(jobs)
+
+
+def _flow(backend: PostgresBackend, count: int) -> list[Enqueued]:
+    """A parent and its children: the inserts, then the links, in one transaction."""
+    jobs = _jobs(count)
+    jobs[0].waiting = True
+    for job in jobs[1:]:
+        job.parent = 0
+    return backend.enqueue(jobs)
+
+
+def _many_payloads(backend: PostgresBackend, count: int) -> list[Enqueued]:
+    """More payloads than one statement takes (10,000): two, in one transaction."""
+    return [Enqueued(i, True) for i in _payloads(backend, count)]
+
+
+TX_WAYS = {"unique": (_unique, 3), "flow": (_flow, 3), "two statements": (_many_payloads, 10_001)}
+
+
+def _ids(stored: list[Enqueued]) -> list[str]:
+    return [e.id for e in stored]
+
+
 @pytest.fixture(params=["server", "pgbouncer"])
 def backend(request: pytest.FixtureRequest) -> Iterator[PostgresBackend]:
     fresh_postgres(POSTGRES_URL)
@@ -127,13 +157,25 @@ def _looking() -> bool:
         return bool(row and row[0])
 
 
-def test_the_client_waits_for_a_lost_call_the_server_is_still_running(backend: PostgresBackend) -> None:
+CUT_WAYS: dict[str, tuple[Callable[[PostgresBackend], list[str]], int]] = {
+    "one statement": (lambda backend: _sync(backend, 1), 1),
+    # The server finishes the held-up insert after the client hung up, then ends the
+    # transaction uncommitted: the client waits for that, finds nothing, and sends it again.
+    "transaction": (lambda backend: _ids(_unique(backend, 3)), 3),
+}
+
+
+@pytest.mark.parametrize("way", CUT_WAYS)
+def test_the_client_waits_for_a_lost_call_the_server_is_still_running(
+    backend: PostgresBackend, way: str
+) -> None:
     # Without the wait, the look finds nothing and a resend stores the job a second time
     # once the lock goes.
+    enqueue, count = CUT_WAYS[way]
     result: list[list[str]] = []
     with _held_up(backend) as lock:
         _proxy(backend).cut_next.set()
-        caller = threading.Thread(target=lambda: result.append(_sync(backend, 1)))
+        caller = threading.Thread(target=lambda: result.append(enqueue(backend)))
         caller.start()
         eventually(lambda: _waiting_inserts() == 1, timeout=5, message="the lost insert waits on the lock")
         eventually(lambda: not _proxy(backend).cut_next.is_set(), timeout=5, message="the call was cut")
@@ -141,7 +183,7 @@ def test_the_client_waits_for_a_lost_call_the_server_is_still_running(backend: P
         eventually(_looking, timeout=5, message="the client waits for the lost call to end")
         lock.commit()
     caller.join(timeout=10)
-    assert result and result[0] == _stored(backend) and len(result[0]) == 1
+    assert result and result[0] == _stored(backend) and len(result[0]) == count
 
 
 def test_a_lost_call_still_running_after_the_timeout_raises_saying_the_job_may_exist(
@@ -155,32 +197,6 @@ def test_a_lost_call_still_running_after_the_timeout_raises_saying_the_job_may_e
     eventually(lambda: len(_stored(backend)) == 1, timeout=5, message="the lost call's job stored")
 
 
-# -- calls of several statements, in a transaction of their own ---------------------------
-def _unique(backend: PostgresBackend, count: int) -> list[Enqueued]:
-    """Jobs with unique keys between plain ones: one statement each, in one transaction."""
-    jobs = _jobs(count)
-    for n in range(0, count, 2):
-        jobs[n].unique_key = f"key-{n}"
-    return backend.enqueue(jobs)
-
-
-def _flow(backend: PostgresBackend, count: int) -> list[Enqueued]:
-    """A parent and its children: the inserts, then the links, in one transaction."""
-    jobs = _jobs(count)
-    jobs[0].waiting = True
-    for job in jobs[1:]:
-        job.parent = 0
-    return backend.enqueue(jobs)
-
-
-def _many_payloads(backend: PostgresBackend, count: int) -> list[Enqueued]:
-    """More payloads than one statement takes (10,000): two, in one transaction."""
-    return [Enqueued(i, True) for i in _payloads(backend, count)]
-
-
-TX_WAYS = {"unique": (_unique, 3), "flow": (_flow, 3), "two statements": (_many_payloads, 10_001)}
-
-
 @pytest.mark.parametrize("way", TX_WAYS)
 def test_a_transaction_whose_commit_was_answered_into_the_void_answers_with_its_jobs(
     backend: PostgresBackend, way: str, caplog: pytest.LogCaptureFixture
@@ -191,7 +207,7 @@ def test_a_transaction_whose_commit_was_answered_into_the_void_answers_with_its_
     with caplog.at_level(logging.INFO, "conveyor.postgres"):
         stored = enqueue(backend, count)
     assert not _proxy(backend).drop_next.is_set()
-    assert [e.id for e in stored] == _stored(backend) and all(e.created for e in stored)
+    assert _ids(stored) == _stored(backend) and all(e.created for e in stored)
     assert "dropped after it was sent; had stored its jobs" in caplog.text
 
 
@@ -204,7 +220,7 @@ def test_a_transaction_lost_before_its_commit_is_sent_again(
     with caplog.at_level(logging.INFO, "conveyor.postgres"):
         stored = enqueue(backend, count)
     assert not _proxy(backend).drop_next.is_set()
-    assert [e.id for e in stored] == _stored(backend) and len(stored) == count
+    assert _ids(stored) == _stored(backend) and len(stored) == count
     assert "dropped after it was sent; had stored nothing: sent again" in caplog.text
 
 
@@ -219,22 +235,6 @@ def test_a_lost_transaction_answers_a_matched_unique_key_with_the_job_it_matched
     stored = backend.enqueue(jobs)
     assert not _proxy(backend).drop_next.is_set()
     assert stored == [Enqueued(holder.id, False), Enqueued(_stored(backend)[1], True)]
-
-
-def test_a_lost_transaction_cut_while_the_server_runs_it_is_stored_once(backend: PostgresBackend) -> None:
-    # The server finishes the held-up insert after the client hung up, then ends the
-    # transaction uncommitted: the client waits for that, finds nothing, and sends it again.
-    result: list[list[Enqueued]] = []
-    with _held_up(backend) as lock:
-        _proxy(backend).cut_next.set()
-        caller = threading.Thread(target=lambda: result.append(_unique(backend, 3)))
-        caller.start()
-        eventually(lambda: _waiting_inserts() == 1, timeout=5, message="the lost insert waits on the lock")
-        eventually(lambda: not _proxy(backend).cut_next.is_set(), timeout=5, message="the call was cut")
-        eventually(_looking, timeout=5, message="the client waits for the lost call to end")
-        lock.commit()
-    caller.join(timeout=10)
-    assert result and [e.id for e in result[0]] == _stored(backend) and len(result[0]) == 3
 
 
 def _row(job_id: int, unique_key: str | None = None) -> Row:
