@@ -6,7 +6,8 @@ that every job whose id an enqueue returned exists, completed and ran.
 It starts its own servers (Redis with appendfsync always; PostgreSQL with initdb) and
 restarts them halfway (PostgreSQL in immediate mode, a crash). Three worker processes
 (-c 20, 3 s leases) run meanwhile, one SIGKILLed every 2-5 s and started again; one
-thread enqueues single and bulk jobs, one event loop awaits 8 `aenqueue`s at a time.
+thread enqueues single jobs, jobs with unique keys and bulk jobs, one event loop awaits
+8 `aenqueue`s at a time.
 An enqueue may fail while the engine is away; one that returned an id must have
 stored that job. Not part of the suite: a run takes about two minutes. Its first run
 found `aenqueue` on Redis returning a LOADING error's text as a job id.
@@ -89,8 +90,11 @@ class Soak:
         i = 0
         while not self.stop.is_set():
             try:
-                if random.random() < 0.05:
+                kind = random.random()
+                if kind < 0.05:
                     jobs = self.tasks.work.enqueue_many([(i + j,) for j in range(50)])
+                elif kind < 0.10:  # a key of its own: stored, never matched (PostgreSQL: a transaction)
+                    jobs = [self.tasks.work.options(unique_key=f"soak-{i}").enqueue(i)]
                 else:
                     jobs = [(self.tasks.work if i % 3 else self.tasks.work_sync).enqueue(i)]
                 self.ids.extend((job.id, i + n) for n, job in enumerate(jobs))
@@ -160,7 +164,7 @@ class Soak:
 
 def _reason(exc: Exception) -> str:
     """A failed enqueue's class and message, without the URL's port (new each run)."""
-    return f"{type(exc).__name__}: {str(exc)[:160]}"
+    return f"{type(exc).__name__}: {str(exc)[:400]}"
 
 
 def _redis(folder: Path) -> tuple[str, Callable[[], None], Callable[[], None]]:
