@@ -19,14 +19,18 @@ from conveyor.events import KEEP, JobEvent
 from tests.conftest import POSTGRES_URL, eventually, fresh_postgres, running
 
 
-def _app(vacuum_at: int) -> Conveyor:
+def _app(vacuum_at: int, *, events: bool = True) -> Conveyor:
     fresh_postgres(POSTGRES_URL)
-    return Conveyor(f"{POSTGRES_URL}?migrate=1&vacuum={vacuum_at}", prefix="vac")
+    return Conveyor(f"{POSTGRES_URL}?migrate=1&vacuum={vacuum_at}", prefix="vac", events=events)
 
 
 @pytest.fixture
 def app() -> Iterator[Conveyor]:
-    application = _app(0)  # the tests below vacuum by hand
+    # The tests below vacuum by hand. No events: the publisher writes them in transactions
+    # of its own in this database, and one open across the VACUUM keeps the dead rows its
+    # snapshot may still see. The likely cause of a CI run that read 132 index pages after
+    # the VACUUM (2 expected); nothing else of the test's app writes in the background.
+    application = _app(0, events=False)
     yield application
     application.close()
 
