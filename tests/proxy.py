@@ -39,7 +39,11 @@ class ReplyDropper:
             if self.refusing.is_set():
                 client.close()
                 continue
-            server = socket.create_connection(self.target)
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:  # the target refused: so does the proxy, and it goes on accepting
+                client.close()
+                continue
             dropping = threading.Event()
             threading.Thread(target=self._up, args=(client, server, dropping), daemon=True).start()
             threading.Thread(target=self._down, args=(server, client, dropping), daemon=True).start()
