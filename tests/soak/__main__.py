@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -36,6 +37,22 @@ _WORKERS = 3
 _SETTLE_SECONDS = 180.0
 
 
+class _Settled(logging.Handler):
+    """Counts the producers' looks for their lost calls, by answer (see lostcall.py);
+    warnings go on to stderr, as they would with no handler of ours."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.answers: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "dropped after it was sent" in message:
+            self.answers["sent again" if "sent again" in message else "had stored its jobs"] += 1
+        if record.levelno >= logging.WARNING and logging.lastResort is not None:
+            logging.lastResort.handle(record)
+
+
 class Soak:
     def __init__(self, url: str, restart: Callable[[], None] | None, folder: Path) -> None:
         self.url, self.restart, self.folder = url, restart, folder
@@ -49,6 +66,10 @@ class Soak:
         self.ids: list[tuple[str, int]] = []  # (id, argument) of every job an enqueue returned
         self.failures: Counter[str] = Counter()
         self.stop = threading.Event()
+        self.settled = _Settled()
+        postgres_log = logging.getLogger("conveyor.postgres")
+        postgres_log.addHandler(self.settled)
+        postgres_log.setLevel(logging.INFO)
 
     def run(self, seconds: float) -> bool:
         workers = [self._worker(n) for n in range(_WORKERS)]
@@ -73,6 +94,7 @@ class Soak:
             thread.join()
         print(f"{len(self.ids):,} jobs enqueued, {kills} workers killed, engine restarted: {restarted}")
         print(f"enqueues that failed: {sum(self.failures.values())} {dict(self.failures.most_common(3))}")
+        print(f"looks for lost calls: {self.settled.answers.total()} {dict(self.settled.answers)}")
         settled = self._settle()
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
