@@ -260,3 +260,22 @@ def test_a_lost_transactions_answer_that_does_not_add_up_is_undecided(rows: list
     jobs = [NewJob("t", "default", "[]", unique_key="a"), NewJob("t", "default", "[]")]
     with pytest.raises(Undecided, match=reason):
         answered(jobs, rows, lambda job: None)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_resend_whose_reply_is_lost_too_is_looked_for_again(
+    backend: PostgresBackend, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    enqueue, count = WAYS[way]
+    _proxy(backend).swallow_next.set()  # the call never reaches the server: it is sent again,
+    _proxy(backend).drop_next.set()  # and the reply to that resend is lost in turn
+    with caplog.at_level(logging.INFO, "conveyor.postgres"):
+        ids = enqueue(backend, count)
+    assert not _proxy(backend).swallow_next.is_set() and not _proxy(backend).drop_next.is_set()
+    assert ids == _stored(backend) and len(ids) == count
+    told = [
+        r.getMessage().rsplit("; ", 1)[-1]
+        for r in caplog.records
+        if "dropped after it was sent" in r.getMessage()
+    ]
+    assert told == ["had stored nothing: sent again", "had stored its jobs"]

@@ -13,7 +13,10 @@ an immediate-mode restart. Now every INSERT of an enqueue carries a random id of
    the statements there start with a comment naming the call, and the wait is for no
    session in `pg_stat_activity` to be running one;
 3. looks for the call's id among the newest jobs: the ids found are the call's answer;
-   none found, the call is sent again on the new connection, once.
+   none found, the call is sent again on the new connection. A look, or a resend, whose
+   own connection drops (a server going down takes the connections it lent with it) is
+   made again on another until the timeout has passed: a soak run lost one call a run
+   in three that way. A resend is waited out and looked for as the call was.
 
 A call of several statements (unique keys, flows, a bulk enqueue of more than 10,000
 jobs) runs in a transaction, and is settled the same way: all its jobs or none are
@@ -43,6 +46,9 @@ Row = tuple[Any, ...]  # a stored job of the lost call: id, queue, unique key (s
 T = TypeVar("T")
 log = logging.getLogger("conveyor.postgres")
 _POLL_SECONDS = 0.02  # between looks at the lost call's server process; it ends in ms
+# Before a look made again after its own connection dropped: the pool opens a new one,
+# and a server going down takes a few of its lent connections with it.
+_LOOK_AGAIN_SECONDS = 0.05
 # The look walks the primary key back from the newest job: a resend follows its lost call
 # within the timeout, so 100,000 newer jobs (more than one process enqueues in that time)
 # bounds it. A look cost 28-38 ms at that depth here; a call not found in it is sent again.
@@ -133,23 +139,41 @@ class LostCalls:
         resend: Callable[[Conn], T],
     ) -> T:
         """The lost call's `answer` from the jobs it stored (`expected` at most), or,
-        none found, that of its resend."""
-        try:
-            with self._pool.connection() as conn:  # waits up to the timeout for the server
-                self._wait_out(conn, sending)
-                look = {"call": sending.call, "newest": _NEWEST + expected}
-                rows = conn.execute(self._q["stored_by_call"], look).fetchall()
-                what = "had stored its jobs" if rows else "had stored nothing: sent again"
-                log.info(
-                    "PostgreSQL at %s: an enqueue's connection dropped after it was sent; %s",
-                    self._where,
-                    what,
-                )
-                return answer(conn, rows) if rows else resend(conn)
-        except Undecided as exc:
-            raise self._undecided(lost, str(exc)) from lost
-        except ERRORS as exc:
-            raise self._undecided(lost, explained(exc)) from exc
+        none found, that of its resend. A look whose own connection drops (the server was
+        still going down: a connection lent as it died) is made again, on a new one,
+        until the timeout has passed; so is one whose resend dropped, which it then waits
+        out and looks for as it did for the call."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            conn: Conn | None = None
+            try:
+                with self._pool.connection() as conn:  # waits up to the timeout for the server
+                    return self._look(conn, sending, expected, answer, resend)
+            except Undecided as exc:
+                raise self._undecided(lost, str(exc)) from lost
+            except ERRORS as exc:
+                dropped = isinstance(exc, psycopg.OperationalError) and conn is not None and conn.closed
+                if not dropped or time.monotonic() >= deadline:
+                    raise self._undecided(lost, explained(exc)) from exc
+                time.sleep(_LOOK_AGAIN_SECONDS)
+
+    def _look(
+        self,
+        conn: Conn,
+        sending: Sending,
+        expected: int,
+        answer: Callable[[Conn, list[Row]], T],
+        resend: Callable[[Conn], T],
+    ) -> T:
+        self._wait_out(conn, sending)
+        look = {"call": sending.call, "newest": _NEWEST + expected}
+        rows = conn.execute(self._q["stored_by_call"], look).fetchall()
+        what = "had stored its jobs" if rows else "had stored nothing: sent again"
+        log.info("PostgreSQL at %s: an enqueue's connection dropped after it was sent; %s", self._where, what)
+        if rows:
+            return answer(conn, rows)
+        sending.on(conn)  # the resend carries the call's id: if it drops, the next look waits for it
+        return resend(conn)
 
     def _wait_out(self, conn: Conn, sending: Sending) -> None:
         params: dict[str, int | str]
