@@ -73,9 +73,37 @@ class Soak:
 
     def run(self, seconds: float) -> bool:
         workers = [self._worker(n) for n in range(_WORKERS)]
-        producers = [threading.Thread(target=self._produce), threading.Thread(target=self._produce_async)]
+        # Daemon threads, and workers killed on the way out: a run stopped with Ctrl-C used
+        # to hang, its producers enqueueing for ever against the server it had removed.
+        producers = [
+            threading.Thread(target=self._produce, daemon=True),
+            threading.Thread(target=self._produce_async, daemon=True),
+        ]
         for thread in producers:
             thread.start()
+        try:
+            kills, restarted = self._churn(workers, seconds)
+        except BaseException:
+            for worker in workers:
+                worker.kill()
+            raise
+        finally:
+            self.stop.set()
+        for thread in producers:
+            thread.join()
+        print(f"{len(self.ids):,} jobs enqueued, {kills} workers killed, engine restarted: {restarted}")
+        print(f"enqueues that failed: {sum(self.failures.values())} {dict(self.failures.most_common(3))}")
+        print(f"looks for lost calls: {self.settled.answers.total()} {dict(self.settled.answers)}")
+        settled = self._settle()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(60)
+        return settled and self._check()
+
+    def _churn(self, workers: list[subprocess.Popen[bytes]], seconds: float) -> tuple[int, bool]:
+        """SIGKILL a worker every 2-5 s (and start it again), and restart the engine halfway;
+        the kills made and whether it restarted."""
         kills, restarted, started = 0, False, time.monotonic()
         next_kill = started + random.uniform(2, 5)
         while time.monotonic() - started < seconds:
@@ -89,18 +117,7 @@ class Soak:
             if self.restart is not None and not restarted and time.monotonic() - started > seconds / 2:
                 self.restart()
                 restarted = True
-        self.stop.set()
-        for thread in producers:
-            thread.join()
-        print(f"{len(self.ids):,} jobs enqueued, {kills} workers killed, engine restarted: {restarted}")
-        print(f"enqueues that failed: {sum(self.failures.values())} {dict(self.failures.most_common(3))}")
-        print(f"looks for lost calls: {self.settled.answers.total()} {dict(self.settled.answers)}")
-        settled = self._settle()
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            worker.wait(60)
-        return settled and self._check()
+        return kills, restarted
 
     def _worker(self, n: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "conveyor", "--log-level", "warning", "worker", "tests.soak.app:app",
