@@ -37,7 +37,7 @@ _WORKERS = 3
 _SETTLE_SECONDS = 180.0
 
 
-class _Settled(logging.Handler):
+class _Looks(logging.Handler):
     """Counts the producers' looks for their lost calls, by answer (see lostcall.py);
     warnings go on to stderr, as they would with no handler of ours."""
 
@@ -66,9 +66,9 @@ class Soak:
         self.ids: list[tuple[str, int]] = []  # (id, argument) of every job an enqueue returned
         self.failures: Counter[str] = Counter()
         self.stop = threading.Event()
-        self.settled = _Settled()
+        self.looks = _Looks()
         postgres_log = logging.getLogger("conveyor.postgres")
-        postgres_log.addHandler(self.settled)
+        postgres_log.addHandler(self.looks)
         postgres_log.setLevel(logging.INFO)
 
     def run(self, seconds: float) -> bool:
@@ -93,7 +93,7 @@ class Soak:
             thread.join()
         print(f"{len(self.ids):,} jobs enqueued, {kills} workers killed, engine restarted: {restarted}")
         print(f"enqueues that failed: {sum(self.failures.values())} {dict(self.failures.most_common(3))}")
-        print(f"looks for lost calls: {self.settled.answers.total()} {dict(self.settled.answers)}")
+        print(f"looks for lost calls: {self.looks.answers.total()} {dict(self.looks.answers)}")
         settled = self._settle()
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -202,7 +202,8 @@ class Soak:
 
 
 def _reason(exc: Exception) -> str:
-    """A failed enqueue's class and message, without the URL's port (new each run)."""
+    """A failed enqueue's class and the start of its message, where the reason follows
+    the URL (whose port is the run's own); 160 characters cut the reason off."""
     return f"{type(exc).__name__}: {str(exc)[:400]}"
 
 

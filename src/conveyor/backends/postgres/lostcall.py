@@ -15,8 +15,8 @@ an immediate-mode restart. Now every INSERT of an enqueue carries a random id of
 3. looks for the call's id among the newest jobs: the ids found are the call's answer;
    none found, the call is sent again on the new connection. A look, or a resend, whose
    own connection drops (a server going down takes the connections it lent with it) is
-   made again on another until the timeout has passed: a soak run lost one call a run
-   in three that way. A resend is waited out and looked for as the call was.
+   made again on another until the timeout has passed: soak runs lost 2 calls in 19
+   runs that way before. A resend is waited out and looked for as the call was.
 
 A call of several statements (unique keys, flows, a bulk enqueue of more than 10,000
 jobs) runs in a transaction, and is settled the same way: all its jobs or none are
